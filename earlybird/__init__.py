@@ -1,0 +1,23 @@
+"""earlybird: early-bird tickets (You et al., ICLR 2020) for any timm or torchvision model.
+
+>>> import earlybird as eb
+>>> eb.prune_budget(64, 0.5)
+32
+"""
+from .config import EarlyBirdConfig
+from .criteria import CRITERIA, fifo_rule, reference_rule
+from .distance import mask_distance, max_distance, pairwise_distances
+from .errors import CheckpointError, EarlyBirdError, NoTicketError, UnsupportedModelError
+from .io import atomic_save, load_pruned, save_pruned
+from .masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
+from .pruner import EarlyBirdPruner, Ticket
+
+__version__ = "0.1.0"
+__all__ = [
+    "EarlyBirdPruner", "EarlyBirdConfig", "Ticket", "ChannelLayout",
+    "mask_distance", "pairwise_distances", "max_distance",
+    "global_masks", "keep_masks", "layer_caps", "prune_budget",
+    "reference_rule", "fifo_rule", "CRITERIA",
+    "save_pruned", "load_pruned", "atomic_save",
+    "EarlyBirdError", "UnsupportedModelError", "NoTicketError", "CheckpointError",
+]

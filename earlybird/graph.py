@@ -1,0 +1,275 @@
+"""The one adapter to torch-pruning: dependency groups, their norm-layer scores, real pruning.
+
+Everything torch-pruning specific lives here. A *group* is torch-pruning's set of coupled
+channels rooted at a conv or linear layer; earlybird scores each group channel by the mean
+``|gamma|`` of the BatchNorm/LayerNorm channels coupled to it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from .errors import UnsupportedModelError
+from .masks import ChannelLayout
+
+log = logging.getLogger(__name__)
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+History = list  # [[root name, is_out_channel_pruning, [channel indices]], ...]
+
+
+@contextlib.contextmanager
+def _kept_modes(model: nn.Module) -> Iterator[None]:
+    """torch-pruning's tracing switches the model to eval mode; put every module back."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def build_graph(model: nn.Module, example_inputs: Any,
+                ignored: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
+    """Trace ``model`` once with ``example_inputs``; errors name the cause."""
+    with _kept_modes(model), torch.enable_grad():
+        try:
+            with torch.no_grad():
+                model.eval()
+                _run(model, example_inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
+            raise UnsupportedModelError(
+                f"example_inputs do not run through the model: {type(exc).__name__}: {exc}") from exc
+        try:
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs, ignored_layers=list(ignored), verbose=False)
+        except Exception as exc:  # noqa: BLE001
+            raise UnsupportedModelError(
+                f"torch-pruning could not trace {type(model).__name__}: "
+                f"{type(exc).__name__}: {exc}") from exc
+
+
+def _run(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def find_classifier(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
+    """The output layer: timm's ``get_classifier()``, else the last conv/linear layer whose
+    output width is the model's output width."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Module) and any(isinstance(m, ROOT_TYPES) for m in head.modules()):
+            return [m for m in head.modules() if isinstance(m, ROOT_TYPES)]
+    with _kept_modes(model), torch.no_grad():
+        model.eval()
+        out = _run(model, example_inputs)
+    if not isinstance(out, Tensor) or out.dim() < 2:
+        return []
+    width = out.shape[1]
+    layers = [m for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    for m in reversed(layers):
+        if getattr(m, "out_features", getattr(m, "out_channels", None)) == width:
+            return [m]
+    return []
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[list[int]]:
+    """Per root channel, the smallest root channel it must be pruned with (grouped convs)."""
+    uf = None
+    for item in group:
+        conv = item.dep.target.module
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
+            continue
+        if conv.groups == conv.in_channels == conv.out_channels:
+            continue                                    # depthwise: channels stay independent
+        out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        block = (conv.out_channels if out else conv.in_channels) // conv.groups
+        first: dict[int, int] = {}
+        uf = uf or _UnionFind(size)
+        for idx, root in zip(item.idxs, item.root_idxs):
+            pos = int(idx) % block
+            if pos in first:
+                uf.union(first[pos], int(root))
+            else:
+                first[pos] = int(root)
+    return None if uf is None else [uf.find(i) for i in range(size)]
+
+
+@dataclass
+class _Norm:
+    module: nn.Module
+    src: list[int]       # channel index in the norm layer
+    dst: list[int]       # flat group-channel index it is coupled to
+
+
+class ChannelGraph:
+    """Dependency groups of a model, cached, with the norm channels that score each of them.
+
+    Build once; :meth:`scores` then costs one gather and one scatter per call.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any,
+                 ignored: Sequence[nn.Module] = ()) -> None:
+        self.graph = build_graph(model, example_inputs, ignored)
+        names = {m: n for n, m in model.named_modules()}
+        order = {m: i for i, m in enumerate(names)}
+        layer_names, sizes, units, norms = [], [], [], {}
+        offset = 0
+        groups = self.graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES)
+        for group in sorted(groups, key=lambda g: order[g[0].dep.target.module]):
+            root = group[0].dep.target.module
+            size = len(group[0].idxs)
+            found = self._norm_channels(group, size)
+            if found is None:
+                continue
+            for module, pairs in found.items():
+                entry = norms.setdefault(module, _Norm(module, [], []))
+                for idx, root_idx in sorted(pairs):
+                    entry.src.append(idx)
+                    entry.dst.append(offset + root_idx)
+            unit = _grouped_units(self.graph, group, size) or list(range(size))
+            units.extend(offset + u for u in unit)
+            layer_names.append(names[root])
+            sizes.append(size)
+            offset += size
+        if not sizes:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has nothing earlybird can prune: no channel group outside "
+                "ignored_layers is coupled to a BatchNorm or LayerNorm scale")
+        unit_t = torch.tensor(units)
+        grouped = bool((unit_t != torch.arange(offset)).any())
+        self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
+                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None)
+        self.norms = list(norms.values())
+        self._index_tensors()
+
+    @staticmethod
+    def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:
+        """Norm layers coupled to a group: ``{module: {(channel, root channel)}}``, or None
+        when some group channel has no norm channel (such groups are not scored)."""
+        found: dict[nn.Module, set] = {}
+        for item in group:
+            module = item.dep.target.module
+            if not isinstance(module, NORM_TYPES) or getattr(module, "weight", None) is None:
+                continue
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+                continue
+            found.setdefault(module, set()).update(
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
+        covered = {r for pairs in found.values() for _, r in pairs}
+        return found if found and len(covered) == size else None
+
+    def _index_tensors(self) -> None:
+        src, dst, base = [], [], 0
+        for norm in self.norms:
+            src.extend(base + i for i in norm.src)
+            dst.extend(norm.dst)
+            base += norm.module.weight.numel()
+        self._src, self._dst = torch.tensor(src), torch.tensor(dst)
+        self._count = torch.bincount(self._dst, minlength=self.layout.num_channels).double()
+
+    def _flat_weights(self) -> Tensor:
+        return torch.cat([n.module.weight.detach().reshape(-1) for n in self.norms])
+
+    def scores(self) -> Tensor:
+        """Mean ``|gamma|`` per group channel, float64 ``[N]`` on the CPU."""
+        flat = self._flat_weights()
+        gathered = flat[self._src.to(flat.device)].abs().double().cpu()
+        total = torch.zeros(self.layout.num_channels, dtype=torch.float64)
+        return total.index_add_(0, self._dst, gathered) / self._count
+
+    @torch.no_grad()
+    def add_penalty_grad(self, strength: float, penalty: str) -> None:
+        """Add the sparsity penalty's gradient to the scored norm layers' ``weight.grad``."""
+        if penalty == "l1":
+            for norm in self.norms:
+                w = norm.module.weight
+                if w.grad is not None:
+                    w.grad.add_(torch.sign(w), alpha=strength)
+            return
+        flat = self._flat_weights()
+        src, dst = self._src.to(flat.device), self._dst.to(flat.device)
+        sq = torch.zeros(self.layout.num_channels, dtype=flat.dtype, device=flat.device)
+        sq.index_add_(0, dst, flat[src] ** 2)
+        grad = torch.zeros_like(flat)
+        grad[src] = strength * flat[src] / sq[dst].sqrt().clamp_min(1e-12)
+        for norm, g in zip(self.norms, torch.split(grad, [n.module.weight.numel() for n in self.norms])):
+            w = norm.module.weight
+            if w.grad is not None:
+                w.grad.add_(g.view_as(w))
+
+
+def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor]) -> History:
+    """Physically remove every channel whose keep-mask is False, group by group, in place.
+
+    Returns torch-pruning's pruning history as plain lists (names, bools, ints).
+    """
+    graph = build_graph(model, example_inputs)
+    with _kept_modes(model):
+        for name, mask in keep.items():
+            idxs = (~mask.bool()).nonzero().flatten().tolist()
+            if not idxs:
+                continue
+            root = model.get_submodule(name)
+            fn = graph.get_pruner_of_module(root).prune_out_channels
+            group = graph.get_pruning_group(root, fn, idxs)
+            if not graph.check_pruning_group(group):
+                raise UnsupportedModelError(f"pruning {len(idxs)} channels of {name!r} would empty "
+                                            "a layer coupled to it")
+            group.prune()
+    return plain_history(graph.pruning_history())
+
+
+def plain_history(history: Iterable) -> History:
+    return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in history]
+
+
+def replay_history(model: nn.Module, example_inputs: Any, history: History) -> nn.Module:
+    """Rebuild a pruned architecture on a fresh dense ``model`` from its pruning history."""
+    graph = build_graph(model, example_inputs)
+    with _kept_modes(model):
+        try:
+            graph.load_pruning_history([list(h) for h in history])
+        except (AttributeError, ValueError, IndexError, AssertionError) as exc:
+            raise UnsupportedModelError(
+                f"the pruning history does not fit this model ({type(exc).__name__}: {exc}); "
+                "build the model with the same constructor and arguments as the pruned one") from exc
+    return model
+
+
+@torch.no_grad()
+def zero_pruned_channels(channel_graph: ChannelGraph, keep: Tensor) -> None:
+    """Set gamma and beta of every norm channel coupled to a pruned group channel to zero."""
+    pruned = ~keep.bool()
+    for norm in channel_graph.norms:
+        hit = [i for i, d in zip(norm.src, norm.dst) if pruned[d]]
+        norm.module.weight[hit] = 0
+        if getattr(norm.module, "bias", None) is not None:
+            norm.module.bias[hit] = 0

@@ -1,0 +1,127 @@
+"""Saving what earlybird makes: atomic writes, and pruned models as plain data.
+
+A pruned model is saved as its pruning history (layer names and channel indices), a description
+of the example inputs, and its state dict. Loading replays the history on a freshly built dense
+model, so a file never carries code: it loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+from .graph import History, replay_history
+
+__all__ = ["atomic_save", "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs"]
+
+PathLike = Union[str, os.PathLike]
+PRUNED_FORMAT = "earlybird.pruned/1"
+RECORD_ATTR = "_earlybird_pruning"
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A crash or a full disk leaves any previous file at ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def safe_load(path: PathLike, expected_format: str) -> dict:
+    """Load a file earlybird wrote, with ``weights_only=True``; errors name the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or code-carrying files
+        raise CheckpointError(f"{path}: not a readable earlybird file "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: expected a {expected_format!r} file, found {found!r}")
+    return obj
+
+
+def input_spec(example_inputs: Any) -> Any:
+    """Shapes and dtypes of example inputs, as plain data (tensor, list/tuple or dict of them)."""
+    if isinstance(example_inputs, Tensor):
+        return {"shape": list(example_inputs.shape), "dtype": str(example_inputs.dtype)}
+    if isinstance(example_inputs, Mapping):
+        return {"dict": {str(k): input_spec(v) for k, v in example_inputs.items()}}
+    if isinstance(example_inputs, (list, tuple)):
+        return {"list": [input_spec(v) for v in example_inputs]}
+    raise TypeError(f"example_inputs must be a tensor or a list/tuple/dict of tensors, "
+                    f"got {type(example_inputs).__name__}")
+
+
+def make_inputs(spec: Any, device: Union[str, torch.device] = "cpu") -> Any:
+    """Zero tensors matching an :func:`input_spec`."""
+    if "dict" in spec:
+        return {k: make_inputs(v, device) for k, v in spec["dict"].items()}
+    if "list" in spec:
+        return tuple(make_inputs(v, device) for v in spec["list"])
+    dtype = getattr(torch, spec["dtype"].removeprefix("torch."))
+    return torch.zeros(spec["shape"], dtype=dtype, device=device)
+
+
+def save_pruned(model: nn.Module, path: PathLike, **extra: Any) -> None:
+    """Save a model returned by :meth:`EarlyBirdPruner.prune` as plain data, atomically.
+
+    ``extra`` holds plain values (numbers, strings, tensors) stored beside it, e.g. the ratio.
+
+    >>> import earlybird as eb, tempfile, torchvision, torch
+    >>> dense = torchvision.models.resnet18(num_classes=10)
+    >>> x = torch.randn(1, 3, 32, 32)
+    >>> small = eb.EarlyBirdPruner(dense, x, ratios=[0.5]).prune(0.5, force=True)
+    >>> path = tempfile.mkdtemp() + "/small.pt"
+    >>> eb.save_pruned(small, path)
+    >>> again = eb.load_pruned(path, torchvision.models.resnet18(num_classes=10))
+    >>> bool(torch.equal(again.eval()(x), small.eval()(x)))
+    True
+    """
+    record = getattr(model, RECORD_ATTR, None)
+    if record is None:
+        raise ValueError("this model carries no pruning history; save models returned by "
+                         "EarlyBirdPruner.prune() (a dense model saves with torch.save(state_dict))")
+    atomic_save({"format": PRUNED_FORMAT, "history": record["history"], "inputs": record["inputs"],
+                 "state_dict": model.state_dict(), "extra": dict(extra)}, path)
+
+
+def load_pruned(path: PathLike, model: nn.Module) -> nn.Module:
+    """Rebuild a saved pruned model on ``model``, a fresh dense model from the same constructor.
+
+    ``model`` is pruned in place and returned with the saved weights loaded.
+    """
+    obj = safe_load(path, PRUNED_FORMAT)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    replay_history(model, make_inputs(obj["inputs"], device), obj["history"])
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its weights do not fit the rebuilt model; was it made from "
+                              f"this architecture? ({str(exc).splitlines()[0]})") from exc
+    attach_record(model, obj["history"], obj["inputs"])
+    return model
+
+
+def attach_record(model: nn.Module, history: History, inputs: Any) -> None:
+    object.__setattr__(model, RECORD_ATTR, {"history": history, "inputs": inputs})

@@ -1,0 +1,175 @@
+"""Channel keep-masks drawn with one global threshold (pure functions, no model needed).
+
+The unit of pruning is a *group channel*: one channel of a torch-pruning dependency group, which
+may stand for several coupled norm-layer channels (a residual stage, a concatenation, a depthwise
+conv). Every group channel has one score; a ticket for ratio ``p`` prunes the ``floor(N * p)``
+lowest-scoring of the ``N`` group channels, with ties broken by position (earlier first), while
+never leaving a group with fewer than ``min_channels`` channels or pruning more than
+``max_layer_ratio`` of it.
+
+Grouped convolutions add *units*: channels that must be pruned together (the same position in
+every conv group). A unit's score is the mean of its channels' scores; a unit that does not fit
+in what is left of the budget is passed over, so with units the count is at most ``floor(N * p)``
+and equal to it whenever the remaining budget can be filled.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ChannelLayout", "prune_budget", "layer_caps", "keep_masks", "global_masks"]
+
+
+def prune_budget(num_channels: int, ratio: float) -> int:
+    """Number of channels a ticket of ``ratio`` prunes: ``floor(num_channels * ratio)``.
+
+    The product is rounded to 9 decimals first so that e.g. ``100 * 0.29`` gives 29, not 28.
+
+    >>> prune_budget(10, 0.3), prune_budget(100, 0.29), prune_budget(7, 0.5)
+    (3, 29, 3)
+    """
+    return math.floor(round(num_channels * ratio, 9))
+
+
+def layer_caps(sizes: Sequence[int], min_channels: int = 1,
+               max_layer_ratio: Optional[float] = None) -> list[int]:
+    """Most channels each layer may lose: it keeps ``min_channels`` and ``1 - max_layer_ratio``.
+
+    >>> layer_caps([4, 10, 1], min_channels=2, max_layer_ratio=0.5)
+    [2, 5, 0]
+    """
+    caps = []
+    for size in sizes:
+        keep = min_channels
+        if max_layer_ratio is not None:
+            keep = max(keep, size - prune_budget(size, max_layer_ratio))
+        caps.append(max(0, size - keep))
+    return caps
+
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """How the ``N`` scored group channels split into layers and pruning units.
+
+    Args:
+        names: one name per layer (the group's root module), in the fixed concatenation order.
+        sizes: channels per layer; ``sum(sizes) == N``.
+        units: optional LongTensor ``[N]``; channels with the same value are pruned together.
+            Values must be ordered like their first channel. ``None``: every channel alone.
+
+    >>> layout = ChannelLayout(("a", "b"), (2, 3))
+    >>> layout.num_channels, layout.layer_index.tolist()
+    (5, [0, 0, 1, 1, 1])
+    """
+
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    units: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.sizes):
+            raise ValueError(f"{len(self.names)} layer names for {len(self.sizes)} sizes")
+        if any(s < 1 for s in self.sizes):
+            raise ValueError(f"every layer needs at least one channel, got sizes {self.sizes}")
+        if self.units is not None and self.units.shape != (self.num_channels,):
+            raise ValueError(f"units must have shape ({self.num_channels},), "
+                             f"got {tuple(self.units.shape)}")
+
+    @property
+    def num_channels(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def layer_index(self) -> Tensor:
+        return torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+
+    def split(self, flat: Tensor) -> dict[str, Tensor]:
+        """Cut a flat ``[N]`` tensor into one tensor per layer name."""
+        return dict(zip(self.names, torch.split(flat, list(self.sizes))))
+
+
+def _cumsum_within(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
+    """Inclusive cumulative sum of non-negative ``values`` within each segment, in given order."""
+    order = torch.sort(segment, stable=True).indices        # segments contiguous, order kept
+    seg, vals = segment[order], values[order]
+    inclusive = torch.cumsum(vals, 0)
+    start = torch.zeros(num_segments, dtype=inclusive.dtype).scatter_reduce_(
+        0, seg, inclusive - vals, "amin", include_self=False)
+    out = torch.empty_like(inclusive)
+    out[order] = inclusive - start[seg]
+    return out
+
+
+def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
+               caps: Sequence[int]) -> dict[float, Tensor]:
+    """Flat keep-masks ``[N]`` for several ratios from one ranking of ``scores``.
+
+    Args:
+        scores: float ``[N]``, one score per group channel (higher is more important).
+        layout: layer sizes and pruning units of the ``N`` channels.
+        ratios: pruning ratios in ``(0, 1)``.
+        caps: most channels each layer may lose (see :func:`layer_caps`).
+
+    >>> layout = ChannelLayout(("a", "b"), (3, 2))
+    >>> m = keep_masks(torch.tensor([.5, .1, .5, .2, .3]), layout, [0.4], layer_caps(layout.sizes))
+    >>> m[0.4].tolist()
+    [True, False, True, False, True]
+    """
+    n = layout.num_channels
+    if scores.shape != (n,):
+        raise ValueError(f"expected {n} scores, got shape {tuple(scores.shape)}")
+    scores = scores.detach().to("cpu", torch.float64)
+    layer = layout.layer_index
+    if layout.units is None:
+        unit_of = torch.arange(n)
+        unit_score, unit_size, unit_layer = scores, torch.ones(n, dtype=torch.long), layer
+    else:
+        unit_of = layout.units
+        n_units = int(unit_of.max()) + 1
+        unit_size = torch.bincount(unit_of, minlength=n_units)
+        unit_score = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
+        unit_score = unit_score / unit_size
+        unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
+            0, unit_of, layer, "amax", include_self=False)
+    order = torch.sort(unit_score, stable=True).indices        # ties: earlier position first
+    size_sorted, layer_sorted = unit_size[order], unit_layer[order]
+    eligible = _cumsum_within(size_sorted, layer_sorted, len(caps)) <= torch.tensor(caps)[layer_sorted]
+    cand = order[eligible]
+    cand_size = size_sorted[eligible]
+    reach = torch.cumsum(cand_size, 0)
+    out = {}
+    for ratio in ratios:
+        budget = prune_budget(n, ratio)
+        take = int(torch.searchsorted(reach, budget, right=True))
+        chosen = cand[:take].tolist()
+        left = budget - (int(reach[take - 1]) if take else 0)
+        for u, s in zip(cand[take:].tolist(), cand_size[take:].tolist()):   # only with units
+            if left == 0:
+                break
+            if s <= left:
+                chosen.append(u)
+                left -= s
+        pruned_unit = torch.zeros(unit_size.numel(), dtype=torch.bool)
+        pruned_unit[chosen] = True
+        out[ratio] = ~pruned_unit[unit_of]
+    return out
+
+
+def global_masks(scores: Mapping[str, Tensor], ratio: float, *, min_channels: int = 1,
+                 max_layer_ratio: Optional[float] = None) -> dict[str, Tensor]:
+    """Per-layer keep-masks for one ratio from per-layer scores, one global threshold.
+
+    >>> masks = global_masks({"a": torch.tensor([.9, .1]), "b": torch.tensor([.2, .3, .4])}, 0.4)
+    >>> {k: v.tolist() for k, v in masks.items()}
+    {'a': [True, False], 'b': [False, True, True]}
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio must be in (0, 1), got {ratio}")
+    layout = ChannelLayout(tuple(scores), tuple(len(v) for v in scores.values()))
+    caps = layer_caps(layout.sizes, min_channels, max_layer_ratio)
+    flat = torch.cat([torch.as_tensor(v).flatten() for v in scores.values()])
+    return layout.split(keep_masks(flat, layout, [ratio], caps)[ratio])

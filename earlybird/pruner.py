@@ -1,0 +1,284 @@
+"""``EarlyBirdPruner``: draw early-bird tickets in any training loop, then prune for real."""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .config import EarlyBirdConfig
+from .criteria import get_criterion
+from .distance import pairwise_distances
+from .errors import CheckpointError, NoTicketError, UnsupportedModelError
+from .graph import ChannelGraph, find_classifier, prune_model
+from .io import attach_record, input_spec
+from .masks import layer_caps, keep_masks, prune_budget
+
+__all__ = ["EarlyBirdPruner", "Ticket"]
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "earlybird.pruner/1"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An early-bird ticket: the mask that stopped moving, and the weights it was drawn from.
+
+    Attributes:
+        ratio: pruning ratio of the ticket.
+        check: 0-based index of the ``step()`` call that drew it.
+        iteration: the counter passed to that ``step()`` call (the check index if none was).
+        mask: flat keep-mask over all scored group channels (see ``EarlyBirdPruner.mask``).
+        masks: the same mask per layer, keyed by the group's root module name.
+        state: CPU copy of the model's ``state_dict()`` at that point (None if not kept).
+    """
+
+    ratio: float
+    check: int
+    iteration: int
+    mask: Tensor
+    masks: dict[str, Tensor]
+    state: Optional[dict[str, Tensor]]
+
+
+class EarlyBirdPruner:
+    """Watch a model's channel masks during training and draw early-bird tickets.
+
+    Call :meth:`regularize` after ``loss.backward()`` and before ``optimizer.step()``, call
+    :meth:`step` once per epoch (or every N optimizer steps); it returns the ratios whose ticket
+    was drawn by that call. :meth:`prune` gives a physically smaller copy for a ticket.
+
+    Args:
+        model: any ``nn.Module`` with BatchNorm or LayerNorm layers (unwrap DataParallel/DDP).
+        example_inputs: inputs the model runs on (tensor, tuple or dict), used to trace it once.
+        ratios, epsilon, window, criterion, sparsity, penalty, min_channels, max_layer_ratio,
+            keep_weights: see :class:`~earlybird.EarlyBirdConfig`.
+        ignored_layers: modules or qualified names never pruned (their output channels).
+        prune_head: allow pruning the classifier's output (off: the head is kept whole).
+
+    >>> import torch, torchvision, earlybird as eb
+    >>> model = torchvision.models.resnet18(num_classes=10)
+    >>> pruner = eb.EarlyBirdPruner(model, torch.randn(1, 3, 32, 32), ratios=(0.3, 0.5))
+    >>> pruner.step()                    # first check: no window yet, nothing drawn
+    []
+    >>> small = pruner.prune(0.5, force=True)
+    >>> small(torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any,
+                 ratios: Sequence[float] = (0.3, 0.5, 0.7), *, epsilon: float = 0.1,
+                 window: int = 5, criterion: str = "reference", sparsity: float = 1e-4,
+                 penalty: str = "l1", min_channels: int = 1,
+                 max_layer_ratio: Optional[float] = None, keep_weights: bool = True,
+                 ignored_layers: Sequence[Union[nn.Module, str]] = (),
+                 prune_head: bool = False) -> None:
+        self.config = EarlyBirdConfig(ratios, epsilon, window, criterion, sparsity, penalty,
+                                      min_channels, max_layer_ratio, keep_weights)
+        self.model = _unwrap(model)
+        self.example_inputs = example_inputs
+        self._spec = input_spec(example_inputs)
+        ignored = _resolve(self.model, ignored_layers)
+        if not prune_head:
+            ignored += [m for m in find_classifier(self.model, example_inputs) if m not in ignored]
+        self.graph = ChannelGraph(self.model, example_inputs, ignored)
+        self.layout = self.graph.layout
+        self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
+        self._check_feasible()
+        self._criterion = get_criterion(criterion)
+        self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
+        self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
+        self.iterations: list[int] = []
+        self.tickets: dict[float, Ticket] = {}
+        log.info("earlybird: %d prunable channels in %d groups, ratios %s",
+                 self.layout.num_channels, len(self.layout.sizes), list(self.config.ratios))
+
+    def _check_feasible(self) -> None:
+        n, room = self.layout.num_channels, sum(self._caps)
+        for r in self.config.ratios:
+            if prune_budget(n, r) > room:
+                raise ValueError(
+                    f"ratio {r} prunes {prune_budget(n, r)} of {n} channels, but min_channels="
+                    f"{self.config.min_channels} and max_layer_ratio={self.config.max_layer_ratio} "
+                    f"allow at most {room}; lower the ratio or relax the per-layer limits")
+
+    # ----------------------------------------------------------------- the training-loop hooks
+    def regularize(self) -> None:
+        """Add the slimming penalty's gradient to the scored norm layers' ``weight.grad``.
+
+        Call after ``loss.backward()`` and before ``optimizer.step()``; under AMP call
+        ``scaler.unscale_(optimizer)`` first so the penalty is not scaled with the loss.
+        """
+        if self.config.sparsity > 0:
+            self.graph.add_penalty_grad(self.config.sparsity, self.config.penalty)
+
+    def step(self, iteration: Optional[int] = None) -> list[float]:
+        """Draw one mask per ratio from the current scores, record it and test for a ticket.
+
+        Args:
+            iteration: a counter to record with this check (epoch or optimizer step); the
+                check index when omitted.
+
+        Returns:
+            The ratios whose ticket was drawn by this call (each ratio draws once).
+        """
+        scores = self._scores()
+        flat = keep_masks(scores, self.layout, self.config.ratios, self._caps)
+        check = len(self.iterations)
+        self.iterations.append(check if iteration is None else int(iteration))
+        drawn = []
+        for ratio, mask in flat.items():
+            self._record(ratio, mask)
+            if ratio not in self.tickets and self._criterion(
+                    self._rows[ratio], self.config.window, self.config.epsilon):
+                self.tickets[ratio] = self._draw(ratio, check)
+                drawn.append(ratio)
+        return drawn
+
+    def _scores(self) -> Tensor:
+        scores = self.graph.scores()
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            layers = [n for n, b in self.layout.split(bad).items() if b.any()]
+            raise FloatingPointError(f"non-finite norm scales (NaN/inf) in {layers[:5]}"
+                                     f"{' ...' if len(layers) > 5 else ''}; training diverged")
+        return scores
+
+    def _record(self, ratio: float, mask: Tensor) -> None:
+        history = self._masks[ratio]
+        earlier = history[-(self.config.window - 1):][::-1]
+        row = (torch.stack(earlier) != mask).double().mean(1).tolist() if earlier else []
+        history.append(mask)
+        self._rows[ratio].append(row)
+
+    def _draw(self, ratio: float, check: int) -> Ticket:
+        mask = self._masks[ratio][check]
+        state = None
+        if self.config.keep_weights:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        log.info("early-bird ticket p=%g drawn at check %d (iteration %d), distances %s", ratio,
+                 check, self.iterations[check], [round(d, 4) for d in self._rows[ratio][check]])
+        return Ticket(ratio, check, self.iterations[check], mask, self.layout.split(mask), state)
+
+    # ------------------------------------------------------------------------------- queries
+    def mask(self, ratio: float) -> Tensor:
+        """The flat keep-mask ``step()`` would record now (layers in ``layout.names`` order)."""
+        self._known(ratio, allow_any=True)
+        return keep_masks(self._scores(), self.layout, [ratio], self._caps)[ratio]
+
+    def masks(self, ratio: float) -> dict[str, Tensor]:
+        """:meth:`mask` per layer: ``{root module name: BoolTensor keep-mask}``."""
+        return self.layout.split(self.mask(ratio))
+
+    def distances(self, ratio: float) -> list[float]:
+        """Distance of each recorded mask to the one before it (one fewer than the checks)."""
+        return [row[0] for row in self._rows[self._known(ratio)] if row]
+
+    def pairwise_distances(self, ratio: float) -> Tensor:
+        """``K x K`` distances between all ``K`` recorded masks of ``ratio`` (paper Figure 3)."""
+        history = self._masks[self._known(ratio)]
+        if not history:
+            return torch.zeros(0, 0)
+        return pairwise_distances(torch.stack(history))
+
+    def _known(self, ratio: float, allow_any: bool = False) -> float:
+        ratio = float(ratio)
+        if ratio in self.config.ratios or (allow_any and 0.0 < ratio < 1.0):
+            return ratio
+        allowed = "a ratio in (0, 1)" if allow_any else f"one of {list(self.config.ratios)}"
+        raise ValueError(f"ratio {ratio} is not tracked; use {allowed}")
+
+    # ------------------------------------------------------------------------------- pruning
+    def prune(self, ratio: float, *, force: bool = False) -> nn.Module:
+        """A physically pruned deep copy of the model for the ticket of ``ratio``.
+
+        The copy starts from the ticket's own weights (when kept) and loses exactly the ticket's
+        pruned channels; the wrapped model is not touched. ``force=True`` prunes a ratio that has
+        no ticket yet by its current mask and current weights.
+        """
+        ratio = self._known(ratio, allow_any=force)
+        ticket = self.tickets.get(ratio)
+        if ticket is None and not force:
+            raise NoTicketError(
+                f"no early-bird ticket for ratio {ratio} yet after {len(self.iterations)} checks "
+                f"(tickets so far: {sorted(self.tickets)}); keep training, or pass force=True to "
+                "prune by the current mask")
+        keep = ticket.masks if ticket is not None else self.masks(ratio)
+        small = copy.deepcopy(self.model)
+        if ticket is not None and ticket.state is not None:
+            small.load_state_dict(ticket.state)
+        history = prune_model(small, self.example_inputs, keep)
+        for name, mask in keep.items():
+            layer = small.get_submodule(name)
+            width = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+            if width != int(mask.sum()):
+                raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
+                                            f"ticket keeps {int(mask.sum())}")
+        attach_record(small, history, self._spec)
+        return small
+
+    # --------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume detection: tensors, numbers and strings only."""
+        return {
+            "format": STATE_FORMAT,
+            "names": list(self.layout.names), "sizes": list(self.layout.sizes),
+            "ratios": list(self.config.ratios),
+            "iterations": torch.tensor(self.iterations, dtype=torch.long),
+            "masks": {str(r): torch.stack(h) if h else torch.zeros(0, self.layout.num_channels,
+                                                                    dtype=torch.bool)
+                      for r, h in self._masks.items()},
+            "tickets": {str(r): {"check": t.check, **({"state": t.state} if t.state else {})}
+                        for r, t in self.tickets.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; detection then goes on as if never interrupted."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"not an EarlyBirdPruner state (expected format {STATE_FORMAT!r})")
+        if state["names"] != list(self.layout.names) or state["sizes"] != list(self.layout.sizes):
+            raise CheckpointError("this pruner state was saved for a model with other layers or "
+                                  "widths; build the pruner on the same architecture")
+        if [float(r) for r in state["ratios"]] != list(self.config.ratios):
+            raise CheckpointError(f"state tracks ratios {state['ratios']}, this pruner "
+                                  f"{list(self.config.ratios)}")
+        self.iterations = [int(i) for i in state["iterations"]]
+        self.tickets = {}
+        for ratio in self.config.ratios:
+            self._masks[ratio], self._rows[ratio] = [], []
+            for mask in state["masks"][str(ratio)]:
+                self._record(ratio, mask.clone())
+            saved = state["tickets"].get(str(ratio))
+            if saved is not None:
+                check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
+                self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
+                                             self.layout.split(mask), saved.get("state"))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise UnsupportedModelError(
+            f"got a {type(model).__name__}; pass the wrapped model (`model.module`) and wrap the "
+            "pruned model again after pruning")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return getattr(model, "_orig_mod", model)     # torch.compile keeps the module here
+
+
+def _resolve(model: nn.Module, layers: Sequence[Union[nn.Module, str]]) -> list[nn.Module]:
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        if isinstance(layer, str):
+            try:
+                layer = model.get_submodule(layer)
+            except AttributeError:
+                raise ValueError(f"ignored_layers: the model has no module named {layer!r}") from None
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"ignored_layers takes modules or qualified names, got {layer!r}")
+        out.append(layer)
+    return out
