@@ -36,17 +36,21 @@ def _kept_modes(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def build_graph(model: nn.Module, example_inputs: Any,
-                ignored: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
-    """Trace ``model`` once with ``example_inputs``; errors name the cause."""
-    with _kept_modes(model), torch.enable_grad():
+def run_example(model: nn.Module, example_inputs: Any) -> Any:
+    """One eval-mode forward pass without gradients; a failure names the example inputs."""
+    with _kept_modes(model), torch.no_grad():
+        model.eval()
         try:
-            with torch.no_grad():
-                model.eval()
-                _run(model, example_inputs)
+            return _run(model, example_inputs)
         except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
             raise UnsupportedModelError(
                 f"example_inputs do not run through the model: {type(exc).__name__}: {exc}") from exc
+
+
+def build_graph(model: nn.Module, example_inputs: Any,
+                ignored: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
+    """Trace ``model`` once with ``example_inputs``; a failure names the model."""
+    with _kept_modes(model), torch.enable_grad():
         try:
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs, ignored_layers=list(ignored), verbose=False)
@@ -64,22 +68,18 @@ def _run(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
-def find_classifier(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
+def find_classifier(model: nn.Module, output: Any) -> list[nn.Module]:
     """The output layer: timm's ``get_classifier()``, else the last conv/linear layer whose
-    output width is the model's output width."""
+    output width is the width of ``output`` (the model's output on the example inputs)."""
     if hasattr(model, "get_classifier"):
         head = model.get_classifier()
         if isinstance(head, nn.Module) and any(isinstance(m, ROOT_TYPES) for m in head.modules()):
             return [m for m in head.modules() if isinstance(m, ROOT_TYPES)]
-    with _kept_modes(model), torch.no_grad():
-        model.eval()
-        out = _run(model, example_inputs)
-    if not isinstance(out, Tensor) or out.dim() < 2:
+    if not isinstance(output, Tensor) or output.dim() < 2:
         return []
-    width = out.shape[1]
     layers = [m for m in model.modules() if isinstance(m, ROOT_TYPES)]
     for m in reversed(layers):
-        if getattr(m, "out_features", getattr(m, "out_channels", None)) == width:
+        if getattr(m, "out_features", getattr(m, "out_channels", None)) == output.shape[1]:
             return [m]
     return []
 
@@ -143,7 +143,9 @@ class ChannelGraph:
         layer_names, sizes, units, norms = [], [], [], {}
         offset = 0
         groups = self.graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES)
-        for group in sorted(groups, key=lambda g: order[g[0].dep.target.module]):
+        groups = sorted((self._rooted_first(g, order) for g in groups),
+                        key=lambda g: order[g[0].dep.target.module])
+        for group in groups:
             root = group[0].dep.target.module
             size = len(group[0].idxs)
             found = self._norm_channels(group, size)
@@ -169,6 +171,21 @@ class ChannelGraph:
                                     torch.unique(unit_t, return_inverse=True)[1] if grouped else None)
         self.norms = list(norms.values())
         self._index_tensors()
+
+    def _rooted_first(self, group: Any, order: Mapping[nn.Module, int]) -> Any:
+        """The same group, rooted at its first conv/linear in module order, so that names and
+        the concatenation order do not depend on how torch-pruning walked the graph."""
+        size = len(group[0].idxs)
+        members = [item.dep.target.module for item in group
+                   if isinstance(item.dep.target.module, ROOT_TYPES)
+                   and self.graph.is_out_channel_pruning_fn(item.dep.handler)]
+        first = min(members, key=order.__getitem__, default=group[0].dep.target.module)
+        if first is group[0].dep.target.module:
+            return group
+        pruner = self.graph.get_pruner_of_module(first)
+        if pruner.get_out_channels(first) != size:
+            return group
+        return self.graph.get_pruning_group(first, pruner.prune_out_channels, list(range(size)))
 
     @staticmethod
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:

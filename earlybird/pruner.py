@@ -13,7 +13,7 @@ from .config import EarlyBirdConfig
 from .criteria import get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
-from .graph import ChannelGraph, find_classifier, prune_model
+from .graph import ChannelGraph, find_classifier, prune_model, run_example
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 
@@ -82,8 +82,9 @@ class EarlyBirdPruner:
         self.example_inputs = example_inputs
         self._spec = input_spec(example_inputs)
         ignored = _resolve(self.model, ignored_layers)
+        output = run_example(self.model, example_inputs)
         if not prune_head:
-            ignored += [m for m in find_classifier(self.model, example_inputs) if m not in ignored]
+            ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
         self.graph = ChannelGraph(self.model, example_inputs, ignored)
         self.layout = self.graph.layout
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)

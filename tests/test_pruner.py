@@ -1,0 +1,310 @@
+"""EarlyBirdPruner on tiny models: groups, scores, detection, tickets, pruning, state, errors."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import earlybird as eb
+from earlybird.graph import zero_pruned_channels
+from conftest import TinyConcat, TinyGrouped, TinyResidual, TinyVGG, randomize_norms, set_scales
+
+
+def test_residual_add_makes_one_group_scored_by_the_mean(x32):
+    model = TinyResidual()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    assert pruner.layout.names == ("stem.0", "conv1")
+    assert pruner.layout.sizes == (8, 5)
+    scores = pruner.graph.scores()
+    expected = (model.stem[1].weight.abs() + model.bn2.weight.abs()) / 2
+    assert torch.allclose(scores[:8], expected.double())
+    assert torch.allclose(scores[8:], model.bn1.weight.abs().double())
+
+
+def test_concatenation_maps_each_branch_to_its_slice_of_the_norm(x32):
+    model = TinyConcat()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    assert pruner.layout.names == ("a", "b") and pruner.layout.sizes == (3, 4)
+    assert torch.allclose(pruner.graph.scores(), model.bn.weight.abs().double())
+    small = pruner.prune(0.5, force=True)
+    keep = pruner.masks(0.5)
+    assert small.a.out_channels == int(keep["a"].sum()) and small.b.out_channels == int(keep["b"].sum())
+    assert small.bn.num_features == small.a.out_channels + small.b.out_channels
+
+
+def test_grouped_conv_prunes_the_same_position_in_every_group(x32):
+    model = TinyGrouped()
+    randomize_norms(model, seed=3)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    for name, mask in pruner.masks(0.5).items():
+        per_group = mask.view(3, 4)                       # 3 conv groups of 4 channels
+        assert torch.equal(per_group, per_group[:1].expand(3, 4)), name
+    small = pruner.prune(0.5, force=True)
+    assert small.conv2.in_channels % 3 == 0 and small.conv2.out_channels % 3 == 0
+    assert small(x32).shape == (2, 2)
+
+
+def drive(pruner, model, masks_per_check, ratios_low=0.1, high=1.0):
+    """Set gammas so that the p=0.5 mask equals each given 18-bit string; return step() results."""
+    out = []
+    for bits in masks_per_check:
+        keep = torch.tensor([b == "1" for b in bits])
+        ramp = torch.linspace(0.0, 0.01, len(bits))       # distinct values, no ties
+        set_scales(model, torch.where(keep, high + ramp, ratios_low + ramp))
+        out.append(pruner.step())
+    return out
+
+
+# TinyVGG's 18 channels are layers of 4, 6 and 8; every mask keeps 9 and leaves no layer empty.
+A = "1100" "111000" "11110000"
+B = "0011" "000111" "00001111"
+C = "1100" "110100" "11110000"                             # 2 of 18 flipped from A
+
+
+def test_detection_index_and_ticket_drawn_once(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=3, epsilon=0.12)
+    results = drive(pruner, model, [A, B, A, C, A, A, B, A])
+    # rows: t=3 [d(C,A)=.11, d(C,B)] no; t=4 [.11, d(A,A)=0] yes -> drawn at check 4, once.
+    assert results == [[], [], [], [], [0.5], [], [], []]
+    ticket = pruner.tickets[0.5]
+    assert (ticket.check, ticket.iteration) == (4, 4)
+    assert ticket.mask.tolist() == [b == "1" for b in A]
+    assert pruner.distances(0.5) == pytest.approx([1.0, 1.0, 2 / 18, 2 / 18, 0.0, 1.0, 1.0])
+
+
+def test_each_ratio_detects_on_its_own_and_tracking_continues(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.3, 0.5], window=2, epsilon=0.05)
+    rank = torch.tensor([17, 0, 5, 9, 16, 1, 6, 10, 2, 13, 15, 3, 7, 11, 4, 12, 8, 14.0])
+    swapped = rank.clone()                     # ranks 5..8 <-> 9..12: moves p=0.5, not p=0.3
+    for r in range(5, 9):
+        swapped[rank == r], swapped[rank == r + 4] = r + 4, r
+    schedule = [17 - rank, swapped, rank, swapped, swapped, swapped]
+    drawn = []
+    for t, scores in enumerate(schedule):
+        set_scales(model, 0.1 + scores / 17)
+        drawn.append(pruner.step(iteration=10 * t))
+    assert drawn == [[], [], [0.3], [], [0.5], []]
+    assert pruner.tickets[0.3].iteration == 20 and pruner.tickets[0.5].iteration == 40
+    assert pruner.distances(0.3)[1:] == [0.0] * 4
+    assert pruner.pairwise_distances(0.5).shape == (6, 6)
+
+
+def test_pairwise_distances_are_those_of_the_recorded_masks(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=3)
+    drive(pruner, model, [A, B, C, A])
+    d = pruner.pairwise_distances(0.5)
+    masks = [A, B, C, A]
+    for i in range(4):
+        for j in range(4):
+            want = sum(a != b for a, b in zip(masks[i], masks[j])) / 18
+            assert d[i, j].item() == pytest.approx(want)
+
+
+def test_prune_starts_from_the_ticket_weights_and_leaves_the_model_alone(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.01)
+    drive(pruner, model, [B, A, A])
+    ticket = pruner.tickets[0.5]
+    conv0_at_ticket = model.features[0].weight.detach().clone()
+    with torch.no_grad():                                  # training goes on after the ticket
+        for p in model.parameters():
+            p.add_(1.0)
+    before = copy.deepcopy(model.state_dict())
+    small = pruner.prune(0.5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    keep = ticket.masks["features.0"]
+    assert torch.equal(small.features[0].weight, conv0_at_ticket[keep])
+    widths = {n: small.get_submodule(n).out_channels for n in ticket.masks}
+    assert widths == {n: int(m.sum()) for n, m in ticket.masks.items()}
+    assert sum(widths.values()) == 18 - 9
+
+
+def test_no_ticket_yet_names_the_ratio_and_offers_force(x32):
+    pruner = eb.EarlyBirdPruner(TinyVGG(), x32, ratios=[0.3, 0.5])
+    pruner.step()
+    with pytest.raises(eb.NoTicketError, match=r"ratio 0.5 .* after 1 checks.*force=True"):
+        pruner.prune(0.5)
+    with pytest.raises(ValueError, match=r"ratio 0.7 is not tracked; use one of \[0.3, 0.5\]"):
+        pruner.prune(0.7)
+    assert pruner.prune(0.7, force=True).features[0].out_channels >= 1
+
+
+def test_masks_follow_the_current_scores_and_concatenate_in_order(x32):
+    model = TinyVGG()
+    randomize_norms(model, seed=5)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    masks = pruner.masks(0.5)
+    assert list(masks) == ["features.0", "features.3", "features.6"]
+    assert torch.equal(torch.cat(list(masks.values())), pruner.mask(0.5))
+    all_scores = torch.cat([m.weight.abs() for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    pruned = all_scores[~pruner.mask(0.5)]
+    assert len(pruned) == 9 and pruned.max() < all_scores[pruner.mask(0.5)].min()
+    set_scales(model, -all_scores.flip(0))                 # sign does not matter, order does
+    assert not torch.equal(pruner.mask(0.5), torch.cat(list(masks.values())))
+
+
+def test_regularize_adds_s_sign_gamma_to_scored_norms_only(x32):
+    model = TinyResidual()
+    randomize_norms(model)
+    with torch.no_grad():
+        model.bn1.weight[0] = -0.3
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], sparsity=1e-2)
+    model(x32).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    pruner.regularize()
+    for name, p in model.named_parameters():
+        if name in ("stem.1.weight", "bn1.weight", "bn2.weight"):
+            assert torch.allclose(p.grad, grads[name] + 1e-2 * torch.sign(p.detach())), name
+        else:
+            assert torch.equal(p.grad, grads[name]), name
+
+
+def test_group_lasso_penalty_matches_its_gradient(x32):
+    model = TinyResidual()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], sparsity=1e-2, penalty="group_lasso")
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.regularize()
+    a, b, c = model.stem[1].weight, model.bn2.weight, model.bn1.weight
+    w = torch.stack([a, b]).detach().requires_grad_()      # coupled by the residual add
+    v = c.detach().clone().requires_grad_()
+    (1e-2 * (w.norm(dim=0).sum() + v.abs().sum())).backward()
+    assert torch.allclose(a.grad, w.grad[0]) and torch.allclose(b.grad, w.grad[1])
+    assert torch.allclose(c.grad, v.grad)
+
+
+def test_state_dict_resume_continues_detection_exactly(x32, tmp_path):
+    seq = [B, A, C, A, B, A, A, C, A, A, A]
+    torch.manual_seed(0)
+    model = TinyVGG()
+    whole = eb.EarlyBirdPruner(model, x32, ratios=[0.3, 0.5], window=3, epsilon=0.12)
+    drawn_whole = drive(whole, model, seq)
+
+    torch.manual_seed(0)
+    model2 = TinyVGG()
+    first = eb.EarlyBirdPruner(model2, x32, ratios=[0.3, 0.5], window=3, epsilon=0.12)
+    drawn = drive(first, model2, seq[:5])
+    eb.atomic_save(first.state_dict(), tmp_path / "pruner.pt")
+    state = torch.load(tmp_path / "pruner.pt", weights_only=True)
+    resumed = eb.EarlyBirdPruner(model2, x32, ratios=[0.3, 0.5], window=3, epsilon=0.12)
+    resumed.load_state_dict(state)
+    drawn += drive(resumed, model2, seq[5:])
+    assert drawn == drawn_whole
+    for r in (0.3, 0.5):
+        assert resumed.distances(r) == whole.distances(r)
+        assert torch.equal(resumed.pairwise_distances(r), whole.pairwise_distances(r))
+        if r in whole.tickets:
+            a, b = whole.tickets[r], resumed.tickets[r]
+            assert (a.check, a.iteration) == (b.check, b.iteration)
+            assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_state_dict_holds_only_plain_values(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.01)
+    drive(pruner, model, [A, A])
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            assert all(isinstance(k, str) for k in obj)
+            return all(walk(v) for v in obj.values())
+        if isinstance(obj, list):
+            return all(walk(v) for v in obj)
+        return isinstance(obj, (torch.Tensor, int, float, str))
+    assert walk(pruner.state_dict())
+
+
+def test_state_from_another_model_is_refused(x32):
+    state = eb.EarlyBirdPruner(TinyVGG(), x32, ratios=[0.5]).state_dict()
+    other = eb.EarlyBirdPruner(TinyVGG(widths=(4, 6, 9)), x32, ratios=[0.5])
+    with pytest.raises(eb.CheckpointError, match="other layers or widths"):
+        other.load_state_dict(state)
+
+
+def test_ignored_layers_by_name_or_module(x32):
+    model = TinyVGG()
+    by_name = eb.EarlyBirdPruner(model, x32, ignored_layers=["features.3"])
+    by_module = eb.EarlyBirdPruner(model, x32, ignored_layers=[model.features[3]])
+    assert by_name.layout.names == by_module.layout.names == ("features.0", "features.6")
+
+
+def test_nan_scores_at_step_name_the_layer(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32)
+    with torch.no_grad():
+        model.features[4].weight[2] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite .* \['features.3'\]"):
+        pruner.step()
+    assert pruner.iterations == []                         # nothing half-recorded
+
+
+class NoNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(ratios=[]), ValueError, "ratios is empty"),
+    (dict(ratios=[0.5, 1.0]), ValueError, r"must be a number in \(0, 1\), got 1.0"),
+    (dict(ratios=[0.0]), ValueError, r"in \(0, 1\), got 0.0"),
+    (dict(ratios=[0.3, 0.3]), ValueError, "must not repeat"),
+    (dict(ratios=0.5), ValueError, "ratios must be a sequence"),
+    (dict(ratios=["0.5"]), ValueError, "must be a number"),
+    (dict(window=1), ValueError, "window must be an integer >= 2, got 1"),
+    (dict(window=2.5), ValueError, "window must be an integer"),
+    (dict(epsilon=0), ValueError, r"epsilon must be in \(0, 1\], got 0"),
+    (dict(epsilon=-0.1), ValueError, "epsilon must be in"),
+    (dict(criterion="median"), ValueError, r"unknown criterion 'median'; choose from"),
+    (dict(sparsity=-1e-4), ValueError, "sparsity must be a number >= 0"),
+    (dict(penalty="l2"), ValueError, r"choose from \['l1', 'group_lasso'\]"),
+    (dict(min_channels=0), ValueError, "min_channels must be an integer >= 1"),
+    (dict(max_layer_ratio=1.5), ValueError, "max_layer_ratio must be None or in"),
+    (dict(ratios=[0.7], max_layer_ratio=0.5), ValueError, "allow at most 9"),
+    (dict(ignored_layers=["features.99"]), ValueError, "no module named 'features.99'"),
+    (dict(ignored_layers=[3]), TypeError, "modules or qualified names"),
+])
+def test_bad_arguments_raise_at_construction(x32, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        eb.EarlyBirdPruner(TinyVGG(), x32, **kwargs)
+
+
+def test_bad_models_and_inputs_raise_at_construction(x32):
+    with pytest.raises(eb.UnsupportedModelError, match="nothing earlybird can prune"):
+        eb.EarlyBirdPruner(NoNorm(), x32)
+    with pytest.raises(eb.UnsupportedModelError, match="example_inputs do not run"):
+        eb.EarlyBirdPruner(TinyVGG(), torch.randn(2, 5, 8, 8))
+    with pytest.raises(eb.UnsupportedModelError, match=r"pass the wrapped model \(`model.module`\)"):
+        eb.EarlyBirdPruner(nn.DataParallel(TinyVGG()), x32)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        eb.EarlyBirdPruner("resnet18", x32)
+
+
+def test_training_mode_is_restored_after_tracing(x32):
+    model = TinyVGG().train()
+    model.features[1].eval()                               # a frozen BN stays frozen
+    pruner = eb.EarlyBirdPruner(model, x32)
+    pruner.prune(0.5, force=True)
+    assert model.training and not model.features[1].training and model.features[4].training
+
+
+def test_function_preserved_on_tiny_residual(x32):
+    model = TinyResidual()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    small = pruner.prune(0.5, force=True).eval()
+    zero_pruned_channels(pruner.graph, pruner.mask(0.5))
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x32), small(x32), atol=1e-6)
