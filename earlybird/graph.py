@@ -47,13 +47,16 @@ def run_example(model: nn.Module, example_inputs: Any) -> Any:
                 f"example_inputs do not run through the model: {type(exc).__name__}: {exc}") from exc
 
 
-def build_graph(model: nn.Module, example_inputs: Any,
-                ignored: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
-    """Trace ``model`` once with ``example_inputs``; a failure names the model."""
+def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+    """Trace ``model`` once with ``example_inputs``; a failure names the model.
+
+    Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
+    its input channels from the groups that feed it (e.g. the head from the last stage's group).
+    """
     with _kept_modes(model), torch.enable_grad():
         try:
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs, ignored_layers=list(ignored), verbose=False)
+                model, example_inputs, verbose=False)
         except Exception as exc:  # noqa: BLE001
             raise UnsupportedModelError(
                 f"torch-pruning could not trace {type(model).__name__}: "
@@ -137,7 +140,7 @@ class ChannelGraph:
 
     def __init__(self, model: nn.Module, example_inputs: Any,
                  ignored: Sequence[nn.Module] = ()) -> None:
-        self.graph = build_graph(model, example_inputs, ignored)
+        self.graph = build_graph(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}
         layer_names, sizes, units, norms = [], [], [], {}
