@@ -178,12 +178,17 @@ class EarlyBirdPruner:
         """Distance of each recorded mask to the one before it (one fewer than the checks)."""
         return [row[0] for row in self._rows[self._known(ratio)] if row]
 
+    def history(self, ratio: float) -> Tensor:
+        """All recorded keep-masks of ``ratio`` stacked as a bool tensor ``[checks, N]``."""
+        masks = self._masks[self._known(ratio)]
+        if not masks:
+            return torch.zeros(0, self.layout.num_channels, dtype=torch.bool)
+        return torch.stack(masks)
+
     def pairwise_distances(self, ratio: float) -> Tensor:
         """``K x K`` distances between all ``K`` recorded masks of ``ratio`` (paper Figure 3)."""
-        history = self._masks[self._known(ratio)]
-        if not history:
-            return torch.zeros(0, 0)
-        return pairwise_distances(torch.stack(history))
+        masks = self.history(ratio)
+        return pairwise_distances(masks) if len(masks) else torch.zeros(0, 0)
 
     def _known(self, ratio: float, allow_any: bool = False) -> float:
         ratio = float(ratio)
@@ -229,9 +234,7 @@ class EarlyBirdPruner:
             "names": list(self.layout.names), "sizes": list(self.layout.sizes),
             "ratios": list(self.config.ratios),
             "iterations": torch.tensor(self.iterations, dtype=torch.long),
-            "masks": {str(r): torch.stack(h) if h else torch.zeros(0, self.layout.num_channels,
-                                                                    dtype=torch.bool)
-                      for r, h in self._masks.items()},
+            "masks": {str(r): self.history(r) for r in self.config.ratios},
             "tickets": {str(r): {"check": t.check, **({"state": t.state} if t.state else {})}
                         for r, t in self.tickets.items()},
         }

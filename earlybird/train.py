@@ -1,0 +1,151 @@
+"""A plain PyTorch training loop: SGD with a step schedule, slimming, early-bird checks."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import timm
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from . import models as _models  # noqa: F401 - registers the CIFAR models in timm
+from .data import Batches
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ARCHS", "build_model", "lr_at", "default_schedule", "Loop", "evaluate"]
+
+ARCHS = ("vgg", "preresnet", "resnet18", "resnet50")
+Progress = Callable[[Iterable, str, int], Iterable]
+
+
+def build_model(arch: str, depth: Optional[int], num_classes: int, width: float = 1.0,
+                cifar: bool = True) -> nn.Module:
+    """Build ``vgg``/``preresnet`` (CIFAR, with ``depth``), torchvision's ``resnet18``/``resnet50``,
+    or any timm model name, untrained. timm's ``zero_init_last`` is turned off: zero gammas tie
+    at 0 and ``sign(0) = 0``, so the slimming penalty could never move them and the first masks
+    would be decided by position alone."""
+    if arch == "vgg":
+        return timm.create_model(f"cifar_vgg{depth or 16}_bn", num_classes=num_classes, width=width)
+    if arch == "preresnet":
+        return timm.create_model(f"cifar_preresnet{depth or 56}", num_classes=num_classes,
+                                 width=width)
+    if arch in ("resnet18", "resnet50"):
+        import torchvision
+        return getattr(torchvision.models, arch)(num_classes=num_classes)
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)} or any timm model "
+                         f"name (e.g. {', '.join(timm.list_models('resnet*')[:3])}, ...)")
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                 zero_init_last=False)
+    except TypeError:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+def default_schedule(epochs: int) -> list[int]:
+    """The reference decay points: 50 % and 75 % of the epochs (80 and 120 of 160)."""
+    return [epochs // 2, (epochs * 3) // 4]
+
+
+def lr_at(epoch: int, lr: float, schedule: Sequence[int], gamma: float = 0.1) -> float:
+    """Step schedule: ``lr * gamma**k`` with ``k`` the decay points at or before ``epoch``.
+
+    >>> [lr_at(e, 0.1, [2, 3]) for e in range(4)]
+    [0.1, 0.1, 0.010000000000000002, 0.0010000000000000002]
+    """
+    return lr * gamma ** sum(epoch >= s for s in schedule)
+
+
+def _kill_point() -> Optional[tuple[str, int, int]]:
+    """``EARLYBIRD_KILL_AT=stage:epoch:batch``: SIGKILL the process there (fault tests)."""
+    spec = os.environ.get("EARLYBIRD_KILL_AT")
+    if not spec:
+        return None
+    stage, epoch, batch = spec.split(":")
+    return stage, int(epoch), int(batch)
+
+
+@dataclass
+class Loop:
+    """One stage's training loop over :class:`~earlybird.data.Batches` (or a DataLoader).
+
+    ``on_check(step) -> bool`` is called every ``check_every`` optimizer steps (if set) and may
+    stop the stage; ``regularize`` runs between ``backward()`` and ``optimizer.step()``.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Any
+    stage: str
+    regularize: Optional[Callable[[], None]] = None
+    check_every: Optional[int] = None
+    on_check: Optional[Callable[[int], bool]] = None
+    progress: Optional[Progress] = None
+    device: torch.device = torch.device("cpu")
+
+    def epoch(self, epoch: int, step: int) -> tuple[dict[str, float], int, bool]:
+        """Train one epoch; returns (loss/accuracy, global step after it, stop requested)."""
+        self.model.train()
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+        kill = _kill_point()
+        total_loss, correct, seen, stop = 0.0, 0, 0, False
+        batches = self.batches if self.progress is None else self.progress(
+            self.batches, f"{self.stage} epoch {epoch}", len(self.batches))
+        for b, (x, y) in enumerate(batches):
+            if kill and kill == (self.stage, epoch, b):
+                os.kill(os.getpid(), signal.SIGKILL)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            out = self.model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.regularize is not None:
+                self.regularize()
+            self.optimizer.step()
+            step += 1
+            total_loss += loss.item() * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+            if self.check_every and self.on_check and step % self.check_every == 0:
+                if self.on_check(step):
+                    stop = True
+                    break
+        stats = _reduce({"loss": total_loss, "correct": correct, "seen": seen})
+        return {"loss": stats["loss"] / max(stats["seen"], 1),
+                "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
+                "samples": stats["seen"]}, step, stop
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu")) -> float:
+    """Top-1 accuracy in percent (summed over ranks under DDP)."""
+    model.eval()
+    correct, seen = 0, 0
+    for x, y in batches:
+        out = model(x.to(device))
+        correct += int((out.argmax(1) == y.to(device)).sum())
+        seen += len(y)
+    stats = _reduce({"correct": correct, "seen": seen})
+    return 100 * stats["correct"] / max(stats["seen"], 1)
+
+
+def _reduce(values: dict[str, float]) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+

@@ -1,0 +1,148 @@
+"""The EB Train workflow end to end on a tiny slice of the shipped data, and the CLI."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import earlybird as eb
+from earlybird.cli import main
+from earlybird.io import PRUNED_FORMAT
+from earlybird.runs import CHECKPOINT_FORMAT
+
+BASE = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--train-images", "256",
+        "--test-images", "128", "--batch-size", "64", "--test-batch-size", "128",
+        "--epochs", "4", "--sparsity-regularization", "-q"]
+TINY = [*BASE, "--window", "2", "--epsilon", "0.3", "--ratios", "0.3", "0.5"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_run_writes_a_complete_run_folder(tmp_path, capsys):
+    save = str(tmp_path / "run")
+    assert cli("run", "--save", save, *TINY) == 0
+    table = capsys.readouterr().out
+    assert "ratio" in table and "0.30" in table and "0.50" in table
+    files = sorted(p.name for p in Path(save).iterdir())
+    assert files == ["config.yaml", "log.jsonl", "pruned-0.3.pt", "pruned-0.5.pt",
+                     "retrain-0.3-finetune.pt", "retrain-0.5-finetune.pt", "search.pt",
+                     "summary.json"]
+    search = torch.load(Path(save, "search.pt"), weights_only=True)
+    assert search["format"] == CHECKPOINT_FORMAT and search["done"] is True
+    pruned = torch.load(Path(save, "pruned-0.5.pt"), weights_only=True)
+    assert pruned["format"] == PRUNED_FORMAT
+    draw = pruned["extra"]["draw_epoch"]
+    ticket_check = int(search["pruner"]["tickets"]["0.5"]["check"])
+    assert draw == float(search["pruner"]["iterations"][ticket_check])
+    retrain = torch.load(Path(save, "retrain-0.5-finetune.pt"), weights_only=True)
+    assert retrain["epoch"] == 4                            # finetuned to the schedule's end
+    log = eb.runs.RunDir(save).read_log()
+    epochs = [r for r in log if r["stage"] == "retrain-0.5-finetune" and "epoch" in r]
+    assert [r["epoch"] for r in epochs] == list(range(int(draw), 4))
+    small = eb.load_pruned(Path(save, "pruned-0.5.pt"), eb.models.CifarVGG(11, width=0.125))
+    assert small.features[0].out_channels == pruned["state_dict"]["features.0.weight"].shape[0]
+    # a rerun with --resume skips every finished stage and gives the same table
+    assert cli("run", "--save", save, *TINY, "--resume") == 0
+    assert capsys.readouterr().out == table
+
+
+def test_stages_one_by_one_and_scratch_retrain(tmp_path, capsys):
+    save = str(tmp_path / "run")
+    assert cli("search", "--save", save, *TINY, "--full") == 0
+    assert "tickets p=0.3" in capsys.readouterr().out
+    assert cli("prune", "--save", save, "--ratio", "0.3") == 0   # settings from config.yaml
+    assert cli("retrain", "--save", save, "--ratio", "0.3", "--mode", "scratch", "-q") == 0
+    out = capsys.readouterr().out
+    assert "scratch, from epoch 0" in out
+    ckpt = torch.load(Path(save, "retrain-0.3-scratch.pt"), weights_only=True)
+    assert ckpt["epoch"] == 4 and ckpt["step"] == 4 * 4
+
+
+def one_line_error(capsys, code, *args):
+    assert cli(*args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    save = tmp_path / "bad"
+    cases = [
+        (["--arch", "vgg99"], "unknown arch 'vgg99'; choose from ['vgg', 'preresnet'"),
+        (["--schedule", "2", "9"], "--schedule must be increasing epochs inside (0, 4)"),
+        (["--data", str(tmp_path / "nowhere")], "does not exist"),
+        (["--ratios", "0.5", "1.5"], "must be a number in (0, 1), got 1.5"),
+        (["--window", "1"], "window must be an integer >= 2"),
+    ]
+    for extra, message in cases:
+        args = ["search", "--save", str(save), *TINY, *extra]
+        line = one_line_error(capsys, 2, *args)
+        assert message in line, line
+        assert not save.exists()
+    with pytest.raises(SystemExit) as exc:
+        cli("search", "--dataset", "mnist")
+    assert exc.value.code == 2
+    assert "invalid choice: 'mnist'" in capsys.readouterr().err
+    line = one_line_error(capsys, 2, "prune", "--save", str(save), "--ratio", "0.5")
+    assert "config.yaml not found" in line and not save.exists()
+
+
+def test_prune_without_ticket_and_foreign_checkpoints(tmp_path, capsys):
+    save = tmp_path / "run"
+    assert cli("search", "--save", str(save), *BASE, "--epsilon", "0.01", "--ratios", "0.5") == 0
+    before = sorted(p.name for p in save.iterdir())
+    line = one_line_error(capsys, 2, "prune", "--save", str(save), "--ratio", "0.5")
+    assert "no ticket for ratio 0.5" in line and "--force" in line
+    line = one_line_error(capsys, 2, "retrain", "--save", str(save), "--ratio", "0.5")
+    assert "pruned-0.5.pt does not exist" in line
+    line = one_line_error(capsys, 2, "search", "--save", str(save), *BASE, "--epsilon", "0.01",
+                          "--ratios", "0.5")
+    assert "search.pt exists; pass --resume" in line
+    line = one_line_error(capsys, 2, "search", "--save", str(save), *TINY, "--resume")
+    assert "other settings (epsilon, ratios, window)" in line
+    assert sorted(p.name for p in save.iterdir()) == before
+    torch.save({"format": "something-else"}, save / "search.pt")
+    line = one_line_error(capsys, 2, "prune", "--save", str(save), "--ratio", "0.5")
+    assert "expected a 'earlybird.checkpoint/1' file, found 'something-else'" in line
+
+
+def run_cli(args, env=None, check=True):
+    return subprocess.run([sys.executable, "-m", "earlybird", *args], capture_output=True,
+                          text=True, env=env or ENV, check=check, timeout=600)
+
+
+def test_killed_search_resumes_to_the_same_ticket_and_weights(tmp_path):
+    args = [*TINY, "--full"]
+    run_cli(["search", "--save", str(tmp_path / "whole"), *args])
+    killed = run_cli(["search", "--save", str(tmp_path / "cut"), *args],
+                     env={**ENV, "EARLYBIRD_KILL_AT": "search:2:1"}, check=False)
+    assert killed.returncode == -9                         # SIGKILL in the middle of epoch 2
+    half = torch.load(tmp_path / "cut" / "search.pt", weights_only=True)
+    assert half["epoch"] == 2 and half["done"] is False
+    run_cli(["search", "--save", str(tmp_path / "cut"), *args, "--resume"])
+    a = torch.load(tmp_path / "whole" / "search.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "search.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["pruner"]["masks"]["0.5"], b["pruner"]["masks"]["0.5"])
+    assert a["pruner"]["tickets"].keys() == b["pruner"]["tickets"].keys()
+
+
+def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
+    save = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "earlybird", "run", "--save", str(save), *TINY]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("ratio  drawn") == 1           # only rank 0 prints
+    search = torch.load(save / "search.pt", weights_only=True)
+    assert search["step"] == 4 * search["epoch"]           # 128 images per rank, 32 per batch
+    assert set(search["pruner"]["tickets"]) == {"0.3", "0.5"}
+    summary = eb.runs.RunDir(save).read_log()
+    assert any(r.get("drawn") for r in summary if "drawn" in r)
+    assert (save / "retrain-0.5-finetune.pt").exists()
