@@ -48,8 +48,12 @@ def build_model(arch: str, depth: Optional[int], num_classes: int, width: float 
 
 
 def default_schedule(epochs: int) -> list[int]:
-    """The reference decay points: 50 % and 75 % of the epochs (80 and 120 of 160)."""
-    return [epochs // 2, (epochs * 3) // 4]
+    """The reference decay points: 50 % and 75 % of the epochs (80 and 120 of 160).
+
+    >>> default_schedule(160), default_schedule(3), default_schedule(1)
+    ([80, 120], [1, 2], [])
+    """
+    return sorted({e for e in (epochs // 2, (epochs * 3) // 4) if 0 < e < epochs})
 
 
 def lr_at(epoch: int, lr: float, schedule: Sequence[int], gamma: float = 0.1) -> float:

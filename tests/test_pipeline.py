@@ -146,3 +146,33 @@ def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
     summary = eb.runs.RunDir(save).read_log()
     assert any(r.get("drawn") for r in summary if "drawn" in r)
     assert (save / "retrain-0.5-finetune.pt").exists()
+
+
+def test_check_every_counts_optimizer_steps(tmp_path):
+    save = tmp_path / "steps"
+    assert cli("search", "--save", str(save), *TINY, "--check-every", "3", "--full") == 0
+    search = torch.load(save / "search.pt", weights_only=True)
+    iterations = search["pruner"]["iterations"].tolist()
+    assert iterations == list(range(3, 17, 3))             # 4 epochs x 4 steps, a check every 3
+    assert cli("prune", "--save", str(save), "--ratio", "0.3") == 0
+    pruned = torch.load(save / "pruned-0.3.pt", weights_only=True)
+    check = int(search["pruner"]["tickets"]["0.3"]["check"])
+    assert pruned["extra"]["draw_epoch"] == iterations[check] / 4
+
+
+def test_imagefolder_data_with_a_torchvision_model(tmp_path):
+    from PIL import Image
+    for split in ("train", "val"):
+        for c, color in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+            folder = tmp_path / "data" / split / c
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (48, 40), color).save(folder / f"{i}.jpg")
+    save = tmp_path / "run"
+    assert cli("train", "--save", str(save), "--dataset", "imagefolder", "--data",
+               str(tmp_path / "data"), "--arch", "resnet18", "--num-classes", "2", "--epochs", "1",
+               "--batch-size", "4", "--test-batch-size", "4", "--workers", "0", "-q") == 0
+    ckpt = torch.load(save / "train.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["model"]["fc.weight"].shape == (2, 512)
+    log = eb.runs.RunDir(save).read_log()
+    assert log[0]["samples"] == 8 and log[0]["stage"] == "train"
