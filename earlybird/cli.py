@@ -89,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
         if name == "retrain":
             p.add_argument("--start-epoch", type=int, default=None,
                            help="finetune from this epoch (default: the ticket's draw epoch)")
+    p = sub.add_parser("report", help="ledger.json and plots of run folders, and a table "
+                       "comparing their training cost", description="cost table and plots")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--no-plots", action="store_true", help="only the ledger and the table")
+    p.add_argument("--backward-factor", type=float, default=3.0,
+                   help="training FLOPs per sample = factor x forward FLOPs (3)")
     return top
 
 
@@ -135,11 +141,57 @@ def _say(text: str) -> None:
         print(text)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from .ledger import build_ledger, LEDGER_FILE
+    from .plots import write_plots
+    from .runs import RunDir
+    rows = []
+    for run in args.runs:
+        ledger = build_ledger(run, args.backward_factor)
+        RunDir(run).write_json(Path(run) / LEDGER_FILE, ledger)
+        rows += [(run, p) for p in ledger["pipelines"]]
+        if not args.no_plots:
+            for png in write_plots(run):
+                _say(f"wrote {png}")
+    _say(report_table(rows))
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.2f} {unit}"
+
+
+def report_table(rows: list[tuple[str, dict]]) -> str:
+    """Rows (run, pipeline) as a Table-2-style text table; savings are against the first
+    dense pipeline among the rows."""
+    dense = next((p for _, p in rows if p["method"].startswith("dense")), None)
+    head = (f"{'run':24} {'method':30} {'p':>5} {'drawn':>6} {'test acc':>8} {'train FLOPs':>12} "
+            f"{'energy est.':>11} {'measured':>10} {'wall-clock':>10} {'vs dense':>8}")
+    lines = [head, "-" * len(head)]
+    for run, p in rows:
+        ratio = "-" if p["ratio"] is None else f"{p['ratio']:.2f}"
+        drawn = "-" if p["draw_epoch"] is None else f"{p['draw_epoch']:.1f}"
+        measured = "-" if p["energy_j_measured"] is None else _si(p["energy_j_measured"], "J")
+        saving = f"{dense['train_flops'] / p['train_flops']:.2f}x" if dense else "-"
+        lines.append(f"{str(run)[-24:]:24} {p['method'][:30]:30} {ratio:>5} {drawn:>6} "
+                     f"{p['test_acc']:7.2f}% {_si(p['train_flops'], 'FLOP'):>12} "
+                     f"{_si(p['energy_j_estimated'], 'J'):>11} {measured:>10} "
+                     f"{p['wall_s']:9.0f}s {saving:>8}")
+    lines.append("FLOPs: one multiply-add = one FLOP (fvcore); training = 3x forward per sample; "
+                 "energy est.: arithmetic only (Horowitz 2014, 45 nm)")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from . import pipeline
     try:
+        if args.command == "report":
+            _report(args)
+            return 0
         cfg = _config(args)
         progress = _progress(args.quiet)
         if args.command == "search":
@@ -162,7 +214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resume = args.resume or (args.command == "demo" and Path(cfg.save, "config.yaml").is_file())
             summary = pipeline.run(cfg, args.mode, resume=resume, progress=progress)
             _say(_table(summary))
-            _say(f"run folder: {cfg.save} (config.yaml, log.jsonl, summary.json, pruned-*.pt)")
+            _say(f"run folder: {cfg.save} (config.yaml, log.jsonl, ledger.json, summary.json, "
+                 "pruned-*.pt)")
+            if args.command == "demo":
+                from .plots import write_plots
+                pngs = write_plots(cfg.save)
+                _say(f"plots: {', '.join(str(p) for p in pngs)}")
+                _say(f"cost table: earlybird report {cfg.save}")
     except (ValueError, FileNotFoundError, FileExistsError, EarlyBirdError) as exc:
         print(f"earlybird {args.command}: error: {exc}", file=sys.stderr)
         return 2

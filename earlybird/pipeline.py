@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import EarlyBirdConfig
 from .data import DATASETS, Batches, ImageSet, load_dataset
+from .energy import EnergyMeter
 from .errors import CheckpointError, NoTicketError
 from .flops import count_flops
 from .graph import replay_history
@@ -251,6 +252,7 @@ def _fit(env: _Env, stage: str, model: nn.Module, first_epoch: int, ckpt: Option
     if env.main and env.dir.read_config() is None:
         env.dir.write_config(cfg.as_dict())
     wrapped = _wrap(model, env)
+    meter = EnergyMeter()
     loop = Loop(wrapped, opt, env.train, stage, regularize, cfg.check_every, on_check, progress,
                 env.device)
     test_acc = float(ckpt["test_acc"]) if ckpt is not None else float("nan")
@@ -261,11 +263,15 @@ def _fit(env: _Env, stage: str, model: nn.Module, first_epoch: int, ckpt: Option
         if epoch >= cfg.epochs or stop:
             break
         lr = _set_lr(opt, cfg, epoch)
-        started = time.perf_counter()
+        started, joules0 = time.perf_counter(), meter.read()
         stats, step, stop = loop.epoch(epoch, step)
-        trained = time.perf_counter()
-        test_acc = evaluate(wrapped, env.test, env.device)
-        stats.update(train_s=trained - started, eval_s=time.perf_counter() - trained)
+        trained, joules1 = time.perf_counter(), meter.read()
+        test_acc, eval_samples = evaluate(wrapped, env.test, env.device)
+        stats.update(train_s=trained - started, eval_s=time.perf_counter() - trained,
+                     eval_samples=eval_samples, precision="fp32")
+        if joules0 is not None:
+            stats.update(train_j=joules1 - joules0, eval_j=meter.read() - joules1,
+                         energy_sources=meter.sources)
         best = max(best, test_acc)
         epoch += 1
         if env.main:
@@ -294,7 +300,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
            env: Optional[_Env] = None) -> dict[str, Any]:
     """Dense training with slimming and early-bird checks; stops once every ratio has a ticket
     (or at ``cfg.epochs``; ``cfg.full`` trains on to ``cfg.epochs`` regardless)."""
-    env = env or _setup(cfg)
+    standalone, env = env is None, env or _setup(cfg)
     ckpt = _start(env, "search", resume)
     if ckpt is not None and ckpt.get("done"):
         return _search_summary(env, ckpt)
@@ -319,6 +325,8 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
     record = _fit(env, "search", model, 0, ckpt,
                   pruner.regularize if cfg.sparsity_regularization else None,
                   before, on_check, lambda: {"pruner": pruner.state_dict()}, progress)
+    if standalone:
+        _write_ledger(env)
     return _search_summary(env, record)
 
 
@@ -396,7 +404,7 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
     its draw point, or ``scratch`` (re-initialised) over the full schedule."""
     if mode not in MODES:
         raise ValueError(f"unknown retrain mode {mode!r}; choose from {list(MODES)}")
-    env = env or _setup(cfg)
+    standalone, env = env is None, env or _setup(cfg)
     ratio = float(ratio)
     saved = _pruned_info(env, ratio)
     stage = RunDir.retrain_stage(ratio, mode)
@@ -416,6 +424,8 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
         ckpt = _fit(env, stage, small, first, ckpt, regularize, progress=progress)
     else:
         small.load_state_dict(ckpt["model"])
+    if standalone:
+        _write_ledger(env)
     cost = count_flops(small, env.example())
     return {"ratio": ratio, "mode": mode, "start_epoch": first, "test_acc": float(ckpt["test_acc"]),
             "best_acc": float(ckpt["best_acc"]), "params": cost.params, "flops": cost.flops,
@@ -425,7 +435,7 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
 def train_dense(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress] = None,
                 env: Optional[_Env] = None) -> dict[str, Any]:
     """The unpruned baseline: the full schedule, slimming only if asked."""
-    env = env or _setup(cfg)
+    standalone, env = env is None, env or _setup(cfg)
     ckpt = _start(env, "train", resume)
     model = env.model()
     regularize = None
@@ -433,6 +443,8 @@ def train_dense(cfg: RunConfig, *, resume: bool = False, progress: Optional[Prog
         regularize = EarlyBirdPruner(model, env.example(), [0.5], sparsity=cfg.s).regularize
     if ckpt is None or not ckpt.get("done"):
         ckpt = _fit(env, "train", model, 0, ckpt, regularize, progress=progress)
+    if standalone:
+        _write_ledger(env)
     cost = count_flops(model, env.example())
     return {"test_acc": float(ckpt["test_acc"]), "best_acc": float(ckpt["best_acc"]),
             "params": cost.params, "flops": cost.flops, "epochs": int(ckpt["epoch"])}
@@ -458,4 +470,11 @@ def run(cfg: RunConfig, mode: str = "finetune", *, resume: bool = False,
                "retrain": rows, "missing": [r for r in cfg.ratios if f"{r}" not in found["tickets"]]}
     if env.main:
         env.dir.write_json(env.dir.summary, summary)
+    _write_ledger(env)
     return summary
+
+
+def _write_ledger(env: _Env) -> None:
+    if env.main:
+        from .ledger import write_ledger
+        write_ledger(env.dir.root)

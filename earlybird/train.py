@@ -129,8 +129,9 @@ class Loop:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu")) -> float:
-    """Top-1 accuracy in percent (summed over ranks under DDP)."""
+def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu")
+             ) -> tuple[float, int]:
+    """Top-1 accuracy in percent and the number of images seen (summed over ranks)."""
     model.eval()
     correct, seen = 0, 0
     for x, y in batches:
@@ -138,7 +139,7 @@ def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device
         correct += int((out.argmax(1) == y.to(device)).sum())
         seen += len(y)
     stats = _reduce({"correct": correct, "seen": seen})
-    return 100 * stats["correct"] / max(stats["seen"], 1)
+    return 100 * stats["correct"] / max(stats["seen"], 1), int(stats["seen"])
 
 
 def _reduce(values: dict[str, float]) -> dict[str, float]:
