@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 from .data import DATASETS
 from .errors import EarlyBirdError
 from .pipeline import MODES, RunConfig
+from .precision import PRECISIONS, ROUNDINGS
 from .train import ARCHS
 
 __all__ = ["main", "parser"]
@@ -63,6 +64,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="check every N optimizer steps (default: once per epoch)")
     g.add_argument("--full", action="store_true", default=S,
                    help="search: train the dense model to --epochs even after every ticket")
+    g = p.add_argument_group("precision")
+    g.add_argument("--search-precision", choices=PRECISIONS, default=S,
+                   help="fp32 (default) | bf16 autocast | q8: 8-bit training simulated by qtorch")
+    g.add_argument("--retrain-precision", choices=PRECISIONS, default=S)
+    for name in ("weight", "grad", "activate", "error", "momentum"):
+        g.add_argument(f"--wl-{name}", type=int, default=S, help=f"q8 word length of {name}s (8)")
+    g.add_argument("--rounding", choices=ROUNDINGS, default=S, help="q8 rounding (stochastic)")
+    g.add_argument("--swa", action="store_true", default=S,
+                   help="average the weights over the last epochs (SWALP) and refresh BN stats")
+    g.add_argument("--swa-start", type=int, default=S, help="first averaged epoch (7/8 of --epochs)")
     p.add_argument("--save", default=S, help="run folder (runs/eb)")
     p.add_argument("--resume", action="store_true", help="continue this run; skip done stages")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -57,8 +57,7 @@ def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_facto
         out["eval_flops"] += eval_flops
         out["train_s"] += rec.get("train_s", 0.0) * w
         out["eval_s"] += rec.get("eval_s", 0.0) * we
-        out["energy_j_estimated"] += estimate_joules(train_flops, precision) + estimate_joules(
-            eval_flops, "fp32" if precision == "q8" else precision)
+        out["energy_j_estimated"] += estimate_joules(train_flops + eval_flops, precision)
         if precision not in out["precision"]:
             out["precision"].append(precision)
         if "train_j" in rec:

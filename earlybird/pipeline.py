@@ -25,6 +25,7 @@ from .errors import CheckpointError, NoTicketError
 from .flops import count_flops
 from .graph import replay_history
 from .io import load_pruned, safe_load, save_pruned, PRUNED_FORMAT
+from .precision import PRECISIONS, SWA, LowPrecision, unwrap_optimizer
 from .pruner import EarlyBirdPruner
 from .runs import RunDir
 from .train import ARCHS, Loop, Progress, build_model, default_schedule, evaluate, lr_at
@@ -69,6 +70,16 @@ class RunConfig:
     check_every: Optional[int] = None
     full: bool = False
     workers: int = 2
+    search_precision: str = "fp32"
+    retrain_precision: str = "fp32"
+    wl_weight: int = 8
+    wl_grad: int = 8
+    wl_activate: int = 8
+    wl_error: int = 8
+    wl_momentum: int = 8
+    rounding: str = "stochastic"
+    swa: bool = False
+    swa_start: Optional[int] = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -89,6 +100,14 @@ class RunConfig:
         need(self.width > 0, f"--width must be > 0, got {self.width}")
         need(self.check_every is None or self.check_every >= 1,
              f"--check-every must be >= 1 optimizer steps, got {self.check_every}")
+        for name in ("search_precision", "retrain_precision"):
+            need(getattr(self, name) in PRECISIONS, f"--{name.replace('_', '-')} must be one of "
+                 f"{list(PRECISIONS)}, got {getattr(self, name)!r}")
+        self.low_precision()
+        if self.swa_start is None:
+            object.__setattr__(self, "swa_start", (self.epochs * 7) // 8)
+        need(0 <= self.swa_start < self.epochs,
+             f"--swa-start must be an epoch in [0, {self.epochs}), got {self.swa_start}")
         for name in ("train_images", "test_images"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1")
@@ -100,6 +119,10 @@ class RunConfig:
             need(self.data is not None, f"--data is required for {self.dataset}")
         if self.data is not None and self.dataset != "cifar10" and self.dataset != "cifar100":
             need(os.path.exists(self.data), f"--data {self.data!r} does not exist")
+
+    def low_precision(self) -> LowPrecision:
+        return LowPrecision(self.wl_weight, self.wl_grad, self.wl_activate, self.wl_error,
+                            self.wl_momentum, self.rounding)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, (list, tuple)) else v)
@@ -197,7 +220,7 @@ def _optimizer(model: nn.Module, cfg: RunConfig, epoch: int) -> torch.optim.Opti
 
 def _set_lr(opt: torch.optim.Optimizer, cfg: RunConfig, epoch: int) -> float:
     lr = lr_at(epoch, cfg.lr, cfg.schedule, cfg.gamma)
-    for group in opt.param_groups:
+    for group in unwrap_optimizer(opt).param_groups:
         group["lr"] = lr
     return lr
 
@@ -232,11 +255,12 @@ def _start(env: _Env, stage: str, resume: bool) -> Optional[dict[str, Any]]:
 
 
 def _fit(env: _Env, stage: str, model: nn.Module, first_epoch: int, ckpt: Optional[dict],
-         regularize: Optional[Callable[[], None]] = None,
+         precision: str, regularize: Optional[Callable[[], None]] = None,
          before_epoch: Optional[Callable[[int], bool]] = None,
          on_check: Optional[Callable[[int], bool]] = None,
          extra: Callable[[], dict] = dict, progress: Optional[Progress] = None) -> dict[str, Any]:
-    """Train ``model`` from ``first_epoch`` to ``cfg.epochs``, checkpointing each epoch.
+    """Train ``model`` from ``first_epoch`` to ``cfg.epochs`` at ``precision``, checkpointing
+    each epoch.
 
     ``before_epoch(epoch) -> stop`` runs before each epoch (and once after the last);
     ``on_check(step) -> stop`` every ``check_every`` steps. Returns the final record.
@@ -244,18 +268,32 @@ def _fit(env: _Env, stage: str, model: nn.Module, first_epoch: int, ckpt: Option
     cfg = env.cfg
     epoch, step, best = first_epoch, 0, 0.0
     opt = _optimizer(model, cfg, epoch)
+    hooks: list = []
+    if precision == "q8":
+        opt = cfg.low_precision().optimizer(opt)
+        hooks = cfg.low_precision().quantize_activations(model)
+    swa = SWA(model) if cfg.swa else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        unwrap_optimizer(opt).load_state_dict(ckpt["optimizer"])
         epoch, step, best = int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt["best_acc"])
         torch.set_rng_state(ckpt["rng"])
+        if swa is not None and "swa" in ckpt:
+            swa.load_state_dict(ckpt["swa"])
     if env.main and env.dir.read_config() is None:
         env.dir.write_config(cfg.as_dict())
     wrapped = _wrap(model, env)
     meter = EnergyMeter()
     loop = Loop(wrapped, opt, env.train, stage, regularize, cfg.check_every, on_check, progress,
-                env.device)
+                env.device, precision)
     test_acc = float(ckpt["test_acc"]) if ckpt is not None else float("nan")
+
+    def state(done: bool) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": unwrap_optimizer(opt).state_dict(),
+                "epoch": epoch, "step": step, "best_acc": best, "test_acc": test_acc,
+                "done": done, "rng": torch.get_rng_state(), "precision": precision,
+                **({"swa": swa.state_dict()} if swa is not None else {}), **extra()}
+
     stop = False
     while True:
         if before_epoch is not None and before_epoch(epoch):
@@ -266,26 +304,33 @@ def _fit(env: _Env, stage: str, model: nn.Module, first_epoch: int, ckpt: Option
         started, joules0 = time.perf_counter(), meter.read()
         stats, step, stop = loop.epoch(epoch, step)
         trained, joules1 = time.perf_counter(), meter.read()
-        test_acc, eval_samples = evaluate(wrapped, env.test, env.device)
+        test_acc, eval_samples = evaluate(wrapped, env.test, env.device, precision)
         stats.update(train_s=trained - started, eval_s=time.perf_counter() - trained,
-                     eval_samples=eval_samples, precision="fp32")
+                     eval_samples=eval_samples, precision=precision)
         if joules0 is not None:
             stats.update(train_j=joules1 - joules0, eval_j=meter.read() - joules1,
                          energy_sources=meter.sources)
         best = max(best, test_acc)
         epoch += 1
+        if swa is not None and epoch > cfg.swa_start:
+            swa.update()
         if env.main:
             env.dir.append_log({"stage": stage, "epoch": epoch - 1, "step": step, "lr": lr,
                                 "test_acc": test_acc, **stats})
-            env.dir.save_checkpoint(stage, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "step": step, "best_acc": best, "test_acc": test_acc, "done": False,
-                "rng": torch.get_rng_state(), **extra()})
+            env.dir.save_checkpoint(stage, state(False))
         log.info("%s epoch %d: loss %.4f, train %.2f%%, test %.2f%%", stage, epoch - 1,
                  stats["loss"], stats["train_acc"], test_acc)
-    record = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-              "step": step, "best_acc": best, "test_acc": test_acc, "done": True,
-              "rng": torch.get_rng_state(), **extra()}
+    if swa is not None and swa.count and epoch >= cfg.epochs:
+        started = time.perf_counter()
+        swa.apply(env.train)
+        test_acc, eval_samples = evaluate(wrapped, env.test, env.device, precision)
+        best = max(best, test_acc)
+        if env.main:
+            env.dir.append_log({"stage": stage, "swa": swa.count, "test_acc": test_acc,
+                                "swa_s": time.perf_counter() - started})
+    for handle in hooks:
+        handle.remove()
+    record = state(True)
     if env.main:
         env.dir.save_checkpoint(stage, record)
     env.barrier()
@@ -322,7 +367,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
 
     before = None if cfg.check_every else check
     on_check = check if cfg.check_every else None
-    record = _fit(env, "search", model, 0, ckpt,
+    record = _fit(env, "search", model, 0, ckpt, cfg.search_precision,
                   pruner.regularize if cfg.sparsity_regularization else None,
                   before, on_check, lambda: {"pruner": pruner.state_dict()}, progress)
     if standalone:
@@ -421,7 +466,8 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
     if cfg.sparsity_regularization:
         regularize = EarlyBirdPruner(small, env.example(), [0.5], sparsity=cfg.s).regularize
     if ckpt is None or not ckpt.get("done"):
-        ckpt = _fit(env, stage, small, first, ckpt, regularize, progress=progress)
+        ckpt = _fit(env, stage, small, first, ckpt, cfg.retrain_precision, regularize,
+                    progress=progress)
     else:
         small.load_state_dict(ckpt["model"])
     if standalone:
@@ -442,7 +488,8 @@ def train_dense(cfg: RunConfig, *, resume: bool = False, progress: Optional[Prog
     if cfg.sparsity_regularization:
         regularize = EarlyBirdPruner(model, env.example(), [0.5], sparsity=cfg.s).regularize
     if ckpt is None or not ckpt.get("done"):
-        ckpt = _fit(env, "train", model, 0, ckpt, regularize, progress=progress)
+        ckpt = _fit(env, "train", model, 0, ckpt, cfg.search_precision, regularize,
+                    progress=progress)
     if standalone:
         _write_ledger(env)
     cost = count_flops(model, env.example())

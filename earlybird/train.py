@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from . import models as _models  # noqa: F401 - registers the CIFAR models in timm
 from .data import Batches
+from .precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Loop:
     on_check: Optional[Callable[[int], bool]] = None
     progress: Optional[Progress] = None
     device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
 
     def epoch(self, epoch: int, step: int) -> tuple[dict[str, float], int, bool]:
         """Train one epoch; returns (loss/accuracy, global step after it, stop requested)."""
@@ -105,8 +107,9 @@ class Loop:
             if kill and kill == (self.stage, epoch, b):
                 os.kill(os.getpid(), signal.SIGKILL)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            out = self.model(x)
-            loss = nn.functional.cross_entropy(out, y)
+            with autocast(self.precision, self.device):
+                out = self.model(x)
+                loss = nn.functional.cross_entropy(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.regularize is not None:
@@ -129,13 +132,14 @@ class Loop:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu")
-             ) -> tuple[float, int]:
+def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu"),
+             precision: str = "fp32") -> tuple[float, int]:
     """Top-1 accuracy in percent and the number of images seen (summed over ranks)."""
     model.eval()
     correct, seen = 0, 0
     for x, y in batches:
-        out = model(x.to(device))
+        with autocast(precision, device):
+            out = model(x.to(device))
         correct += int((out.argmax(1) == y.to(device)).sum())
         seen += len(y)
     stats = _reduce({"correct": correct, "seen": seen})

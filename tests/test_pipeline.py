@@ -29,7 +29,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "ratio" in table and "0.30" in table and "0.50" in table
     files = sorted(p.name for p in Path(save).iterdir())
-    assert files == ["config.yaml", "log.jsonl", "pruned-0.3.pt", "pruned-0.5.pt",
+    assert files == ["config.yaml", "ledger.json", "log.jsonl", "pruned-0.3.pt", "pruned-0.5.pt",
                      "retrain-0.3-finetune.pt", "retrain-0.5-finetune.pt", "search.pt",
                      "summary.json"]
     search = torch.load(Path(save, "search.pt"), weights_only=True)

@@ -1,0 +1,169 @@
+"""Numeric precision of a training phase: fp32, bf16 autocast, or 8-bit training with qtorch.
+
+``q8`` simulates low-precision training the way SWALP does (Yang et al., 2019): weights,
+gradients and momentum are block-floating-point quantised by ``qtorch.optim.OptimLP`` (one
+shared exponent per tensor), and the activations entering and leaving every conv and linear
+layer are quantised in the forward pass and their errors in the backward pass (one shared
+exponent per sample). Optionally the weights are averaged over the last epochs (SWA) and the
+BatchNorm statistics recomputed for the average. The simulation runs in fp32 arithmetic, so on
+a CPU it is slower than fp32 training; the energy estimate charges 8-bit costs.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .errors import EarlyBirdError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRECISIONS", "ROUNDINGS", "LowPrecision", "LowPrecisionUnavailable", "load_qtorch",
+           "autocast", "SWA"]
+
+PRECISIONS = ("fp32", "bf16", "q8")
+ROUNDINGS = ("stochastic", "nearest")
+
+
+class LowPrecisionUnavailable(EarlyBirdError, RuntimeError):
+    """qtorch's C++ extension cannot be built or loaded here."""
+
+
+def load_qtorch() -> Any:
+    """Import qtorch, which compiles a C++ extension on first use (~25 s, then cached).
+
+    Puts the ``ninja`` of the ``ninja`` package on PATH first, and names a missing compiler.
+    """
+    try:
+        import ninja  # the pip package ships the binary torch's extension builder calls
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    missing = [tool for tool in ("ninja", os.environ.get("CXX", "c++")) if shutil.which(tool) is None]
+    if missing:
+        raise LowPrecisionUnavailable(
+            f"q8 needs qtorch's C++ extension, which needs {' and '.join(missing)} on PATH "
+            "(pip install ninja; apt-get install g++); fp32 and bf16 work without it")
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+        built = any(p.endswith(".so") for p in os.listdir(_get_build_directory("quant_cpu", False)))
+    except Exception:  # noqa: BLE001 - only decides whether to announce the compile
+        built = False
+    if not built:
+        log.warning("q8: compiling qtorch's C++ extension (first use only, about 25 s)")
+    try:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            import qtorch.quant
+            import qtorch.optim
+    except Exception as exc:  # noqa: BLE001
+        raise LowPrecisionUnavailable(f"qtorch's C++ extension did not build or load: "
+                                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
+                                      "fp32 and bf16 work without it") from exc
+    import qtorch
+    return qtorch
+
+
+@dataclass(frozen=True)
+class LowPrecision:
+    """Word lengths and rounding of ``q8`` training (SWALP's settings by default).
+
+    >>> LowPrecision(wl_weight=6).wl_weight
+    6
+    """
+
+    wl_weight: int = 8
+    wl_grad: int = 8
+    wl_activate: int = 8
+    wl_error: int = 8
+    wl_momentum: int = 8
+    rounding: str = "stochastic"
+
+    def __post_init__(self) -> None:
+        for name in ("wl_weight", "wl_grad", "wl_activate", "wl_error", "wl_momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 32:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer in [2, 32], "
+                                 f"got {value!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"--rounding must be one of {list(ROUNDINGS)}, got {self.rounding!r}")
+
+    def _block(self, wl: int, dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        from qtorch.quant import block_quantize
+        return lambda x: block_quantize(x, wl=wl, dim=dim, rounding=self.rounding)
+
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Wrap an SGD/Adam optimizer so weights, gradients and momentum stay on the grid."""
+        load_qtorch()
+        from qtorch.optim import OptimLP
+        return OptimLP(optimizer, weight_quant=self._block(self.wl_weight, -1),
+                       grad_quant=self._block(self.wl_grad, -1),
+                       momentum_quant=self._block(self.wl_momentum, -1))
+
+    def quantize_activations(self, model: nn.Module) -> list[Any]:
+        """Quantise activations (forward) and errors (backward) around every conv and linear
+        layer, through hooks; returns the hook handles (``.remove()`` them to undo)."""
+        qtorch = load_qtorch()
+        from qtorch.quant import quantizer
+        q = quantizer(forward_number=qtorch.BlockFloatingPoint(wl=self.wl_activate, dim=0),
+                      backward_number=qtorch.BlockFloatingPoint(wl=self.wl_error, dim=0),
+                      forward_rounding=self.rounding, backward_rounding=self.rounding)
+        handles = []
+        for m in model.modules():
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                handles.append(m.register_forward_pre_hook(lambda _, args: (q(args[0]), *args[1:])))
+                handles.append(m.register_forward_hook(lambda _, __, out: q(out)))
+        return handles
+
+
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that holds the state (OptimLP keeps it in ``.optim``)."""
+    return getattr(optimizer, "optim", optimizer)
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """bf16 autocast for ``bf16``; nothing for ``fp32`` and ``q8``."""
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+class SWA:
+    """Stochastic weight averaging over epochs (SWALP averages the low-precision iterates in
+    full precision), then a pass over the data to recompute BatchNorm statistics."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.count = 0
+        self.mean = {k: torch.zeros_like(v, dtype=torch.float32)
+                     for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def update(self) -> None:
+        self.count += 1
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                if k in self.mean:
+                    self.mean[k] += (v.float() - self.mean[k]) / self.count
+
+    def apply(self, batches: Any) -> None:
+        """Load the average into the model and refresh BN statistics on ``batches``."""
+        if self.count == 0:
+            return
+        state = self.model.state_dict()
+        self.model.load_state_dict({k: (self.mean[k].to(v.dtype) if k in self.mean else v)
+                                    for k, v in state.items()})
+        torch.optim.swa_utils.update_bn(batches, self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count, self.mean = int(state["count"]), dict(state["mean"])
