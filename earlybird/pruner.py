@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .carry import carry_optimizer, carry_scheduler
 from .config import EarlyBirdConfig
 from .criteria import get_criterion
 from .distance import pairwise_distances
@@ -198,12 +199,19 @@ class EarlyBirdPruner:
         raise ValueError(f"ratio {ratio} is not tracked; use {allowed}")
 
     # ------------------------------------------------------------------------------- pruning
-    def prune(self, ratio: float, *, force: bool = False) -> nn.Module:
+    def prune(self, ratio: float, *, force: bool = False,
+              optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None) -> Any:
         """A physically pruned deep copy of the model for the ticket of ``ratio``.
 
         The copy starts from the ticket's own weights (when kept) and loses exactly the ticket's
         pruned channels; the wrapped model is not touched. ``force=True`` prunes a ratio that has
         no ticket yet by its current mask and current weights.
+
+        With ``optimizer`` (to prune mid-training and keep going) the copy starts from the
+        *current* weights, which the optimizer's state belongs to, and ``(model, optimizer)`` is
+        returned: the same optimizer class, groups and hyper-parameters, with every per-parameter
+        state tensor (momentum, Adam moments) sliced to the kept channels. With ``scheduler``
+        too, ``(model, optimizer, scheduler)``, the scheduler continuing from the same step.
         """
         ratio = self._known(ratio, allow_any=force)
         ticket = self.tickets.get(ratio)
@@ -212,9 +220,11 @@ class EarlyBirdPruner:
                 f"no early-bird ticket for ratio {ratio} yet after {len(self.iterations)} checks "
                 f"(tickets so far: {sorted(self.tickets)}); keep training, or pass force=True to "
                 "prune by the current mask")
+        if scheduler is not None and optimizer is None:
+            raise ValueError("scheduler= needs optimizer= (the scheduler drives the optimizer)")
         keep = ticket.masks if ticket is not None else self.masks(ratio)
         small = copy.deepcopy(self.model)
-        if ticket is not None and ticket.state is not None:
+        if ticket is not None and ticket.state is not None and optimizer is None:
             small.load_state_dict(ticket.state)
         history = prune_model(small, self.example_inputs, keep)
         for name, mask in keep.items():
@@ -224,7 +234,12 @@ class EarlyBirdPruner:
                 raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
                                             f"ticket keeps {int(mask.sum())}")
         attach_record(small, history, self._spec)
-        return small
+        if optimizer is None:
+            return small
+        opt = carry_optimizer(self.model, small, optimizer, self.example_inputs, history)
+        if scheduler is None:
+            return small, opt
+        return small, opt, carry_scheduler(scheduler, opt)
 
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
