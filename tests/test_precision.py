@@ -34,9 +34,12 @@ def test_quantised_step_puts_weights_and_momentum_on_the_8_bit_grid(x32):
         model(x32).sum().backward()
         opt.step()
         opt.zero_grad()
-    for p, b in zip(model.parameters(), before):
-        assert on_grid(p.detach()) and not torch.equal(p, b)
+    for p in model.parameters():
+        assert on_grid(p.detach())
         assert on_grid(opt.optim.state[p]["momentum_buffer"])
+    # stochastic rounding may round a small update back (qtorch's CPU rounding is not seeded by
+    # torch), but the conv weights move by more than one grid step
+    assert not torch.equal(model.features[0].weight, before[0])
 
 
 def test_activations_are_quantised_per_sample_and_hooks_come_off(x32):
