@@ -7,6 +7,7 @@ model, so a file never carries code: it loads with ``torch.load(weights_only=Tru
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,31 +19,78 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .graph import History, replay_history
 
-__all__ = ["atomic_save", "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs"]
+__all__ = ["atomic_save", "digest", "previous", "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs"]
 
 PathLike = Union[str, os.PathLike]
 PRUNED_FORMAT = "earlybird.pruned/1"
 RECORD_ATTR = "_earlybird_pruning"
 
 
-def atomic_save(obj: Any, path: PathLike) -> None:
+def digest(obj: Any) -> str:
+    """SHA-256 over the contents of nested dicts/lists of tensors and plain values.
+
+    Independent of how ``torch.save`` lays the bytes out, so a file can carry its own digest.
+    """
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for k in sorted(value, key=str):
+                h.update(repr(k).encode())
+                feed(value[k])
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for v in value:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(value).encode())
+    feed(obj)
+    return h.hexdigest()
+
+
+def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
 
-    A crash or a full disk leaves any previous file at ``path`` as it was.
+    A dict gets a ``sha256`` entry over its contents, checked by :func:`safe_load`. A crash or a
+    full disk leaves any previous file at ``path`` as it was; ``keep_previous`` also keeps the
+    file being replaced as ``<name>.prev<suffix>`` (a hard link, made before the rename).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != "sha256"}, "sha256": digest(
+            {k: v for k, v in obj.items() if k != "sha256"})}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            link = path.with_name(f".{path.name}.prev.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            os.link(path, link)
+            os.replace(link, previous(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def previous(path: PathLike) -> Path:
+    """Where :func:`atomic_save` keeps the file it replaced: ``search.pt`` -> ``search.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def safe_load(path: PathLike, expected_format: str) -> dict:
@@ -54,11 +102,21 @@ def safe_load(path: PathLike, expected_format: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or code-carrying files
         raise CheckpointError(f"{path}: not a readable earlybird file "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                              f"{_fallback(path)}") from exc
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a {expected_format!r} file, found {found!r}")
+    if "sha256" in obj and digest({k: v for k, v in obj.items() if k != "sha256"}) != obj["sha256"]:
+        raise CheckpointError(f"{path}: contents do not match its checksum (corrupted or "
+                              f"tampered with){_fallback(path)}")
     return obj
+
+
+def _fallback(path: Path) -> str:
+    prev = previous(path)
+    return (f"; the previous good file is {prev}: copy it over {path.name} to resume from it"
+            if prev.is_file() else "")
 
 
 def input_spec(example_inputs: Any) -> Any:

@@ -28,7 +28,8 @@ from .io import load_pruned, safe_load, save_pruned, PRUNED_FORMAT
 from .precision import PRECISIONS, SWA, LowPrecision, unwrap_optimizer
 from .pruner import EarlyBirdPruner
 from .runs import RunDir
-from .train import ARCHS, Loop, Progress, build_model, default_schedule, evaluate, lr_at
+from .train import (ARCHS, Loop, Progress, build_model, default_schedule, evaluate, lr_at,
+                    maybe_kill)
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +429,7 @@ def prune(cfg: RunConfig, ratio: float, *, force: bool = False,
     info = {"ratio": ratio, "draw_epoch": _draw_epoch(env, iteration), "forced": ticket is None,
             "params": small_cost.params, "flops": small_cost.flops,
             "dense_params": dense_cost.params, "dense_flops": dense_cost.flops}
+    maybe_kill("prune")
     if env.main:
         save_pruned(small, env.dir.pruned(ratio), **info)
     env.barrier()

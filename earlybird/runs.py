@@ -84,7 +84,8 @@ class RunDir:
         self.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def save_checkpoint(self, stage: str, state: dict[str, Any]) -> None:
-        atomic_save({"format": CHECKPOINT_FORMAT, "stage": stage, **state}, self.checkpoint(stage))
+        atomic_save({"format": CHECKPOINT_FORMAT, "stage": stage, **state}, self.checkpoint(stage),
+                    keep_previous=True)
 
     def load_checkpoint(self, stage: str) -> Optional[dict[str, Any]]:
         path = self.checkpoint(stage)

@@ -66,6 +66,12 @@ def lr_at(epoch: int, lr: float, schedule: Sequence[int], gamma: float = 0.1) ->
     return lr * gamma ** sum(epoch >= s for s in schedule)
 
 
+def maybe_kill(stage: str, epoch: int = 0, batch: int = 0) -> None:
+    """SIGKILL this process if ``EARLYBIRD_KILL_AT`` names this point (fault tests)."""
+    if _kill_point() == (stage, epoch, batch):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _kill_point() -> Optional[tuple[str, int, int]]:
     """``EARLYBIRD_KILL_AT=stage:epoch:batch``: SIGKILL the process there (fault tests)."""
     spec = os.environ.get("EARLYBIRD_KILL_AT")

@@ -1,4 +1,5 @@
 """The EB Train workflow end to end on a tiny slice of the shipped data, and the CLI."""
+import json
 import os
 import subprocess
 import sys
@@ -29,9 +30,10 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "ratio" in table and "0.30" in table and "0.50" in table
     files = sorted(p.name for p in Path(save).iterdir())
-    assert files == ["config.yaml", "ledger.json", "log.jsonl", "pruned-0.3.pt", "pruned-0.5.pt",
-                     "retrain-0.3-finetune.pt", "retrain-0.5-finetune.pt", "search.pt",
-                     "summary.json"]
+    assert files == sorted(["config.yaml", "ledger.json", "log.jsonl", "pruned-0.3.pt",
+                            "pruned-0.5.pt", "retrain-0.3-finetune.pt", "retrain-0.5-finetune.pt",
+                            "search.pt", "summary.json", "search.prev.pt",
+                            "retrain-0.3-finetune.prev.pt", "retrain-0.5-finetune.prev.pt"])
     search = torch.load(Path(save, "search.pt"), weights_only=True)
     assert search["format"] == CHECKPOINT_FORMAT and search["done"] is True
     pruned = torch.load(Path(save, "pruned-0.5.pt"), weights_only=True)
@@ -176,3 +178,51 @@ def test_imagefolder_data_with_a_torchvision_model(tmp_path):
     assert ckpt["step"] == 2 and ckpt["model"]["fc.weight"].shape == (2, 512)
     log = eb.runs.RunDir(save).read_log()
     assert log[0]["samples"] == 8 and log[0]["stage"] == "train"
+
+
+def test_tampered_or_truncated_checkpoint_is_refused_and_the_previous_one_kept(tmp_path, capsys):
+    save = tmp_path / "run"
+    assert cli("search", "--save", str(save), *TINY, "--full") == 0
+    good = torch.load(save / "search.prev.pt", weights_only=True)
+    assert good["epoch"] == 4 and good["done"] is False     # the file the final save replaced
+    state = torch.load(save / "search.pt", weights_only=True)
+    state["model"]["features.0.weight"][0, 0, 0, 0] += 1.0  # tampered, still loadable
+    torch.save(state, save / "search.pt")
+    line = one_line_error(capsys, 2, "prune", "--save", str(save), "--ratio", "0.5")
+    assert "do not match its checksum" in line and "search.prev.pt" in line
+    data = (save / "search.prev.pt").read_bytes()
+    (save / "search.pt").write_bytes(data[: len(data) // 3])  # truncated
+    line = one_line_error(capsys, 2, "search", "--save", str(save), *TINY, "--full", "--resume")
+    assert "not a readable earlybird file" in line and "search.prev.pt" in line
+    (save / "search.pt").write_bytes(data)                 # the user restores the previous one
+    assert cli("search", "--save", str(save), *TINY, "--full", "--resume") == 0
+
+
+def test_same_seed_same_tickets_and_weights(tmp_path):
+    for name in ("a", "b"):
+        assert cli("search", "--save", str(tmp_path / name), *TINY, "--full") == 0
+    a = torch.load(tmp_path / "a" / "search.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "search.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for r in ("0.3", "0.5"):
+        assert torch.equal(a["pruner"]["masks"][r], b["pruner"]["masks"][r])
+        assert a["pruner"]["tickets"][r]["check"] == b["pruner"]["tickets"][r]["check"]
+    assert a["sha256"] == b["sha256"]
+
+
+@pytest.mark.parametrize("point", ["search:1:2", "prune:0:0", "retrain-0.5-finetune:3:1"])
+def test_a_run_killed_anywhere_resumes_to_the_same_result(tmp_path, point):
+    args = ["run", *TINY, "--ratios", "0.5"]
+    run_cli([*args, "--save", str(tmp_path / "whole")])
+    killed = run_cli([*args, "--save", str(tmp_path / "cut")],
+                     env={**ENV, "EARLYBIRD_KILL_AT": point}, check=False)
+    assert killed.returncode == -9, killed.stderr[-500:]
+    run_cli([*args, "--save", str(tmp_path / "cut"), "--resume"])
+    for name in ("search.pt", "pruned-0.5.pt", "retrain-0.5-finetune.pt"):
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)
+        b = torch.load(tmp_path / "cut" / name, weights_only=True)
+        key = "state_dict" if name.startswith("pruned") else "model"
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), name
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert whole["retrain"] == cut["retrain"]
