@@ -1,7 +1,9 @@
 """Early-bird search inside a Lightning ``Trainer``.
 
->>> from earlybird.integrations.lightning import EarlyBirdCallback   # doctest: +SKIP
->>> trainer = lightning.Trainer(callbacks=[EarlyBirdCallback(ratios=[0.5], on_detect="prune")])
+Example (the README's Lightning snippet runs a complete one)::
+
+    from earlybird.integrations.lightning import EarlyBirdCallback
+    trainer = lightning.Trainer(callbacks=[EarlyBirdCallback(ratios=[0.5], on_detect="prune")])
 """
 from __future__ import annotations
 
