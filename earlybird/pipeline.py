@@ -24,6 +24,7 @@ from .energy import EnergyMeter
 from .errors import CheckpointError, NoTicketError
 from .flops import count_flops
 from .graph import replay_history
+from .models import VGG_CFGS, preresnet_block
 from .io import load_pruned, safe_load, save_pruned, PRUNED_FORMAT
 from .precision import PRECISIONS, SWA, LowPrecision, unwrap_optimizer
 from .pruner import EarlyBirdPruner
@@ -112,7 +113,12 @@ class RunConfig:
         for name in ("train_images", "test_images"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1")
-        if self.arch not in ARCHS:
+        if self.arch == "vgg":
+            need(self.depth in VGG_CFGS,
+                 f"VGG depth must be one of {sorted(VGG_CFGS)}, got {self.depth}")
+        elif self.arch == "preresnet":
+            preresnet_block(self.depth or 56)
+        elif self.arch not in ARCHS:
             import timm
             need(timm.is_model(self.arch), f"unknown arch {self.arch!r}; choose from "
                  f"{list(ARCHS)} or any timm model name")
