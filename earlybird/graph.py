@@ -50,17 +50,56 @@ def run_example(model: nn.Module, example_inputs: Any) -> Any:
 def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """Trace ``model`` once with ``example_inputs``; a failure names the model.
 
+    The trace runs in eval mode. Layers that only run in training (Inception's and GoogLeNet's
+    auxiliary classifiers) would be left out of the graph, and pruning would break them, so if
+    any layer with weights was not reached the model is traced again in training mode on the
+    example batch doubled (BatchNorm needs two samples), its BatchNorm statistics restored.
     Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
     its input channels from the groups that feed it (e.g. the head from the last stage's group).
     """
+    graph = _trace(model, example_inputs, train=False)
+    missed = _untraced(model, graph)
+    if missed:
+        log.debug("layers not reached in eval mode, tracing in training mode: %s", missed[:5])
+        graph = _trace(model, example_inputs, train=True)
+    return graph
+
+
+def _trace(model: nn.Module, example_inputs: Any, train: bool) -> tp.DependencyGraph:
+    forward = None
+    if train:
+        def forward(m: nn.Module, inputs: Any) -> Any:
+            m.train()
+            return _run(m, _doubled(inputs))
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
+               or "num_batches_tracked" in k} if train else {}
     with _kept_modes(model), torch.enable_grad():
         try:
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs, verbose=False)
+            return tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward,
+                                                         verbose=False)
         except Exception as exc:  # noqa: BLE001
             raise UnsupportedModelError(
                 f"torch-pruning could not trace {type(model).__name__}: "
                 f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if buffers:
+                model.load_state_dict(buffers, strict=False)
+
+
+def _doubled(inputs: Any) -> Any:
+    if isinstance(inputs, Tensor):
+        return torch.cat([inputs, inputs])
+    if isinstance(inputs, Mapping):
+        return {k: _doubled(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_doubled(v) for v in inputs)
+    return inputs
+
+
+def _untraced(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
+    kinds = ROOT_TYPES + NORM_TYPES
+    return [name for name, m in model.named_modules()
+            if isinstance(m, kinds) and m not in graph.module2node]
 
 
 def _run(model: nn.Module, inputs: Any) -> Any:

@@ -149,3 +149,18 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_training_only_branches_are_traced_and_pruned_consistently():
+    torch.manual_seed(0)
+    model = TV.googlenet(num_classes=10, init_weights=True)   # aux classifiers run in training
+    x = torch.randn(1, 3, 64, 64)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    pruner = eb.EarlyBirdPruner(model, x, ratios=[0.5])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())  # untouched
+    small = pruner.prune(0.5, force=True)
+    out = small.train()(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in out] == [(2, 10)] * 3             # logits and both aux logits
+    assert small.aux1.conv.conv.in_channels == small.inception4a.branch1.conv.out_channels + \
+        small.inception4a.branch2[1].conv.out_channels + small.inception4a.branch3[1].conv.out_channels + \
+        small.inception4a.branch4[1].conv.out_channels
