@@ -189,27 +189,16 @@ def _drop_timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _vgg(depth: int):
-    def build(pretrained: bool = False, **kwargs: Any) -> CifarVGG:
-        return CifarVGG(depth, **_drop_timm_kwargs({"pretrained": pretrained, **kwargs}))
-    build.__name__ = f"cifar_vgg{depth}_bn"
-    build.__doc__ = f"CIFAR VGG-{depth} with BatchNorm (network-slimming variant)."
-    build.__module__ = __name__
-    return register_model(build)
-
-
-def _preresnet(depth: int):
-    def build(pretrained: bool = False, **kwargs: Any) -> PreResNet:
-        return PreResNet(depth, **_drop_timm_kwargs({"pretrained": pretrained, **kwargs}))
-    build.__name__ = f"cifar_preresnet{depth}"
-    build.__doc__ = f"CIFAR pre-activation ResNet-{depth}."
-    build.__module__ = __name__
-    return register_model(build)
+def _register(cls: type, depth: int, name: str, doc: str) -> None:
+    def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        return cls(depth, **_drop_timm_kwargs({"pretrained": pretrained, **kwargs}))
+    build.__name__, build.__doc__, build.__module__ = name, doc, __name__
+    register_model(build)
 
 
 VGG_DEPTHS: Sequence[int] = tuple(VGG_CFGS)
 PRERESNET_DEPTHS: Sequence[int] = (20, 32, 44, 56, 101, 110, 164)
 for _d in VGG_DEPTHS:
-    _vgg(_d)
+    _register(CifarVGG, _d, f"cifar_vgg{_d}_bn", f"CIFAR VGG-{_d} with BatchNorm (network slimming).")
 for _d in PRERESNET_DEPTHS:
-    _preresnet(_d)
+    _register(PreResNet, _d, f"cifar_preresnet{_d}", f"CIFAR pre-activation ResNet-{_d}.")
