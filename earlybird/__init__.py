@@ -11,7 +11,7 @@ from .errors import CheckpointError, EarlyBirdError, NoTicketError, UnsupportedM
 from .io import atomic_save, load_pruned, save_pruned
 from .masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
 from .pruner import EarlyBirdPruner, Ticket
-from . import models  # registers the CIFAR models in timm
+from . import models  # noqa: F401 - registers the CIFAR models in timm
 
 __version__ = "0.1.0"
 __all__ = [

@@ -8,7 +8,7 @@ weights and the same pruning history is replayed on that copy. Everything else i
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn

@@ -9,7 +9,6 @@ batches it would have seen. Larger images go through torchvision's ``ImageFolder
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tarfile

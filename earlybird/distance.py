@@ -1,7 +1,7 @@
 """Mask distance: the normalized Hamming distance between two tickets."""
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 - used by the doctests
 from torch import Tensor
 
 __all__ = ["mask_distance", "pairwise_distances", "max_distance"]

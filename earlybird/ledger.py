@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 
 from .energy import ENERGY_SOURCE, PJ_PER_MAC, estimate_joules
 from .flops import count_flops

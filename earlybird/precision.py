@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn

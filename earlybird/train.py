@@ -10,10 +10,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import timm
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from . import models as _models  # noqa: F401 - registers the CIFAR models in timm
-from .data import Batches
 from .precision import autocast
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,5 @@
 """Cost ledger, energy and plots: checked against hand-computed numbers."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ from earlybird.cli import main
 from earlybird.energy import EnergyMeter, estimate_joules
 from earlybird.flops import count_flops
 from earlybird.ledger import build_ledger, phase_cost
-from earlybird.plots import write_plots
 from test_pipeline import TINY
 
 
@@ -30,7 +28,7 @@ def test_vit_attention_is_counted_not_skipped():
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
     cost = count_flops(vit, torch.zeros(1, 3, 32, 32))
     assert "aten::scaled_dot_product_attention" not in cost.uncounted
-    tokens, dim, heads = 5, 192, 3                          # 4 patches + cls
+    tokens, dim = 5, 192                                    # 4 patches + cls, 3 heads
     attention = 12 * 2 * tokens * tokens * dim              # q@k^T and attn@v per block
     linear = 12 * tokens * (dim * 3 * dim + dim * dim + 2 * dim * 4 * dim)
     patch = 4 * 16 * 16 * 3 * dim

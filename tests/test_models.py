@@ -7,7 +7,6 @@ import pytest
 import timm
 import torch
 import torchvision
-from torch import nn
 
 import earlybird as eb
 from earlybird.graph import zero_pruned_channels
