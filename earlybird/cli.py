@@ -207,8 +207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress = _progress(args.quiet)
         if args.command == "search":
             out = pipeline.search(cfg, resume=args.resume, progress=progress)
-            _say(f"search: {out['epochs']} epochs, test acc {out['test_acc']:.2f}%, tickets "
-                  + ", ".join(f"p={r} at epoch {t['draw_epoch']:g}" for r, t in out["tickets"].items()))
+            drawn = ", ".join(f"p={r} at epoch {t['draw_epoch']:g}" for r, t in out["tickets"].items())
+            _say(f"search: {out['epochs']} epochs, test acc {out['test_acc']:.2f}%, tickets: "
+                 f"{drawn or 'none yet'}")
         elif args.command == "prune":
             out = pipeline.prune(cfg, args.ratio, force=args.force)
             _say(f"pruned p={args.ratio:g}: {out['dense_params']:,} -> {out['params']:,} params, "

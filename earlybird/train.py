@@ -125,7 +125,8 @@ class Loop:
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
             if hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+                batches.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                                    refresh=False)
             if self.check_every and self.on_check and step % self.check_every == 0:
                 if self.on_check(step):
                     stop = True

@@ -56,7 +56,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
 def test_stages_one_by_one_and_scratch_retrain(tmp_path, capsys):
     save = str(tmp_path / "run")
     assert cli("search", "--save", save, *TINY, "--full") == 0
-    assert "tickets p=0.3" in capsys.readouterr().out
+    assert "tickets: p=0.3 at epoch" in capsys.readouterr().out
     assert cli("prune", "--save", save, "--ratio", "0.3") == 0   # settings from config.yaml
     assert cli("retrain", "--save", save, "--ratio", "0.3", "--mode", "scratch", "-q") == 0
     out = capsys.readouterr().out
