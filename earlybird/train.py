@@ -105,7 +105,10 @@ class Loop:
         if hasattr(self.batches, "set_epoch"):
             self.batches.set_epoch(epoch)
         kill = _kill_point()
-        total_loss, correct, seen, stop = 0.0, 0, 0, False
+        # running sums stay on the device: no host sync per step (the bar reads them every 20)
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen, stop = 0, False
         batches = self.batches if self.progress is None else self.progress(
             self.batches, f"{self.stage} epoch {epoch}", len(self.batches))
         for b, (x, y) in enumerate(batches):
@@ -121,17 +124,17 @@ class Loop:
                 self.regularize()
             self.optimizer.step()
             step += 1
-            total_loss += loss.item() * len(y)
-            correct += int((out.argmax(1) == y).sum())
+            total_loss += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
-            if hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                                    refresh=False)
+            if hasattr(batches, "set_postfix") and b % 20 == 0:
+                batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}",
+                                    acc=f"{100 * int(correct) / seen:.1f}", refresh=False)
             if self.check_every and self.on_check and step % self.check_every == 0:
                 if self.on_check(step):
                     stop = True
                     break
-        stats = _reduce({"loss": total_loss, "correct": correct, "seen": seen})
+        stats = _reduce({"loss": float(total_loss), "correct": int(correct), "seen": seen})
         return {"loss": stats["loss"] / max(stats["seen"], 1),
                 "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
                 "samples": stats["seen"]}, step, stop
