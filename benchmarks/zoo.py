@@ -4,8 +4,9 @@ list of timm models?
 For each model (untrained, ``num_classes=10``) and each ratio 0.3 / 0.5 / 0.7 the sweep
 
 1. builds ``EarlyBirdPruner(model, x, ratios=(0.3, 0.5, 0.7))`` once (timed with the rest),
-2. calls ``step()`` twice, each time after giving every BatchNorm/LayerNorm ``weight`` fresh
-   random values in [0.1, 1.0],
+2. calls ``step()`` twice, each time after giving every scored BatchNorm/LayerNorm ``weight``
+   fresh random values in [0.1, 1.0] (models without norm layers are scored by their filters,
+   ``score="weight"``: each scored filter is scaled by a fresh random factor in [0.1, 1.0]),
 3. prunes with ``pruner.prune(ratio, force=True)``,
 4. runs forward and backward on the pruned copy with a batch of 2 (output must be ``(2, 10)``
    and finite; models that return auxiliary outputs in training mode, torchvision's GoogLeNet
@@ -17,10 +18,16 @@ A model's status is ``pass``, ``unsupported: <message>`` (one of earlybird's own
 ``earlybird.errors``) or ``FAIL: <type>: <message> [p=<ratio>, <stage>]`` (any other exception, a
 silent no-op, a wrong output, or the dense model changed). Every model is caught on its own.
 
-Run: ``python benchmarks/zoo.py`` (or ``tox -e zoo``), with ``OMP_NUM_THREADS=2``. A full sweep
-writes ``benchmarks/results/zoo/README.md`` (summary and table) and ``zoo.json`` (rows); a partial
-one (``--only``, ``--limit``, ``--timm-only``, ``--torchvision-only``) only prints, unless
-``--out DIR`` is given.
+Every model runs in its own subprocess (``--jobs`` at a time, one torch thread each, address
+space capped at ``--memory-gb``), so a crash or an out-of-memory kill is one FAIL row and not the
+end of the sweep; models that ran out of memory are retried alone at the end with the cap of the
+whole machine. Rows are cached in ``zoo.json`` as they finish: an interrupted sweep run again
+resumes and reruns nothing done (``--fresh`` starts over, ``--rerun-failed`` retries FAIL rows).
+
+Run: ``python benchmarks/zoo.py`` (or ``tox -e zoo``). A full sweep writes
+``benchmarks/results/zoo/README.md`` (summary and table) and ``zoo.json`` (rows); a partial one
+(``--only``, ``--limit``, ``--timm-only``, ``--torchvision-only``) only prints, unless ``--out DIR``
+is given.
 """
 from __future__ import annotations
 
@@ -33,10 +40,13 @@ import os
 import platform
 import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -157,15 +167,16 @@ class ModelTimeout(BaseException):
     ``except Exception`` turns it into a model error)."""
 
 
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
-
-
 @torch.no_grad()
-def perturb_norms(model: nn.Module) -> None:
-    """Every BatchNorm/LayerNorm ``weight`` to fresh random values in [0.1, 1.0]."""
-    for m in model.modules():
-        if isinstance(m, NORMS) and getattr(m, "weight", None) is not None:
-            m.weight.uniform_(0.1, 1.0)
+def perturb_scores(pruner: eb.EarlyBirdPruner) -> None:
+    """New scores for the next ``step()``: every scored norm ``weight`` to fresh random values in
+    [0.1, 1.0]; with filter scores, every scored filter scaled by a random factor in [0.1, 1.0]."""
+    for entry in pruner.graph.norms:
+        w = entry.module.weight
+        if entry.filters:
+            w.mul_(torch.empty(w.shape[0], *([1] * (w.dim() - 1))).uniform_(0.1, 1.0))
+        else:
+            w.uniform_(0.1, 1.0)
 
 
 def _logits(out: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,9 +252,10 @@ def run_model(source: str, name: str, ratios: tuple[float, ...] = RATIOS, seed: 
         stage = "EarlyBirdPruner()"
         pruner = eb.EarlyBirdPruner(model, x, ratios=ratios)
         row["channels"], row["groups"] = pruner.layout.num_channels, len(pruner.layout.sizes)
+        row["score"] = pruner.graph.score
         stage = "step()"
         for _ in range(2):
-            perturb_norms(model)
+            perturb_scores(pruner)
             pruner.step()
         for ratio in ratios:
             stage = "prune()"
@@ -329,13 +341,13 @@ def _cell(text: str) -> str:
 
 def table(rows: list[dict], ratio: float = REPORT_RATIO) -> str:
     key = str(ratio)
-    lines = [f"| source | model | input | status | params before | params after p={ratio} | "
+    lines = [f"| source | model | input | score | status | params before | params after p={ratio} | "
              f"FLOPs before | FLOPs after p={ratio} | seconds |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         inp = f"{r['input']}x{r['input']}" if r.get("input") else "-"
         lines.append(
-            f"| {r['source']} | {r['model']} | {inp} | {_cell(r['status'])} | "
+            f"| {r['source']} | {r['model']} | {inp} | {r.get('score') or '-'} | {_cell(r['status'])} | "
             f"{_num(r['params_before'])} | {_num(r['params_after'].get(key))} | "
             f"{_num(r['flops_before'])} | {_num(r['flops_after'].get(key))} | {r['seconds']:.1f} |")
     return "\n".join(lines)
@@ -368,8 +380,10 @@ def summary(rows: list[dict], meta: dict) -> str:
              "FLOPs and parameters (fvcore, `earlybird.flops.count_flops`, one multiply-add = one "
              "FLOP, batch 1) must be strictly below the dense model's. Status: `pass`, "
              "`unsupported: ...` (earlybird's own error), or `FAIL: ...` (anything else, a no-op, "
-             "a wrong output). Seconds cover the whole model: building, FLOP counts, the pruner, "
-             "three prunes with forward/backward.", ""]
+             "a wrong output). Models with no norm layer at all are scored by their filters' mean "
+             "|w| (`score` column: `weight`; the others `norm`). Seconds cover the whole model: "
+             "building, FLOP counts, the pruner, three prunes with forward/backward, each model in "
+             "its own subprocess.", ""]
     lines += ["| source | models | pass | unsupported | FAIL | pass rate | target |",
               "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for source, target in (("torchvision", 1.0), ("timm", 0.95)):
@@ -404,16 +418,88 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
     tmp.replace(out / "zoo.json")
 
 
-def machine() -> str:
+def machine(jobs: int = 1, memory_gb: float = 0) -> str:
     try:
         with open("/proc/meminfo") as f:
             mem = int(f.readline().split()[1]) / 2 ** 20
         ram = f", {mem:.0f} GiB RAM"
     except OSError:
         ram = ""
-    return (f"{os.cpu_count()} CPU cores{ram}, no GPU used, {torch.get_num_threads()} torch "
-            f"threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-            f"{platform.system()} {platform.machine()}")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cap = f", {memory_gb:g} GiB address space each" if memory_gb else ""
+    return (f"{os.cpu_count()} CPU cores{ram}, no GPU used, {jobs} models at once with "
+            f"{threads} torch thread(s){cap}, {platform.system()} {platform.machine()}")
+
+
+# ------------------------------------------------------------------------------ subprocesses
+def _worker(spec: str, row_out: Path, timeout: int) -> int:
+    """``--worker source:name``: sweep one model in this process and write its row as JSON."""
+    source, name = spec.split(":", 1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    logging.getLogger("earlybird").setLevel(logging.ERROR)
+    with _Alarm(timeout):
+        row = run_model(source, name)
+    tmp = row_out.with_name(row_out.name + ".tmp")
+    tmp.write_text(json.dumps(row))
+    tmp.replace(row_out)
+    return 0
+
+
+def _limit_memory(gigabytes: float) -> Callable[[], None]:
+    def apply() -> None:
+        import resource
+        cap = int(gigabytes * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return apply
+
+
+def run_isolated(source: str, name: str, timeout: int, memory_gb: float,
+                 threads: int) -> dict[str, Any]:
+    """Sweep one model in a fresh subprocess; a crash or a kill becomes the model's FAIL row."""
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{source}:{name}",
+               "--row-out", str(out), "--timeout", str(timeout)]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                  timeout=timeout + 120 if timeout else None,
+                                  preexec_fn=_limit_memory(memory_gb) if memory_gb else None)
+        except subprocess.TimeoutExpired:
+            return _dead_row(source, name, f"no result after {timeout} s", "ModelTimeout", start)
+        if out.exists():
+            row = json.loads(out.read_text())
+            if "MemoryError" in str(row.get("error")) or "DefaultCPUAllocator" in row["status"]:
+                row["out_of_memory"] = True
+            row["memory_gb"] = memory_gb
+            return row
+        tail = " ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
+        oom = proc.returncode == -signal.SIGKILL or "MemoryError" in tail or "alloc" in tail
+        why = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exit code {proc.returncode}")
+        row = _dead_row(source, name, f"worker {why}: {tail}", "WorkerDied", start)
+        row.update(out_of_memory=oom, memory_gb=memory_gb)
+        return row
+
+
+def _dead_row(source: str, name: str, message: str, error: str, start: float) -> dict[str, Any]:
+    return {"source": source, "model": name, "status": f"FAIL: {error}: {message}",
+            "input": None, "params_before": None, "flops_before": None, "params_after": {},
+            "flops_after": {}, "ratios": {}, "channels": None, "groups": None, "error": error,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _load_cache(out: Optional[Path]) -> dict[tuple[str, str], dict]:
+    path = None if out is None else out / "zoo.json"
+    if path is None or not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"{path} is not a zoo sweep result ({exc}); move it away or pass --fresh")
+    return {(r["source"], r["model"]): r for r in rows}
 
 
 # ------------------------------------------------------------------------------ main
@@ -430,12 +516,25 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "writes only with --out)")
     parser.add_argument("--timeout", type=int, default=1800,
                         help="seconds per model before it is recorded as FAIL (0: no limit)")
+    parser.add_argument("--jobs", type=int, default=2, help="models swept at once (2)")
+    parser.add_argument("--memory-gb", type=float, default=11.0,
+                        help="address-space cap of each worker in GiB (11; 0: none); models "
+                        "that run out are retried alone at the end without it")
+    parser.add_argument("--fresh", action="store_true", help="ignore the rows cached in --out")
+    parser.add_argument("--rerun-failed", action="store_true",
+                        help="rerun cached FAIL rows (pass/unsupported rows are kept)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return _worker(args.worker, args.row_out, args.timeout)
     if args.timm_only and args.torchvision_only:
         parser.error("--timm-only and --torchvision-only exclude each other")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.memory_gb < 0:
+        parser.error(f"--memory-gb must be >= 0, got {args.memory_gb}")
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
     specs = all_specs(not args.timm_only, not args.torchvision_only)
     if args.only:
         wanted = set(args.only)
@@ -448,29 +547,45 @@ def main(argv: Optional[list[str]] = None) -> int:
         specs = specs[:args.limit]
     partial = bool(args.only or args.limit is not None or args.timm_only or args.torchvision_only)
     out = args.out or (None if partial else DEFAULT_OUT)
+    cache = {} if args.fresh else _load_cache(out)
+    if args.rerun_failed:
+        cache = {k: r for k, r in cache.items() if not r["status"].startswith("FAIL")}
 
     command = "python benchmarks/zoo.py" + "".join(" " + shlex.quote(a) for a in
                                                    (sys.argv[1:] if argv is None else argv))
-    if os.environ.get("OMP_NUM_THREADS"):
-        command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " + command
-    meta = {"command": command, "machine": machine(), "versions": versions(),
-            "ratios": list(RATIOS), "report_ratio": REPORT_RATIO, "planned": len(specs),
-            "complete": False, "total_seconds": 0.0,
+    meta = {"command": command, "machine": machine(args.jobs, args.memory_gb),
+            "versions": versions(), "ratios": list(RATIOS), "report_ratio": REPORT_RATIO,
+            "planned": len(specs), "complete": False, "total_seconds": 0.0,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    print(f"sweeping {len(specs)} models; {meta['machine']}", flush=True)
-    rows: list[dict] = []
+    todo = [s for s in specs if s not in cache]
+    print(f"sweeping {len(todo)} of {len(specs)} models ({len(specs) - len(todo)} cached); "
+          f"{meta['machine']}", flush=True)
+    done: dict[tuple[str, str], dict] = {s: cache[s] for s in specs if s in cache}
     start = time.perf_counter()
-    for i, (source, name) in enumerate(specs, 1):
-        with _Alarm(args.timeout):
-            row = run_model(source, name)
-        rows.append(row)
-        print(f"[{i}/{len(specs)}] {source}:{name} {row['seconds']:.1f}s {row['status']}",
-              flush=True)
-        meta["total_seconds"] = round(time.perf_counter() - start, 1)
+    previous = sum(r["seconds"] for r in done.values())
+
+    def record(spec: tuple[str, str], row: dict) -> None:
+        done[spec] = row
+        print(f"[{len(done)}/{len(specs)}] {spec[0]}:{spec[1]} {row['seconds']:.1f}s "
+              f"{row['status']}", flush=True)
+        meta["total_seconds"] = round(previous + time.perf_counter() - start, 1)
         if out is not None:
-            write_results(out, rows, meta)
+            write_results(out, [done[s] for s in specs if s in done], meta)
+
+    def sweep(spec: tuple[str, str], memory_gb: float, threads: int) -> tuple:
+        return spec, run_isolated(*spec, args.timeout, memory_gb, threads)
+
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for future in as_completed([pool.submit(sweep, s, args.memory_gb, threads) for s in todo]):
+            record(*future.result())
+    retry = [s for s in specs if done[s].get("out_of_memory") and args.memory_gb]
+    if retry:
+        print(f"retrying {len(retry)} models that ran out of memory, one at a time", flush=True)
+        for spec in retry:
+            record(*sweep(spec, 0, os.cpu_count() or 1))
+    rows = [done[s] for s in specs]
     meta["complete"] = True
-    meta["total_seconds"] = round(time.perf_counter() - start, 1)
     print()
     print(summary(rows, meta))
     print(table(rows))

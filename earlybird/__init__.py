@@ -5,7 +5,7 @@
 32
 """
 from .config import EarlyBirdConfig
-from .criteria import CRITERIA, fifo_rule, reference_rule
+from .criteria import CRITERIA, Checks, fifo_rule, normalized_rule, plateau_rule, reference_rule
 from .distance import mask_distance, max_distance, pairwise_distances
 from .errors import CheckpointError, EarlyBirdError, NoTicketError, UnsupportedModelError
 from .io import atomic_save, load_pruned, save_pruned
@@ -18,7 +18,7 @@ __all__ = [
     "EarlyBirdPruner", "EarlyBirdConfig", "Ticket", "ChannelLayout",
     "mask_distance", "pairwise_distances", "max_distance",
     "global_masks", "keep_masks", "layer_caps", "prune_budget",
-    "reference_rule", "fifo_rule", "CRITERIA",
+    "Checks", "reference_rule", "fifo_rule", "normalized_rule", "plateau_rule", "CRITERIA",
     "save_pruned", "load_pruned", "atomic_save",
     "EarlyBirdError", "UnsupportedModelError", "NoTicketError", "CheckpointError",
 ]

@@ -7,9 +7,10 @@ from typing import Optional, Sequence
 
 from .criteria import CRITERIA
 
-__all__ = ["EarlyBirdConfig", "PENALTIES"]
+__all__ = ["EarlyBirdConfig", "PENALTIES", "SCORES"]
 
 PENALTIES = ("l1", "group_lasso")
+SCORES = ("auto", "norm", "weight")
 
 
 @dataclass(frozen=True)
@@ -18,14 +19,23 @@ class EarlyBirdConfig:
 
     Args:
         ratios: pruning ratios to draw a ticket for, each in ``(0, 1)``, no duplicates.
-        epsilon: largest mask distance that counts as "not moving", in ``(0, 1]``.
-        window: masks (reference rule) or consecutive distances (fifo rule) looked at, ``>= 2``.
+        epsilon: the rule's threshold, in ``(0, 1]``: the largest mask distance that counts as
+            "not moving" (reference, fifo), as a share of the largest reachable distance
+            (normalized), or the largest change of the distance as a share of its early level
+            (plateau).
+        window: masks (reference, normalized) or consecutive distances (fifo) looked at, ``>= 2``;
+            plateau: ``window - 1`` checks make its span when ``span`` is None.
         criterion: detection rule, one of :data:`earlybird.criteria.CRITERIA`.
         sparsity: strength ``s`` of the slimming penalty added by ``regularize()``, ``>= 0``.
         penalty: ``"l1"`` (``s * sign(gamma)``) or ``"group_lasso"`` (over coupled channels).
         min_channels: channels every layer keeps, ``>= 1``.
         max_layer_ratio: optional largest share of one layer a ticket may prune, in ``(0, 1)``.
         keep_weights: keep a CPU copy of the weights at each ticket's detection point.
+        score: what ranks channels: ``"norm"`` (mean ``|gamma|`` of the coupled BatchNorm/
+            LayerNorm channels), ``"weight"`` (mean ``|w|`` of the coupled filters), or
+            ``"auto"`` (norm scales; filters only for a model with no norm layer at all).
+        span: plateau rule only: the span compared, in the counter passed to ``step()``
+            (optimizer steps, recommended), ``>= 1``; None: the last ``window - 1`` checks.
 
     >>> EarlyBirdConfig(ratios=[0.5, 0.3]).ratios
     (0.5, 0.3)
@@ -44,6 +54,8 @@ class EarlyBirdConfig:
     min_channels: int = 1
     max_layer_ratio: Optional[float] = None
     keep_weights: bool = True
+    score: str = "auto"
+    span: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ratios, (Real, str)) or not isinstance(self.ratios, Sequence):
@@ -72,6 +84,11 @@ class EarlyBirdConfig:
         _check(self.max_layer_ratio is None or (isinstance(self.max_layer_ratio, Real)
                                                 and 0.0 < self.max_layer_ratio < 1.0),
                f"max_layer_ratio must be None or in (0, 1), got {self.max_layer_ratio!r}")
+        _check(self.span is None or (_is_int(self.span) and self.span >= 1),
+               f"span must be None or an integer >= 1 (steps), got {self.span!r}")
+        _check(self.span is None or self.criterion == "plateau",
+               f"span is used by the plateau rule only, not by criterion={self.criterion!r}")
+        _check(self.score in SCORES, f"unknown score {self.score!r}; choose from {list(SCORES)}")
         _check(isinstance(self.keep_weights, bool),
                f"keep_weights must be True or False, got {self.keep_weights!r}")
 

@@ -1,48 +1,159 @@
 """Detection rules: when has a ticket stopped moving? Small pure functions of the distances.
 
-A rule sees ``rows``: one row per check so far, oldest first. Row ``t`` holds the distances from
+A rule sees one ratio's :class:`Checks`, oldest check first: ``rows[t]`` holds the distances from
 mask ``t`` to the masks drawn 1, 2, ..., up to ``window - 1`` checks before it (shorter for the
-first checks). A rule returns True when the newest mask is a ticket.
+first checks; ``rows[t][0]`` is the distance to the previous mask), and ``steps[t]`` the counter
+passed to that check (optimizer steps, or epochs when called once per epoch). A rule is called
+as ``rule(checks, window, epsilon, span)`` and returns True when the newest mask is a ticket.
+
+- ``reference``: the released code. The newest mask is within ``epsilon`` of each of the
+  ``window - 1`` masks before it.
+- ``fifo``: the paper's Algorithm 1. The last ``window`` consecutive distances are all within
+  ``epsilon`` (this needs ``window + 1`` masks).
+- ``normalized``: the reference rule on distances divided by the largest distance two masks of
+  this ratio can have, ``2 * min(p, 1 - p)``, so ``epsilon`` means the same share at every ratio.
+- ``plateau``: scale-free. The consecutive distance has stopped falling: its mean over the last
+  ``span`` steps differs from its mean over the ``span`` steps before by at most ``epsilon``
+  times its own early level (the largest such mean so far). Neither the distance's absolute
+  size nor the number of steps per epoch enters; ``span`` is counted in the steps passed to
+  ``step()`` (``None``: the last ``window - 1`` checks).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
-__all__ = ["Criterion", "reference_rule", "fifo_rule", "CRITERIA", "get_criterion"]
+from .distance import max_distance
 
-Criterion = Callable[[Sequence[Sequence[float]], int, float], bool]
+__all__ = ["Checks", "Criterion", "reference_rule", "fifo_rule", "normalized_rule",
+           "plateau_rule", "CRITERIA", "get_criterion"]
 
 
-def reference_rule(rows: Sequence[Sequence[float]], window: int, epsilon: float) -> bool:
+@dataclass(frozen=True)
+class Checks:
+    """One ratio's detection history, oldest check first.
+
+    Args:
+        rows: per check, the distances to up to ``window - 1`` earlier masks, nearest first.
+        steps: per check, the counter it was recorded with (non-decreasing).
+        ratio: the pruning ratio of these masks.
+
+    >>> Checks([[], [0.2]], [0, 10], 0.5).consecutive
+    [0.2]
+    """
+
+    rows: Sequence[Sequence[float]]
+    steps: Sequence[int]
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.steps):
+            raise ValueError(f"{len(self.rows)} rows of distances for {len(self.steps)} steps")
+
+    @property
+    def consecutive(self) -> list[float]:
+        """Distance of each mask to the one before it (one fewer than the checks)."""
+        return [row[0] for row in self.rows if row]
+
+
+Criterion = Callable[[Checks, int, float, Optional[int]], bool]
+
+
+def reference_rule(checks: Checks, window: int, epsilon: float,
+                   span: Optional[int] = None) -> bool:
     """The released code's rule: the newest mask is within ``epsilon`` of each earlier mask in a
     window of ``window`` masks.
 
-    >>> reference_rule([[], [0.3], [0.05, 0.2], [0.02, 0.06, 0.09]], window=3, epsilon=0.1)
+    >>> reference_rule(Checks([[], [0.3], [0.05, 0.2], [0.02, 0.06, 0.09]], [0, 1, 2, 3]), 3, 0.1)
     True
-    >>> reference_rule([[], [0.3], [0.05, 0.2]], window=3, epsilon=0.1)
+    >>> reference_rule(Checks([[], [0.3], [0.05, 0.2]], [0, 1, 2]), 3, 0.1)
     False
     """
+    rows = checks.rows
     if not rows or len(rows[-1]) < window - 1:
         return False
     return all(d <= epsilon for d in rows[-1][: window - 1])
 
 
-def fifo_rule(rows: Sequence[Sequence[float]], window: int, epsilon: float) -> bool:
+def fifo_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] = None) -> bool:
     """The paper's Algorithm 1: the last ``window`` distances between consecutive masks are all
     within ``epsilon`` (this needs ``window + 1`` masks).
 
-    >>> fifo_rule([[], [0.09], [0.08]], window=2, epsilon=0.1)
+    >>> fifo_rule(Checks([[], [0.09], [0.08]], [0, 1, 2]), 2, 0.1)
     True
-    >>> fifo_rule([[], [0.2], [0.08]], window=2, epsilon=0.1)
+    >>> fifo_rule(Checks([[], [0.2], [0.08]], [0, 1, 2]), 2, 0.1)
     False
     """
-    consecutive = [row[0] for row in rows if row]
+    consecutive = checks.consecutive
     if len(consecutive) < window:
         return False
     return all(d <= epsilon for d in consecutive[-window:])
 
 
-CRITERIA: dict[str, Criterion] = {"reference": reference_rule, "fifo": fifo_rule}
+def normalized_rule(checks: Checks, window: int, epsilon: float,
+                    span: Optional[int] = None) -> bool:
+    """The reference rule on distances divided by :func:`~earlybird.max_distance` of the ratio.
+
+    At ``p = 0.7`` two masks differ in at most 60 % of the channels, so 0.05 becomes 0.083:
+
+    >>> normalized_rule(Checks([[], [0.05]], [0, 1], ratio=0.7), 2, 0.1)
+    True
+    >>> normalized_rule(Checks([[], [0.07]], [0, 1], ratio=0.7), 2, 0.1)
+    False
+    """
+    scale = max_distance(checks.ratio)
+    rows = [[d / scale for d in row] for row in checks.rows]
+    return reference_rule(Checks(rows, checks.steps, checks.ratio), window, epsilon)
+
+
+def _trailing_mean(values: Sequence[float], at: Sequence[int], end: float, span: float) -> float:
+    """Mean of the values recorded at steps in ``(end - span, end]`` (nan when there are none)."""
+    picked = [v for v, s in zip(values, at) if end - span < s <= end]
+    return sum(picked) / len(picked) if picked else float("nan")
+
+
+def plateau_rule(checks: Checks, window: int, epsilon: float,
+                 span: Optional[int] = None) -> bool:
+    """The consecutive distance has stopped falling, relative to its own early level.
+
+    With ``d`` the consecutive distances and ``m(t)`` their mean over the ``span`` steps up to
+    step ``t``: the newest mask is a ticket when at least ``2 * span`` steps of distances are
+    recorded and ``|m(T) - m(T - span)| <= epsilon * max(m)``, ``max(m)`` taken over every
+    check so far. ``span=None`` uses the steps spanned by the last ``window - 1`` checks.
+
+    A distance falling from 0.4 to 0.1 and then flat at 0.1 (one check per 100 steps):
+
+    >>> d = [0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]
+    >>> steps = [100 * i for i in range(len(d) + 1)]
+    >>> rows = [[]] + [[x] for x in d]
+    >>> [plateau_rule(Checks(rows[:t + 1], steps[:t + 1]), 3, 0.1, span=200)
+    ...  for t in range(len(rows))]
+    [False, False, False, False, False, False, False, True, True]
+    """
+    d, at = checks.consecutive, [s for row, s in zip(checks.rows, checks.steps) if row]
+    if len(d) < 2:
+        return False
+    if span is None:
+        if len(d) < 2 * (window - 1):
+            return False
+        span = at[-1] - at[-window]             # the steps of the last window - 1 distances
+    if span <= 0 or at[-1] - at[0] < 2 * span - _gap(at):
+        return False
+    now = _trailing_mean(d, at, at[-1], span)
+    before = _trailing_mean(d, at, at[-1] - span, span)
+    if before != before:                        # no distance in the earlier span
+        return False
+    early = max(_trailing_mean(d, at, s, span) for s in at)
+    return abs(now - before) <= epsilon * early
+
+
+def _gap(steps: Sequence[int]) -> int:
+    """Steps between the first two checks (the first distance stands for that interval)."""
+    return steps[1] - steps[0] if len(steps) > 1 else 0
+
+
+CRITERIA: dict[str, Criterion] = {"reference": reference_rule, "fifo": fifo_rule,
+                                  "normalized": normalized_rule, "plateau": plateau_rule}
 
 
 def get_criterion(name: str) -> Criterion:

@@ -1,8 +1,11 @@
-"""The one adapter to torch-pruning: dependency groups, their norm-layer scores, real pruning.
+"""The one adapter to torch-pruning: dependency groups, their scores, real pruning.
 
 Everything torch-pruning specific lives here. A *group* is torch-pruning's set of coupled
 channels rooted at a conv or linear layer; earlybird scores each group channel by the mean
-``|gamma|`` of the BatchNorm/LayerNorm channels coupled to it.
+``|gamma|`` of the BatchNorm/LayerNorm channels coupled to it (``score="norm"``). A model with no
+norm layer at all (AlexNet, VGG without BN, SqueezeNet) can instead be scored by its filters
+(``score="weight"``): a group channel's score is the mean ``|w|`` of the output filters of every
+conv/linear layer coupled to it.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+SCORES = ("auto", "norm", "weight")
 History = list  # [[root name, is_out_channel_pruning, [channel indices]], ...]
 
 
@@ -167,8 +171,14 @@ def _grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional
 @dataclass
 class _Norm:
     module: nn.Module
-    src: list[int]       # channel index in the norm layer
+    src: list[int]       # channel index in the norm layer (output filter of a weight-scored layer)
     dst: list[int]       # flat group-channel index it is coupled to
+    filters: bool = False  # True: a conv/linear layer scored by its filters' mean |w|
+
+    def values(self) -> Tensor:
+        """One value per channel: ``gamma`` of a norm layer, mean ``|w|`` of each filter."""
+        w = self.module.weight.detach()
+        return w.abs().flatten(1).mean(1) if self.filters else w.reshape(-1)
 
 
 class ChannelGraph:
@@ -178,23 +188,54 @@ class ChannelGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
-                 ignored: Sequence[nn.Module] = ()) -> None:
+                 ignored: Sequence[nn.Module] = (), score: str = "auto") -> None:
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.graph = build_graph(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}
-        layer_names, sizes, units, norms = [], [], [], {}
-        offset = 0
         groups = self.graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES)
         groups = sorted((self._rooted_first(g, order) for g in groups),
                         key=lambda g: order[g[0].dep.target.module])
+        self.score = "weight" if score == "weight" else "norm"
+        found = self._collect(groups, names)
+        if not found[1] and score == "auto":
+            log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
+                        "scoring channels by their filters' mean |w| instead (score='weight')",
+                        type(model).__name__)
+            self.score = "weight"
+            found = self._collect(groups, names)
+        layer_names, sizes, units, norms = found
+        if not sizes:
+            what = ("is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score "
+                    "filters instead)" if self.score == "norm" else "has a conv or linear filter")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has nothing earlybird can prune: no channel group outside "
+                f"ignored_layers {what}")
+        offset = sum(sizes)
+        unit_t = torch.tensor(units)
+        grouped = bool((unit_t != torch.arange(offset)).any())
+        self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
+                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None)
+        self.norms = list(norms.values())
+        self._index_tensors()
+
+    def _collect(self, groups: Sequence[Any], names: Mapping[nn.Module, str]) -> tuple:
+        """``(layer names, sizes, pruning units, scored layers)`` of the groups this score sees."""
+        layer_names: list[str] = []
+        sizes: list[int] = []
+        units: list[int] = []
+        norms: dict[nn.Module, _Norm] = {}
+        offset = 0
+        filters = self.score == "weight"
         for group in groups:
             root = group[0].dep.target.module
             size = len(group[0].idxs)
-            found = self._norm_channels(group, size)
+            found = (self._filter_channels if filters else self._norm_channels)(group, size)
             if found is None:
                 continue
             for module, pairs in found.items():
-                entry = norms.setdefault(module, _Norm(module, [], []))
+                entry = norms.setdefault(module, _Norm(module, [], [], filters))
                 for idx, root_idx in sorted(pairs):
                     entry.src.append(idx)
                     entry.dst.append(offset + root_idx)
@@ -203,16 +244,21 @@ class ChannelGraph:
             layer_names.append(names[root])
             sizes.append(size)
             offset += size
-        if not sizes:
-            raise UnsupportedModelError(
-                f"{type(model).__name__} has nothing earlybird can prune: no channel group outside "
-                "ignored_layers is coupled to a BatchNorm or LayerNorm scale")
-        unit_t = torch.tensor(units)
-        grouped = bool((unit_t != torch.arange(offset)).any())
-        self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
-                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None)
-        self.norms = list(norms.values())
-        self._index_tensors()
+        return layer_names, sizes, units, norms
+
+    def _filter_channels(self, group: Any, size: int) -> Optional[dict[nn.Module, set]]:
+        """Conv/linear layers whose output filters are a group's channels:
+        ``{module: {(filter, root channel)}}``, or None when some channel has no filter."""
+        found: dict[nn.Module, set] = {}
+        for item in group:
+            module = item.dep.target.module
+            if (not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                    or not self.graph.is_out_channel_pruning_fn(item.dep.handler)):
+                continue
+            found.setdefault(module, set()).update(
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
+        covered = {r for pairs in found.values() for _, r in pairs}
+        return found if found and len(covered) == size else None
 
     def _rooted_first(self, group: Any, order: Mapping[nn.Module, int]) -> Any:
         """The same group, rooted at its first conv/linear in module order, so that names and
@@ -250,15 +296,15 @@ class ChannelGraph:
         for norm in self.norms:
             src.extend(base + i for i in norm.src)
             dst.extend(norm.dst)
-            base += norm.module.weight.numel()
+            base += norm.module.weight.shape[0] if norm.filters else norm.module.weight.numel()
         self._src, self._dst = torch.tensor(src), torch.tensor(dst)
         self._count = torch.bincount(self._dst, minlength=self.layout.num_channels).double()
 
     def _flat_weights(self) -> Tensor:
-        return torch.cat([n.module.weight.detach().reshape(-1) for n in self.norms])
+        return torch.cat([n.values() for n in self.norms])
 
     def scores(self) -> Tensor:
-        """Mean ``|gamma|`` per group channel, float64 ``[N]`` on the CPU."""
+        """Mean ``|gamma|`` (or filter mean ``|w|``) per group channel, float64 ``[N]``, CPU."""
         flat = self._flat_weights()
         gathered = flat[self._src.to(flat.device)].abs().double().cpu()
         total = torch.zeros(self.layout.num_channels, dtype=torch.float64)
@@ -266,7 +312,14 @@ class ChannelGraph:
 
     @torch.no_grad()
     def add_penalty_grad(self, strength: float, penalty: str) -> None:
-        """Add the sparsity penalty's gradient to the scored norm layers' ``weight.grad``."""
+        """Add the sparsity penalty's gradient to the scored layers' ``weight.grad``.
+
+        Norm scores: ``s * sign(gamma)`` (l1) or the group lasso over coupled scales. Filter
+        scores: ``s * sign(w)`` on every scored filter (l1), or ``s * w / ||w||`` per filter.
+        """
+        if self.score == "weight":
+            self._filter_penalty_grad(strength, penalty)
+            return
         if penalty == "l1":
             for norm in self.norms:
                 w = norm.module.weight
@@ -283,6 +336,21 @@ class ChannelGraph:
             w = norm.module.weight
             if w.grad is not None:
                 w.grad.add_(g.view_as(w))
+
+
+    def _filter_penalty_grad(self, strength: float, penalty: str) -> None:
+        for norm in self.norms:
+            w = norm.module.weight
+            if w.grad is None:
+                continue
+            rows = torch.tensor(norm.src, device=w.device)
+            sel = w.detach()[rows]
+            if penalty == "l1":
+                grad = torch.sign(sel)
+            else:
+                flat = sel.flatten(1)
+                grad = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(sel)
+            w.grad.index_add_(0, rows, grad, alpha=strength)
 
 
 def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor]) -> History:
@@ -325,7 +393,8 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
 
 @torch.no_grad()
 def zero_pruned_channels(channel_graph: ChannelGraph, keep: Tensor) -> None:
-    """Set gamma and beta of every norm channel coupled to a pruned group channel to zero."""
+    """Set gamma and beta of every norm channel coupled to a pruned group channel to zero (the
+    filter and its bias, for filter scores)."""
     pruned = ~keep.bool()
     for norm in channel_graph.norms:
         hit = [i for i, d in zip(norm.src, norm.dst) if pruned[d]]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .carry import carry_optimizer, carry_scheduler
 from .config import EarlyBirdConfig
-from .criteria import get_criterion
+from .criteria import Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
 from .graph import ChannelGraph, find_classifier, prune_model, run_example
@@ -53,10 +53,11 @@ class EarlyBirdPruner:
     was drawn by that call. :meth:`prune` gives a physically smaller copy for a ticket.
 
     Args:
-        model: any ``nn.Module`` with BatchNorm or LayerNorm layers (unwrap DataParallel/DDP).
+        model: any ``nn.Module`` (unwrap DataParallel/DDP); channels are ranked by their norm
+            scales, or by their filters for a model without norm layers (see ``score``).
         example_inputs: inputs the model runs on (tensor, tuple or dict), used to trace it once.
         ratios, epsilon, window, criterion, sparsity, penalty, min_channels, max_layer_ratio,
-            keep_weights: see :class:`~earlybird.EarlyBirdConfig`.
+            keep_weights, score, span: see :class:`~earlybird.EarlyBirdConfig`.
         ignored_layers: modules or qualified names never pruned (their output channels).
         prune_head: allow pruning the classifier's output (off: the head is kept whole).
 
@@ -75,10 +76,10 @@ class EarlyBirdPruner:
                  window: int = 5, criterion: str = "reference", sparsity: float = 1e-4,
                  penalty: str = "l1", min_channels: int = 1,
                  max_layer_ratio: Optional[float] = None, keep_weights: bool = True,
-                 ignored_layers: Sequence[Union[nn.Module, str]] = (),
+                 score: str = "auto", span: Optional[int] = None, ignored_layers: Sequence[Union[nn.Module, str]] = (),
                  prune_head: bool = False) -> None:
         self.config = EarlyBirdConfig(ratios, epsilon, window, criterion, sparsity, penalty,
-                                      min_channels, max_layer_ratio, keep_weights)
+                                      min_channels, max_layer_ratio, keep_weights, score, span)
         self.model = _unwrap(model)
         self.example_inputs = example_inputs
         self._spec = input_spec(example_inputs)
@@ -86,7 +87,7 @@ class EarlyBirdPruner:
         output = run_example(self.model, example_inputs)
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
-        self.graph = ChannelGraph(self.model, example_inputs, ignored)
+        self.graph = ChannelGraph(self.model, example_inputs, ignored, score)
         self.layout = self.graph.layout
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._check_feasible()
@@ -121,7 +122,8 @@ class EarlyBirdPruner:
         """Draw one mask per ratio from the current scores, record it and test for a ticket.
 
         Args:
-            iteration: a counter to record with this check (epoch or optimizer step); the
+            iteration: a counter to record with this check, non-decreasing: the optimizer step
+                (recommended; ``span`` of the plateau rule counts in it) or the epoch; the
                 check index when omitted.
 
         Returns:
@@ -135,7 +137,8 @@ class EarlyBirdPruner:
         for ratio, mask in flat.items():
             self._record(ratio, mask)
             if ratio not in self.tickets and self._criterion(
-                    self._rows[ratio], self.config.window, self.config.epsilon):
+                    Checks(self._rows[ratio], self.iterations, ratio), self.config.window,
+                    self.config.epsilon, self.config.span):
                 self.tickets[ratio] = self._draw(ratio, check)
                 drawn.append(ratio)
         return drawn

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import earlybird as eb
-from earlybird.criteria import get_criterion
+from earlybird.criteria import Checks, get_criterion
 
 
 def bits(s: str) -> torch.Tensor:
@@ -43,9 +43,11 @@ def rows_from_masks(masks, window):
     return rows
 
 
-def first_detection(rule, masks, window, epsilon):
+def first_detection(rule, masks, window, epsilon, ratio=0.5, steps=None, span=None):
+    steps = list(range(len(masks))) if steps is None else steps
     for t in range(len(masks)):
-        if get_criterion(rule)(rows_from_masks(masks[: t + 1], window), window, epsilon):
+        checks = Checks(rows_from_masks(masks[: t + 1], window), steps[: t + 1], ratio)
+        if get_criterion(rule)(checks, window, epsilon, span):
             return t
     return None
 
@@ -74,5 +76,73 @@ def test_first_detection_index(rule, seq, window, epsilon, expected):
 
 
 def test_unknown_criterion_lists_the_choices():
-    with pytest.raises(ValueError, match=r"choose from \['fifo', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"choose from \['fifo', 'normalized', 'plateau', 'reference'\]"):
         get_criterion("nope")
+
+
+# normalized: the reference rule on distance / (2 min(p, 1-p)). SEQ_SETTLES' masks keep 5 of 10.
+@pytest.mark.parametrize("ratio,epsilon,expected", [
+    (0.5, 0.1, 7),          # max distance 1.0: identical to the reference rule
+    (0.5, 0.2, 5),
+    (0.3, 0.2, 7),          # max 0.6: 0.1 -> 0.167 passes, 0.2 -> 0.333 does not
+    (0.3, 0.34, 5),         # 0.2 / 0.6 = 0.333 <= 0.34
+    (0.1, 0.5, 7),          # max 0.2: 0.1 / 0.2 = 0.5
+])
+def test_normalized_rule_rescales_epsilon_by_the_largest_distance(ratio, epsilon, expected):
+    masks = [bits(s) for s in SEQ_SETTLES]
+    assert first_detection("normalized", masks, 3, epsilon, ratio=ratio) == expected
+
+
+def distance_rows(distances):
+    """Checks rows for a given sequence of consecutive distances (window 2)."""
+    return [[]] + [[d] for d in distances]
+
+
+def plateau_detection(distances, steps, epsilon, span=None, window=3):
+    rows = distance_rows(distances)
+    for t in range(len(rows)):
+        if get_criterion("plateau")(Checks(rows[: t + 1], steps[: t + 1]), window, epsilon, span):
+            return t
+    return None
+
+
+FALL_THEN_FLAT = [0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+FLAT_HIGH = [0.12, 0.11, 0.12, 0.11, 0.12, 0.11]          # flips ~11 % every check, steadily
+STILL_FALLING = [0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05]
+
+
+@pytest.mark.parametrize("distances,epsilon,span,expected", [
+    (FALL_THEN_FLAT, 0.1, 200, 7),    # spans (300,500] vs (500,700]: both 0.1
+    (FALL_THEN_FLAT, 0.2, 200, 6),    # |0.1 - 0.15| = 0.05 <= 0.2 * 0.4
+    (FALL_THEN_FLAT, 0.1, 300, 8),    # (200,500] 0.133 vs (500,800] 0.1: 0.033 <= 0.04
+    (FALL_THEN_FLAT, 0.1, None, 7),   # window 3: span = 2 checks = 200 steps
+    (FLAT_HIGH, 0.1, 200, 4),         # a steady churn is a plateau: as soon as 2 spans exist
+    (STILL_FALLING, 0.1, 200, None),  # falls 0.1 per span, 0.1 > 0.1 * 0.4 every time
+    (STILL_FALLING, 0.3, 200, 4),     # 0.1 <= 0.3 * 0.4
+])
+def test_plateau_rule_detection_index(distances, epsilon, span, expected):
+    steps = [100 * i for i in range(len(distances) + 1)]
+    assert plateau_detection(distances, steps, epsilon, span) == expected
+
+
+def test_plateau_rule_counts_steps_not_checks():
+    # the same curve checked twice as often (every 50 steps, each distance recorded twice):
+    # detection lands within one coarse check of the coarse detection at step 700
+    d = [x for x in FALL_THEN_FLAT for _ in range(2)]
+    steps = [50 * i for i in range(len(d) + 1)]
+    t = plateau_detection(d, steps, 0.1, span=200)
+    assert steps[t] == 650
+    # a uniform scale change of the distances does not move the detection
+    assert plateau_detection([x / 4 for x in FALL_THEN_FLAT],
+                             [100 * i for i in range(10)], 0.1, 200) == 7
+
+
+def test_plateau_rule_waits_for_two_spans_and_rejects_a_rise():
+    steps = [100 * i for i in range(8)]
+    assert plateau_detection([0.1, 0.1, 0.1], steps, 0.1, span=200) is None
+    assert plateau_detection([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], steps, 0.1, span=200) is None
+
+
+def test_checks_must_pair_rows_with_steps():
+    with pytest.raises(ValueError, match="2 rows of distances for 1 steps"):
+        Checks([[], [0.1]], [0])

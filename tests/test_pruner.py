@@ -282,7 +282,9 @@ def test_bad_arguments_raise_at_construction(x32, kwargs, error, message):
 
 def test_bad_models_and_inputs_raise_at_construction(x32):
     with pytest.raises(eb.UnsupportedModelError, match="nothing earlybird can prune"):
-        eb.EarlyBirdPruner(NoNorm(), x32)
+        eb.EarlyBirdPruner(NoNorm(), x32, score="norm")
+    with pytest.raises(eb.UnsupportedModelError, match="nothing earlybird can prune"):
+        eb.EarlyBirdPruner(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), x32)
     with pytest.raises(eb.UnsupportedModelError, match="example_inputs do not run"):
         eb.EarlyBirdPruner(TinyVGG(), torch.randn(2, 5, 8, 8))
     with pytest.raises(eb.UnsupportedModelError, match=r"pass the wrapped model \(`model.module`\)"):
