@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from .criteria import CRITERIA
 from .data import DATASETS
 from .errors import EarlyBirdError
 from .pipeline import MODES, RunConfig
@@ -59,7 +60,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratios", type=float, nargs="+", default=S, help="(0.3 0.5 0.7)")
     g.add_argument("--epsilon", type=float, default=S, help="mask-distance threshold (0.1)")
     g.add_argument("--window", type=int, default=S, help="masks compared (5)")
-    g.add_argument("--criterion", default=S, help="detection rule: reference | fifo")
+    g.add_argument("--criterion", choices=sorted(CRITERIA), default=S,
+                   help="detection rule (reference); see the README's detection-rule section")
+    g.add_argument("--span", type=int, default=S, help="plateau rule: span compared, in the "
+                   "check counter (optimizer steps with --check-every, else epochs); default "
+                   "window-1 checks")
     g.add_argument("--check-every", type=int, default=S,
                    help="check every N optimizer steps (default: once per epoch)")
     g.add_argument("--full", action="store_true", default=S,

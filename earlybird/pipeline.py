@@ -69,6 +69,7 @@ class RunConfig:
     epsilon: float = 0.1
     window: int = 5
     criterion: str = "reference"
+    span: Optional[int] = None
     check_every: Optional[int] = None
     full: bool = False
     workers: int = 2
@@ -94,7 +95,8 @@ class RunConfig:
              f"--schedule must be increasing epochs inside (0, {self.epochs}), got {schedule}")
         object.__setattr__(self, "schedule", schedule)
         object.__setattr__(self, "ratios", [float(r) for r in self.ratios])
-        EarlyBirdConfig(self.ratios, self.epsilon, self.window, self.criterion, self.s)
+        EarlyBirdConfig(self.ratios, self.epsilon, self.window, self.criterion, self.s,
+                        span=self.span)
         for name in ("lr", "batch_size", "test_batch_size"):
             need(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be > 0")
         need(self.momentum >= 0 and self.weight_decay >= 0 and self.gamma > 0,
@@ -366,8 +368,9 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
         drawn = pruner.step(iteration=iteration)
         _same_on_all_ranks(env, pruner)
         if env.main:
+            step = iteration if cfg.check_every else iteration * _steps_per_epoch(env)
             env.dir.append_log({"stage": "search", "check": len(pruner.iterations) - 1,
-                                "iteration": iteration, "drawn": drawn,
+                                "iteration": iteration, "step": step, "drawn": drawn,
                                 "distances": {f"{r:g}": (pruner.distances(r) or [None])[-1]
                                               for r in cfg.ratios}})
         return all_drawn()
@@ -385,7 +388,8 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
 def _pruner(model: nn.Module, env: _Env) -> EarlyBirdPruner:
     cfg = env.cfg
     return EarlyBirdPruner(model, env.example(), cfg.ratios, epsilon=cfg.epsilon,
-                           window=cfg.window, criterion=cfg.criterion, sparsity=cfg.s)
+                           window=cfg.window, criterion=cfg.criterion, sparsity=cfg.s,
+                           span=cfg.span)
 
 
 def _draw_epoch(env: _Env, iteration: int) -> float:

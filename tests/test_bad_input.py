@@ -25,7 +25,8 @@ SEARCH = [
     (["--epsilon", "0"], "epsilon must be in (0, 1], got 0"),
     (["--epsilon", "2"], "epsilon must be in (0, 1], got 2"),
     (["--window", "1"], "window must be an integer >= 2, got 1"),
-    (["--criterion", "median"], "unknown criterion 'median'"),
+    (["--span", "0", "--criterion", "plateau"], "span must be None or an integer >= 1 (steps), got 0"),
+    (["--span", "4"], "span is used by the plateau rule only, not by criterion='reference'"),
     (["--check-every", "0"], "--check-every must be >= 1"),
     (["--train-images", "0"], "--train-images must be >= 1"),
     (["--test-images", "0"], "--test-images must be >= 1"),
@@ -38,6 +39,7 @@ SEARCH = [
 ARGPARSE = [
     ["--dataset", "mnist"], ["--search-precision", "fp8"], ["--retrain-precision", "int4"],
     ["--rounding", "up"], ["--epochs", "ten"], ["--ratios"], ["--bogus"],
+    ["--criterion", "median"], ["--span", "2.5"],
 ]
 
 

@@ -267,6 +267,8 @@ class NoNorm(nn.Module):
     (dict(epsilon=0), ValueError, r"epsilon must be in \(0, 1\], got 0"),
     (dict(epsilon=-0.1), ValueError, "epsilon must be in"),
     (dict(criterion="median"), ValueError, r"unknown criterion 'median'; choose from"),
+    (dict(criterion="plateau", span=0), ValueError, "span must be None or an integer >= 1"),
+    (dict(span=100), ValueError, "span is used by the plateau rule only"),
     (dict(sparsity=-1e-4), ValueError, "sparsity must be a number >= 0"),
     (dict(penalty="l2"), ValueError, r"choose from \['l1', 'group_lasso'\]"),
     (dict(min_channels=0), ValueError, "min_channels must be an integer >= 1"),
@@ -310,3 +312,37 @@ def test_function_preserved_on_tiny_residual(x32):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x32), small(x32), atol=1e-6)
+
+
+def test_rules_see_the_steps_and_ratio_of_every_check(x32, monkeypatch):
+    from earlybird import criteria
+    seen = []
+
+    def spy(checks, window, epsilon, span):
+        seen.append((checks.ratio, list(checks.steps), len(checks.rows), window, epsilon, span))
+        return False
+    monkeypatch.setitem(criteria.CRITERIA, "plateau", spy)
+    model = TinyVGG()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.3, 0.7], criterion="plateau", window=3,
+                                epsilon=0.2, span=250)
+    for step in (100, 200, 300):
+        pruner.step(iteration=step)
+    assert seen[-2:] == [(0.3, [100, 200, 300], 3, 3, 0.2, 250),
+                         (0.7, [100, 200, 300], 3, 3, 0.2, 250)]
+
+
+def test_plateau_rule_in_the_pruner_draws_when_the_masks_stop_changing(x32):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], criterion="plateau", epsilon=0.1,
+                                span=200)
+    drawn_at = None
+    for check in range(12):
+        if check < 4:                                       # the masks churn, then settle
+            randomize_norms(model, seed=check)
+        if pruner.step(iteration=100 * check) and drawn_at is None:
+            drawn_at = check
+    d = pruner.distances(0.5)
+    assert all(x > 0 for x in d[:3]) and all(x == 0 for x in d[3:])
+    # distances are 0 from step 400 on: (300, 500] and (500, 700] both 0 -> drawn at step 700
+    assert drawn_at == 7 and pruner.tickets[0.5].iteration == 700
