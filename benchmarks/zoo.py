@@ -401,8 +401,9 @@ def summary(rows: list[dict], meta: dict) -> str:
               f"Python {v['python']}",
               f"- machine: {meta['machine']}",
               f"- command: `{meta['command']}`",
-              f"- total runtime: {meta['total_seconds'] / 60:.1f} min "
-              f"({len(rows)} of {meta['planned']} models run{'' if meta['complete'] else ', INCOMPLETE'})",
+              f"- time: {sum(r['seconds'] for r in rows) / 60:.1f} min summed over the models "
+              f"({len(rows)} of {meta['planned']} models run{'' if meta['complete'] else ', INCOMPLETE'}); "
+              f"wall-clock of the last invocation {meta['total_seconds'] / 60:.1f} min",
               f"- date: {meta['date']}", ""]
     return "\n".join(lines)
 
@@ -520,7 +521,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--memory-gb", type=float, default=11.0,
                         help="address-space cap of each worker in GiB (11; 0: none); models "
                         "that run out are retried alone at the end without it")
-    parser.add_argument("--fresh", action="store_true", help="ignore the rows cached in --out")
+    parser.add_argument("--fresh", action="store_true", help="rerun the selected models even if "
+                        "--out has their rows (the other rows are kept)")
     parser.add_argument("--rerun-failed", action="store_true",
                         help="rerun cached FAIL rows (pass/unsupported rows are kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -547,30 +549,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         specs = specs[:args.limit]
     partial = bool(args.only or args.limit is not None or args.timm_only or args.torchvision_only)
     out = args.out or (None if partial else DEFAULT_OUT)
-    cache = {} if args.fresh else _load_cache(out)
+    kept = _load_cache(out)                         # every row in the folder stays in its table
+    cache = {k: r for k, r in kept.items() if not (args.fresh and k in specs)}
     if args.rerun_failed:
         cache = {k: r for k, r in cache.items() if not r["status"].startswith("FAIL")}
+    order = all_specs() + [s for s in specs if s not in all_specs()]
+    order += [k for k in kept if k not in order]
 
     command = "python benchmarks/zoo.py" + "".join(" " + shlex.quote(a) for a in
                                                    (sys.argv[1:] if argv is None else argv))
     meta = {"command": command, "machine": machine(args.jobs, args.memory_gb),
             "versions": versions(), "ratios": list(RATIOS), "report_ratio": REPORT_RATIO,
-            "planned": len(specs), "complete": False, "total_seconds": 0.0,
+            "planned": len(set(specs) | set(kept)), "complete": False, "total_seconds": 0.0,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     todo = [s for s in specs if s not in cache]
     print(f"sweeping {len(todo)} of {len(specs)} models ({len(specs) - len(todo)} cached); "
           f"{meta['machine']}", flush=True)
-    done: dict[tuple[str, str], dict] = {s: cache[s] for s in specs if s in cache}
+    done: dict[tuple[str, str], dict] = {k: r for k, r in cache.items()}
     start = time.perf_counter()
-    previous = sum(r["seconds"] for r in done.values())
+
+    def rows_now() -> list[dict]:
+        return [done[s] for s in order if s in done]
 
     def record(spec: tuple[str, str], row: dict) -> None:
         done[spec] = row
-        print(f"[{len(done)}/{len(specs)}] {spec[0]}:{spec[1]} {row['seconds']:.1f}s "
-              f"{row['status']}", flush=True)
-        meta["total_seconds"] = round(previous + time.perf_counter() - start, 1)
+        print(f"[{sum(s in done for s in specs)}/{len(specs)}] {spec[0]}:{spec[1]} "
+              f"{row['seconds']:.1f}s {row['status']}", flush=True)
+        meta["total_seconds"] = round(time.perf_counter() - start, 1)
         if out is not None:
-            write_results(out, [done[s] for s in specs if s in done], meta)
+            write_results(out, rows_now(), meta)
 
     def sweep(spec: tuple[str, str], memory_gb: float, threads: int) -> tuple:
         return spec, run_isolated(*spec, args.timeout, memory_gb, threads)
@@ -579,13 +586,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         for future in as_completed([pool.submit(sweep, s, args.memory_gb, threads) for s in todo]):
             record(*future.result())
-    retry = [s for s in specs if done[s].get("out_of_memory") and args.memory_gb]
+    retry = [s for s in todo if done[s].get("out_of_memory") and args.memory_gb]
     if retry:
         print(f"retrying {len(retry)} models that ran out of memory, one at a time", flush=True)
         for spec in retry:
             record(*sweep(spec, 0, os.cpu_count() or 1))
-    rows = [done[s] for s in specs]
-    meta["complete"] = True
+    rows = rows_now()
+    meta["complete"] = len(rows) == meta["planned"]
     print()
     print(summary(rows, meta))
     print(table(rows))

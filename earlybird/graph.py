@@ -56,17 +56,66 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
 
     The trace runs in eval mode. Layers that only run in training (Inception's and GoogLeNet's
     auxiliary classifiers) would be left out of the graph, and pruning would break them, so if
-    any layer with weights was not reached the model is traced again in training mode on the
-    example batch doubled (BatchNorm needs two samples), its BatchNorm statistics restored.
+    such layers exist the model is traced again in training mode on the example batch doubled
+    (BatchNorm needs two samples), its BatchNorm statistics restored. A model that uses a
+    layer's weights without calling the layer (torchvision's Swin: ``F.linear(x, qkv.weight)``)
+    is refused: torch-pruning cannot see which channels that layer connects.
     Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
     its input channels from the groups that feed it (e.g. the head from the last stage's group).
     """
     graph = _trace(model, example_inputs, train=False)
     missed = _untraced(model, graph)
-    if missed:
-        log.debug("layers not reached in eval mode, tracing in training mode: %s", missed[:5])
+    if not missed:
+        return graph
+    called, functional = _probe(model, example_inputs, missed)
+    if functional:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} uses the weights of {len(functional)} layer(s) through "
+            f"plain functions instead of calling the modules (e.g. {', '.join(functional[:3])}); "
+            "torch-pruning cannot follow their channels, so pruning would break them")
+    if called:
+        log.debug("layers that run only in training mode, tracing in training mode: %s",
+                  called[:5])
         graph = _trace(model, example_inputs, train=True)
     return graph
+
+
+def _probe(model: nn.Module, example_inputs: Any,
+           names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """One training-mode forward and backward pass on the doubled example batch, everything
+    restored after it. Of the layers ``names`` (not reached by the eval-mode trace), returns
+    those called as modules (they run only in training: auxiliary classifiers) and those never
+    called whose weights still got a gradient (used as ``F.linear(x, layer.weight)`` or alike).
+    Layers that never run at all are neither."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {p: p.grad for p in model.parameters()}
+    layers = {n: model.get_submodule(n) for n in names}
+    called: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n))
+             for n, m in layers.items()]
+    try:
+        with _kept_modes(model), torch.enable_grad():
+            model.train()
+            for p in model.parameters():
+                p.grad = None
+            out = _run(model, _doubled(example_inputs))
+            tensors = [out] if isinstance(out, Tensor) else [
+                t for t in (out.values() if isinstance(out, Mapping) else out)
+                if isinstance(t, Tensor) and t.requires_grad]
+            if tensors:
+                sum(t.float().sum() for t in tensors).backward()
+            functional = [n for n, m in layers.items() if n not in called
+                          and getattr(m, "weight", None) is not None and m.weight.grad is not None]
+    except Exception as exc:  # noqa: BLE001 - cannot tell: trace in training mode as before
+        log.debug("training-mode probe failed: %s", exc)
+        return list(names), []
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, g in grads.items():
+            p.grad = g
+        model.load_state_dict(state)
+    return [n for n in names if n in called], functional
 
 
 def _trace(model: nn.Module, example_inputs: Any, train: bool) -> tp.DependencyGraph:

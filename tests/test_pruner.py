@@ -346,3 +346,38 @@ def test_plateau_rule_in_the_pruner_draws_when_the_masks_stop_changing(x32):
     assert all(x > 0 for x in d[:3]) and all(x == 0 for x in d[3:])
     # distances are 0 from step 400 on: (300, 500] and (500, 700] both 0 -> drawn at step 700
     assert drawn_at == 7 and pruner.tickets[0.5].iteration == 700
+
+
+class FunctionalLinear(nn.Module):
+    """Uses ``proj.weight`` through F.linear (torchvision Swin's attention does this)."""
+
+    def __init__(self, unused: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.proj = nn.Linear(6, 6)
+        self.spare = nn.Linear(6, 6)          # defined, never used
+        self.head = nn.Linear(6, 2)
+        self.unused = unused
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)).relu().mean((2, 3))
+        if not self.unused:
+            x = nn.functional.linear(x, self.proj.weight, self.proj.bias)
+        return self.head(x)
+
+
+def test_weights_used_through_functions_are_refused_by_name(x32):
+    with pytest.raises(eb.UnsupportedModelError,
+                       match=r"FunctionalLinear uses the weights of 1 layer\(s\) through plain "
+                             r"functions .* \(e.g. proj\); torch-pruning cannot follow"):
+        eb.EarlyBirdPruner(FunctionalLinear(), x32)
+
+
+def test_layers_that_never_run_do_not_block_pruning(x32):
+    model = FunctionalLinear(unused=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    assert pruner.layout.names == ("conv",)
+    assert pruner.prune(0.5, force=True)(x32).shape == (2, 2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
