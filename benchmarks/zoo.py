@@ -20,8 +20,8 @@ silent no-op, a wrong output, or the dense model changed). Every model is caught
 
 Every model runs in its own subprocess (``--jobs`` at a time, one torch thread each, address
 space capped at ``--memory-gb``), so a crash or an out-of-memory kill is one FAIL row and not the
-end of the sweep; models that ran out of memory are retried alone at the end with the cap of the
-whole machine. Rows are cached in ``zoo.json`` as they finish: an interrupted sweep run again
+end of the sweep; models that ran out of memory are retried alone at the end, capped at the
+machine's memory less 3 GiB. Rows are cached in ``zoo.json`` as they finish: an interrupted sweep run again
 resumes and reruns nothing done (``--fresh`` starts over, ``--rerun-failed`` retries FAIL rows).
 
 Run: ``python benchmarks/zoo.py`` (or ``tox -e zoo``). A full sweep writes
@@ -485,6 +485,14 @@ def run_isolated(source: str, name: str, timeout: int, memory_gb: float,
         return row
 
 
+def _ram_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) / 2 ** 20
+    except OSError:
+        return 0.0
+
+
 def _dead_row(source: str, name: str, message: str, error: str, start: float) -> dict[str, Any]:
     return {"source": source, "model": name, "status": f"FAIL: {error}: {message}",
             "input": None, "params_before": None, "flops_before": None, "params_after": {},
@@ -520,7 +528,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="models swept at once (2)")
     parser.add_argument("--memory-gb", type=float, default=11.0,
                         help="address-space cap of each worker in GiB (11; 0: none); models "
-                        "that run out are retried alone at the end without it")
+                        "that run out are retried alone at the end with all but 3 GiB of RAM")
     parser.add_argument("--fresh", action="store_true", help="rerun the selected models even if "
                         "--out has their rows (the other rows are kept)")
     parser.add_argument("--rerun-failed", action="store_true",
@@ -589,8 +597,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     retry = [s for s in todo if done[s].get("out_of_memory") and args.memory_gb]
     if retry:
         print(f"retrying {len(retry)} models that ran out of memory, one at a time", flush=True)
-        for spec in retry:
-            record(*sweep(spec, 0, os.cpu_count() or 1))
+        for spec in retry:                          # leave 3 GiB to the rest of the machine
+            record(*sweep(spec, max(args.memory_gb, _ram_gb() - 3), os.cpu_count() or 1))
     rows = rows_now()
     meta["complete"] = len(rows) == meta["planned"]
     print()
