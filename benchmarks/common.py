@@ -91,11 +91,13 @@ def example() -> torch.Tensor:
 def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int, *,
           regularize: Optional[Callable[[], None]] = None, check_every: Optional[int] = None,
           on_check: Optional[Callable[[int], bool]] = None,
-          after_epoch: Optional[Callable[[int, float], None]] = None) -> dict[str, Any]:
-    """SGD epochs ``first .. last - 1`` of the setting's schedule; returns accuracies and times.
+          after_epoch: Optional[Callable[[int], None]] = None,
+          eval_every_epoch: bool = False) -> dict[str, Any]:
+    """SGD epochs ``first .. last - 1`` of the setting's schedule; returns the final test
+    accuracy (and each epoch's with ``eval_every_epoch``) and the training time.
 
     ``on_check(step)`` runs every ``check_every`` optimizer steps (global step count), and
-    ``after_epoch(epoch, test_acc)`` after each epoch's evaluation.
+    ``after_epoch(epoch)`` after each epoch.
     """
     opt = torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=setting.momentum,
                           weight_decay=setting.weight_decay)
@@ -108,10 +110,11 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
         started = time.perf_counter()
         _, step, _ = loop.epoch(epoch, step)
         train_s += time.perf_counter() - started
-        acc, _ = evaluate(model, data.test)
-        accs.append(acc)
+        if eval_every_epoch or epoch == last - 1:
+            acc, _ = evaluate(model, data.test)
+            accs.append(acc)
         if after_epoch is not None:
-            after_epoch(epoch, acc)
+            after_epoch(epoch)
     return {"test_acc": acc, "accs": accs, "train_s": train_s}
 
 

@@ -81,7 +81,7 @@ def search(setting: Setting, seed: int, ratios: tuple[float, ...], folder: Path)
         pruner.step(iteration=step)
         return False
 
-    def keep(epoch: int, acc: float) -> None:
+    def keep(epoch: int) -> None:
         atomic_save({"format": WEIGHTS, "state": model.state_dict()},
                     folder / f"weights-e{epoch + 1}.pt")
 
@@ -170,7 +170,7 @@ def retrain(setting: Setting, seed: int, ratio: float, epoch: int, kind: str,
     result = common.train(small, setting, data, epoch, setting.epochs, regularize=regularize)
     cost = count_flops(small, common.example())
     row = {"seed": seed, "ratio": ratio, "draw_epoch": epoch, "kind": kind,
-           "test_acc": result["test_acc"], "best_acc": max(result["accs"]),
+           "test_acc": result["test_acc"],
            "flops": cost.flops, "params": cost.params, "train_s": result["train_s"],
            "wall_s": time.perf_counter() - started,
            "widths": {k: int(v.sum()) for k, v in keep.items()}}
