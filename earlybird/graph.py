@@ -150,9 +150,13 @@ def _doubled(inputs: Any) -> Any:
 
 
 def _untraced(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
+    """Layers with weights the trace did not reach, except those inside a traced module that
+    torch-pruning prunes as a whole (``nn.MultiheadAttention`` and its ``out_proj``)."""
     kinds = ROOT_TYPES + NORM_TYPES
+    traced = {name for name, m in model.named_modules() if m in graph.module2node}
     return [name for name, m in model.named_modules()
-            if isinstance(m, kinds) and m not in graph.module2node]
+            if isinstance(m, kinds) and m not in graph.module2node
+            and not any(name.startswith(t + ".") for t in traced if t)]
 
 
 def _run(model: nn.Module, inputs: Any) -> Any:
@@ -420,6 +424,7 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
                 raise UnsupportedModelError(f"pruning {len(idxs)} channels of {name!r} would empty "
                                             "a layer coupled to it")
             group.prune()
+    sync_attributes(model)
     return plain_history(graph.pruning_history())
 
 
@@ -437,7 +442,17 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
             raise UnsupportedModelError(
                 f"the pruning history does not fit this model ({type(exc).__name__}: {exc}); "
                 "build the model with the same constructor and arguments as the pruned one") from exc
+    sync_attributes(model)
     return model
+
+
+def sync_attributes(model: nn.Module) -> None:
+    """Widths some models keep as plain attributes beside their layers, set to the pruned
+    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``)."""
+    for m in model.modules():
+        proj = getattr(m, "conv_proj", None)
+        if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
+            m.hidden_dim = proj.out_channels
 
 
 @torch.no_grad()

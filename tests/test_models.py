@@ -25,6 +25,8 @@ MODELS = {
     "timm_convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=10), 32),
     "timm_vit_tiny_patch16_224": (
         lambda: timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32), 32),
+    "tv_vit_small": (lambda: TV.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=32,
+                                                  mlp_dim=64, num_classes=10), 32),
 }
 
 
@@ -57,7 +59,7 @@ def test_search_and_prune_any_model(name):
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if head is not None:                                   # the head keeps its 10 outputs
         assert small.get_classifier().out_features == 10
-    if "vit" in name:
+    if name.startswith("timm_vit"):
         for block in small.blocks:
             attn = block.attn
             assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim
@@ -163,3 +165,22 @@ def test_training_only_branches_are_traced_and_pruned_consistently():
     assert small.aux1.conv.conv.in_channels == small.inception4a.branch1.conv.out_channels + \
         small.inception4a.branch2[1].conv.out_channels + small.inception4a.branch3[1].conv.out_channels + \
         small.inception4a.branch4[1].conv.out_channels
+
+
+def test_torchvision_vit_keeps_its_hidden_dim_in_step_and_round_trips(tmp_path):
+    """nn.MultiheadAttention's out_proj runs inside the attention module (pruned with it, not
+    refused as a functional use); the model's own ``hidden_dim`` follows the pruned width."""
+    torch.manual_seed(0)
+    model = TV.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+                                 num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    randomize_norms(model, 3)
+    pruner = eb.EarlyBirdPruner(model, x, ratios=[0.5])
+    small = pruner.prune(0.5, force=True).eval()
+    assert small.hidden_dim == small.conv_proj.out_channels < 32
+    eb.save_pruned(small, tmp_path / "vit.pt")
+    again = eb.load_pruned(tmp_path / "vit.pt", TV.VisionTransformer(
+        32, 8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10)).eval()
+    assert again.hidden_dim == small.hidden_dim
+    with torch.no_grad():
+        assert torch.equal(again(x), small(x))
