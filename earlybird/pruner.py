@@ -236,6 +236,7 @@ class EarlyBirdPruner:
             if width != int(mask.sum()):
                 raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
                                             f"ticket keeps {int(mask.sum())}")
+        _check_runs(small, self.example_inputs, ratio)
         attach_record(small, history, self._spec)
         if optimizer is None:
             return small
@@ -278,6 +279,19 @@ class EarlyBirdPruner:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
                 self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
                                              self.layout.split(mask), saved.get("state"))
+
+
+def _check_runs(small: nn.Module, example_inputs: Any, ratio: float) -> None:
+    """The pruned copy must still run on the example inputs; say why not in one line."""
+    try:
+        run_example(small, example_inputs)
+    except UnsupportedModelError as exc:
+        cause = exc.__cause__ or exc
+        raise UnsupportedModelError(
+            f"{type(small).__name__} pruned at ratio {ratio:g} no longer runs "
+            f"({type(cause).__name__}: {' '.join(str(cause).split())[:200]}): it computes with "
+            "channel counts kept outside its layers (a split size, a reshape constant) that "
+            "torch-pruning cannot update") from exc
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

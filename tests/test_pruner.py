@@ -381,3 +381,31 @@ def test_layers_that_never_run_do_not_block_pruning(x32):
     assert pruner.layout.names == ("conv",)
     assert pruner.prune(0.5, force=True)(x32).shape == (2, 2)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class SplitByAttribute(nn.Module):
+    """Splits its channels with a stored size, then runs a conv per part (timm's Res2Net does
+    this): pruning changes the parts' widths but not ``self.width``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.width = 4
+        self.conv_a = nn.Conv2d(4, 4, 1)
+        self.conv_b = nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        a, b = torch.split(self.bn(self.conv(x)), self.width, 1)
+        return self.head(torch.cat([self.conv_a(a), self.conv_b(b)], 1).mean((2, 3)))
+
+
+def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason(x32):
+    model = SplitByAttribute()
+    set_scales(model, [0.1, 0.2, 0.9, 0.9, 0.3, 0.4, 0.9, 0.9])   # prunes 2 from each part
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    with pytest.raises(eb.UnsupportedModelError, match=r"SplitByAttribute pruned at ratio 0.5 no "
+                       r"longer runs \(\w+: .*\): it computes with channel counts kept"):
+        pruner.prune(0.5, force=True)
+    assert model(x32).shape == (2, 2)                      # the dense model is untouched
