@@ -247,9 +247,15 @@ class ChannelGraph:
         self.graph = build_graph(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}
-        groups = self.graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES)
-        groups = sorted((self._rooted_first(g, order) for g in groups),
-                        key=lambda g: order[g[0].dep.target.module])
+        try:
+            groups = [self._rooted_first(g, order) for g in self.graph.get_all_groups(
+                ignored_layers=list(ignored), root_module_types=ROOT_TYPES)]
+        except MemoryError:
+            raise UnsupportedModelError(
+                f"torch-pruning ran out of memory mapping the channels of {type(model).__name__} "
+                "through its reshapes and permutes (window partitions blow its index lists "
+                "up); this model cannot be pruned by channel groups") from None
+        groups.sort(key=lambda g: order[g[0].dep.target.module])
         self.score = "weight" if score == "weight" else "norm"
         found = self._collect(groups, names)
         if not found[1] and score == "auto":

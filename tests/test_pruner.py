@@ -409,3 +409,15 @@ def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason(x32):
                        r"longer runs \(\w+: .*\): it computes with channel counts kept"):
         pruner.prune(0.5, force=True)
     assert model(x32).shape == (2, 2)                      # the dense model is untouched
+
+
+def test_out_of_memory_in_the_group_search_is_our_error(x32, monkeypatch):
+    import torch_pruning as tp
+
+    def explode(self, *args, **kwargs):
+        raise MemoryError
+        yield                                              # a generator, like the original
+    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", explode)
+    with pytest.raises(eb.UnsupportedModelError, match="torch-pruning ran out of memory mapping "
+                       "the channels of TinyVGG"):
+        eb.EarlyBirdPruner(TinyVGG(), x32)
