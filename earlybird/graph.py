@@ -255,6 +255,10 @@ class ChannelGraph:
                 f"torch-pruning ran out of memory mapping the channels of {type(model).__name__} "
                 "through its reshapes and permutes (window partitions blow its index lists "
                 "up); this model cannot be pruned by channel groups") from None
+        except Exception as exc:  # noqa: BLE001 - torch-pruning's internals, named once
+            raise UnsupportedModelError(
+                f"torch-pruning could not group the channels of {type(model).__name__}: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from exc
         groups.sort(key=lambda g: order[g[0].dep.target.module])
         self.score = "weight" if score == "weight" else "norm"
         found = self._collect(groups, names)

@@ -411,7 +411,7 @@ def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason(x32):
     assert model(x32).shape == (2, 2)                      # the dense model is untouched
 
 
-def test_out_of_memory_in_the_group_search_is_our_error(x32, monkeypatch):
+def test_failures_in_the_group_search_are_our_error(x32, monkeypatch):
     import torch_pruning as tp
 
     def explode(self, *args, **kwargs):
@@ -420,4 +420,12 @@ def test_out_of_memory_in_the_group_search_is_our_error(x32, monkeypatch):
     monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", explode)
     with pytest.raises(eb.UnsupportedModelError, match="torch-pruning ran out of memory mapping "
                        "the channels of TinyVGG"):
+        eb.EarlyBirdPruner(TinyVGG(), x32)
+
+    def divide(self, *args, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+        yield
+    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", divide)
+    with pytest.raises(eb.UnsupportedModelError, match="torch-pruning could not group the channels "
+                       "of TinyVGG: ZeroDivisionError: integer division"):
         eb.EarlyBirdPruner(TinyVGG(), x32)
