@@ -1,0 +1,77 @@
+"""The benchmark scripts' own logic: rule replay, random tickets, isolated zoo workers."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import detection, zoo  # noqa: E402
+from benchmarks.common import Setting  # noqa: E402
+
+
+def record_from(masks: list[str], spe: int = 8) -> dict:
+    """A search record with one mask per quarter epoch (2 steps), starting at step 0."""
+    stacked = torch.tensor([[c == "1" for c in m] for m in masks])
+    return {"steps": torch.arange(len(masks)) * (spe // 4), "steps_per_epoch": spe,
+            "masks": {"0.5": stacked}}
+
+
+# 10 channels; the mask moves one kept channel per quarter epoch for 3 epochs, then stays.
+MOVING = ["1111100000", "0111110000", "0011111000", "0001111100", "0000111110", "0000011111",
+          "1000001111", "1100000111", "1110000011", "1111000001", "1111100000", "0111110000",
+          "0011111000"]
+SETTLED = MOVING + ["0011111000"] * 24
+
+
+def test_rules_replay_at_their_own_check_frequency():
+    rec = record_from(SETTLED)
+    # per-epoch checks (every 8 steps): masks at steps 0, 8, 16, 24 (= index 12), 32, ...;
+    # from step 24 on all equal, so the reference rule (window 5) draws at step 24 + 4*8 = 56
+    assert detection.detect(rec, 0.5, "reference") == 56
+    # at 4 checks per epoch the window of 5 masks covers one epoch: drawn at step 24 + 4*2 = 32
+    assert detection.detect(rec, 0.5, "reference @4/epoch") == 32
+    # fifo needs window + 1 = 6 per-epoch masks: step 24 + 5*8 = 64
+    assert detection.detect(rec, 0.5, "fifo") == 64
+
+
+def test_draw_points_round_detections_up_to_epoch_boundaries():
+    rec = record_from(SETTLED)
+    setting = Setting(epochs=20)
+    points = detection.draw_points(rec, setting, 0.5, (0.05, 0.1, 0.2, 0.4))
+    assert points[:4] == [("5 %", 1, "ticket"), ("10 %", 2, "ticket"), ("20 %", 4, "ticket"),
+                          ("40 %", 8, "ticket")]
+    by_label = {label: (epoch, kind) for label, epoch, kind in points}
+    assert by_label["reference"] == (7, "ticket")           # step 56 / 8 steps per epoch
+    assert by_label["fifo"] == (8, "ticket")
+    assert by_label["random widths"] == (7, "random")       # at the reference rule's point
+
+
+def test_random_ticket_keeps_each_layers_width():
+    keep = {"a": torch.tensor([True, False, True, True]), "b": torch.tensor([False] * 5 + [True])}
+    again = detection._random_keep(keep, seed=3)
+    assert {k: int(v.sum()) for k, v in again.items()} == {"a": 3, "b": 1}
+    assert again.keys() == keep.keys() and all(v.dtype == torch.bool for v in again.values())
+    same = detection._random_keep(keep, seed=3)                # the seed fixes the choice
+    assert all(torch.equal(again[k], same[k]) for k in keep)
+
+
+def test_a_zoo_worker_that_dies_is_one_fail_row():
+    # 0.2 GiB of address space cannot even import torch: the worker dies, the sweep goes on
+    row = zoo.run_isolated("torchvision", "resnet18", timeout=120, memory_gb=0.2, threads=1)
+    assert row["model"] == "resnet18" and row["status"].startswith("FAIL: WorkerDied: worker ")
+    assert row["memory_gb"] == 0.2 and row["params_after"] == {}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--retrain", "0.6"], "--retrain ratios [0.6] must be among --ratios"),
+    (["--epochs", "3"], "need --epochs >= 4"),
+    (["--draw-fractions", "1.5"], "--draw-fractions must be in (0, 1)"),
+])
+def test_detection_script_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        detection._parse(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
