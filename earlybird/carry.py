@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .graph import History, replay_history
+from .graph import History, copy_model, replay_history
 
 __all__ = ["carry_optimizer", "carry_scheduler"]
 
 
 def _slice_state(dense: nn.Module, names: dict[int, str], optimizer: torch.optim.Optimizer,
                  key: str, example_inputs: Any, history: History) -> dict[str, torch.Tensor]:
-    holder = copy.deepcopy(dense)
+    holder = copy_model(dense)
     params = dict(holder.named_parameters())
     with torch.no_grad():
         for group in optimizer.param_groups:

@@ -10,6 +10,7 @@ conv/linear layer coupled to it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -414,6 +415,20 @@ class ChannelGraph:
                 flat = sel.flatten(1)
                 grad = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(sel)
             w.grad.index_add_(0, rows, grad, alpha=strength)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copes with tensors a model caches from its parameters (timm's
+    LeViT/EfficientFormer keep attention biases computed in eval mode): those are copied
+    detached instead of failing the copy."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            items = value.values() if isinstance(value, dict) else [value]
+            for t in items:
+                if isinstance(t, Tensor) and t.grad_fn is not None:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor]) -> History:

@@ -1,7 +1,6 @@
 """``EarlyBirdPruner``: draw early-bird tickets in any training loop, then prune for real."""
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -14,7 +13,7 @@ from .config import EarlyBirdConfig
 from .criteria import Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
-from .graph import ChannelGraph, find_classifier, prune_model, run_example
+from .graph import ChannelGraph, copy_model, find_classifier, prune_model, run_example
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 
@@ -226,7 +225,7 @@ class EarlyBirdPruner:
         if scheduler is not None and optimizer is None:
             raise ValueError("scheduler= needs optimizer= (the scheduler drives the optimizer)")
         keep = ticket.masks if ticket is not None else self.masks(ratio)
-        small = copy.deepcopy(self.model)
+        small = copy_model(self.model)
         if ticket is not None and ticket.state is not None and optimizer is None:
             small.load_state_dict(ticket.state)
         history = prune_model(small, self.example_inputs, keep)

@@ -429,3 +429,25 @@ def test_failures_in_the_group_search_are_our_error(x32, monkeypatch):
     with pytest.raises(eb.UnsupportedModelError, match="torch-pruning could not group the channels "
                        "of TinyVGG: ZeroDivisionError: integer division"):
         eb.EarlyBirdPruner(TinyVGG(), x32)
+
+
+class CachesFromParameters(TinyVGG):
+    """Keeps a tensor computed from a parameter (timm's LeViT caches attention biases so)."""
+
+    def forward(self, x):
+        self.cache = {"bias": self.classifier.bias * 2}
+        return super().forward(x) + self.cache["bias"]
+
+
+def test_prune_copies_models_that_cache_tensors_from_their_parameters(x32):
+    model = CachesFromParameters()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    model(x32)                                             # the cache now has a grad_fn
+    assert model.cache["bias"].grad_fn is not None
+    with pytest.raises(RuntimeError, match="deepcopy protocol"):
+        __import__("copy").deepcopy(model)                 # what a plain copy does
+    small = pruner.prune(0.5, force=True)
+    assert small.cache["bias"].grad_fn is None and torch.equal(small.cache["bias"],
+                                                               model.cache["bias"].detach())
+    assert small(x32).shape == (2, 3)
