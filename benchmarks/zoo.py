@@ -400,7 +400,8 @@ def summary(rows: list[dict], meta: dict) -> str:
               f"torch-pruning {v['torch_pruning']}, earlybird {v['earlybird']}, "
               f"Python {v['python']}",
               f"- machine: {meta['machine']}",
-              f"- command: `{meta['command']}`",
+              "- commands (in order; rows are cached, so each ran only the models it lacked): "
+              + "; ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]])),
               f"- time: {sum(r['seconds'] for r in rows) / 60:.1f} min summed over the models "
               f"({len(rows)} of {meta['planned']} models run{'' if meta['complete'] else ', INCOMPLETE'}); "
               f"wall-clock of the last invocation {meta['total_seconds'] / 60:.1f} min",
@@ -500,6 +501,15 @@ def _dead_row(source: str, name: str, message: str, error: str, start: float) ->
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def _load_meta(out: Optional[Path]) -> dict[str, Any]:
+    path = None if out is None else out / "zoo.json"
+    if path is None or not path.is_file():
+        return {}
+    meta = json.loads(path.read_text()).get("meta", {})
+    meta.setdefault("commands", [meta["command"]] if "command" in meta else [])
+    return meta
+
+
 def _load_cache(out: Optional[Path]) -> dict[tuple[str, str], dict]:
     path = None if out is None else out / "zoo.json"
     if path is None or not path.is_file():
@@ -533,6 +543,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "--out has their rows (the other rows are kept)")
     parser.add_argument("--rerun-failed", action="store_true",
                         help="rerun cached FAIL rows (pass/unsupported rows are kept)")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite README.md from the rows in --out's zoo.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--row-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -563,14 +575,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         cache = {k: r for k, r in cache.items() if not r["status"].startswith("FAIL")}
     order = all_specs() + [s for s in specs if s not in all_specs()]
     order += [k for k in kept if k not in order]
+    earlier = _load_meta(out)
 
     command = "python benchmarks/zoo.py" + "".join(" " + shlex.quote(a) for a in
                                                    (sys.argv[1:] if argv is None else argv))
-    meta = {"command": command, "machine": machine(args.jobs, args.memory_gb),
+    meta = {"command": command, "commands": earlier.get("commands", []) + [command],
+            "machine": machine(args.jobs, args.memory_gb),
             "versions": versions(), "ratios": list(RATIOS), "report_ratio": REPORT_RATIO,
-            "planned": len(set(specs) | set(kept)), "complete": False, "total_seconds": 0.0,
+            "planned": len(order) if out == DEFAULT_OUT else len(set(specs) | set(kept)),
+            "complete": False, "total_seconds": 0.0,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    todo = [s for s in specs if s not in cache]
+    if args.report:                                 # the sweep's own record, rows unchanged
+        meta.update({k: earlier[k] for k in ("command", "commands", "machine", "date",
+                                             "total_seconds") if k in earlier})
+    todo = [] if args.report else [s for s in specs if s not in cache]
     print(f"sweeping {len(todo)} of {len(specs)} models ({len(specs) - len(todo)} cached); "
           f"{meta['machine']}", flush=True)
     done: dict[tuple[str, str], dict] = {k: r for k, r in cache.items()}
@@ -598,6 +616,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if retry:
         print(f"retrying {len(retry)} models that ran out of memory, one at a time", flush=True)
         for spec in retry:                          # leave 3 GiB to the rest of the machine
+            if args.report:
+                break
             record(*sweep(spec, max(args.memory_gb, _ram_gb() - 3), os.cpu_count() or 1))
     rows = rows_now()
     meta["complete"] = len(rows) == meta["planned"]
