@@ -279,8 +279,11 @@ class ChannelGraph:
         offset = sum(sizes)
         unit_t = torch.tensor(units)
         grouped = bool((unit_t != torch.arange(offset)).any())
+        seg_t = torch.tensor(self._segment_ids)
+        split = len(self._segment_ids) and int(seg_t.max()) + 1 > len(sizes)
         self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
-                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None)
+                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
+                                    seg_t if split else None)
         self.norms = list(norms.values())
         self._index_tensors()
 
@@ -289,6 +292,7 @@ class ChannelGraph:
         layer_names: list[str] = []
         sizes: list[int] = []
         units: list[int] = []
+        segments: list[int] = []
         norms: dict[nn.Module, _Norm] = {}
         offset = 0
         filters = self.score == "weight"
@@ -305,10 +309,27 @@ class ChannelGraph:
                     entry.dst.append(offset + root_idx)
             unit = _grouped_units(self.graph, group, size) or list(range(size))
             units.extend(offset + u for u in unit)
+            first = max(segments, default=-1) + 1
+            segments.extend(first + s for s in self._segments(group, size))
             layer_names.append(names[root])
             sizes.append(size)
             offset += size
+        self._segment_ids = segments
         return layer_names, sizes, units, norms
+
+    def _segments(self, group: Any, size: int) -> list[int]:
+        """Per group channel, its segment: channels fed by the same set of conv/linear layers
+        (each branch of a concatenation that joins a residual stage is one). Pruning every
+        channel of a segment would empty a layer, so each keeps its own floor."""
+        sig: list[set] = [set() for _ in range(size)]
+        for item in group:
+            module = item.dep.target.module
+            if (isinstance(module, ROOT_TYPES)
+                    and self.graph.is_out_channel_pruning_fn(item.dep.handler)):
+                for r in item.root_idxs:
+                    sig[int(r)].add(id(module))
+        ids: dict[frozenset, int] = {}
+        return [ids.setdefault(frozenset(s), len(ids)) for s in sig]
 
     def _filter_channels(self, group: Any, size: int) -> Optional[dict[nn.Module, set]]:
         """Conv/linear layers whose output filters are a group's channels:

@@ -60,6 +60,9 @@ class ChannelLayout:
         sizes: channels per layer; ``sum(sizes) == N``.
         units: optional LongTensor ``[N]``; channels with the same value are pruned together.
             Values must be ordered like their first channel. ``None``: every channel alone.
+        segments: optional LongTensor ``[N]``; parts of a layer that each feed a layer of
+            their own (the branches of a concatenation that joins a residual stage), numbered
+            ``0..S-1`` in order. Each segment keeps its own floor (see :func:`keep_masks`).
 
     >>> layout = ChannelLayout(("a", "b"), (2, 3))
     >>> layout.num_channels, layout.layer_index.tolist()
@@ -69,15 +72,25 @@ class ChannelLayout:
     names: tuple[str, ...]
     sizes: tuple[int, ...]
     units: Optional[Tensor] = None
+    segments: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.sizes):
             raise ValueError(f"{len(self.names)} layer names for {len(self.sizes)} sizes")
         if any(s < 1 for s in self.sizes):
             raise ValueError(f"every layer needs at least one channel, got sizes {self.sizes}")
-        if self.units is not None and self.units.shape != (self.num_channels,):
-            raise ValueError(f"units must have shape ({self.num_channels},), "
-                             f"got {tuple(self.units.shape)}")
+        for name in ("units", "segments"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (self.num_channels,):
+                raise ValueError(f"{name} must have shape ({self.num_channels},), "
+                                 f"got {tuple(value.shape)}")
+
+    def segment_caps(self, min_channels: int = 1) -> Optional[list[int]]:
+        """Most channels each segment may lose (it keeps ``min_channels``), or None."""
+        if self.segments is None:
+            return None
+        sizes = torch.bincount(self.segments).tolist()
+        return [max(0, size - min_channels) for size in sizes]
 
     @property
     def num_channels(self) -> int:
@@ -105,7 +118,8 @@ def _cumsum_within(values: Tensor, segment: Tensor, num_segments: int) -> Tensor
 
 
 def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
-               caps: Sequence[int]) -> dict[float, Tensor]:
+               caps: Sequence[int], segment_caps: Optional[Sequence[int]] = None
+               ) -> dict[float, Tensor]:
     """Flat keep-masks ``[N]`` for several ratios from one ranking of ``scores``.
 
     Args:
@@ -113,6 +127,7 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         layout: layer sizes and pruning units of the ``N`` channels.
         ratios: pruning ratios in ``(0, 1)``.
         caps: most channels each layer may lose (see :func:`layer_caps`).
+        segment_caps: most channels each of ``layout.segments`` may lose, if it has segments.
 
     >>> layout = ChannelLayout(("a", "b"), (3, 2))
     >>> m = keep_masks(torch.tensor([.5, .1, .5, .2, .3]), layout, [0.4], layer_caps(layout.sizes))
@@ -136,6 +151,11 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
             0, unit_of, layer, "amax", include_self=False)
     order = torch.sort(unit_score, stable=True).indices        # ties: earlier position first
+    if layout.segments is not None and segment_caps is not None:   # each segment's floor first
+        unit_seg = torch.zeros(unit_size.numel(), dtype=torch.long).scatter_reduce_(
+            0, unit_of, layout.segments, "amax", include_self=False)[order]
+        within = _cumsum_within(unit_size[order], unit_seg, len(segment_caps))
+        order = order[within <= torch.tensor(segment_caps, dtype=torch.long)[unit_seg]]
     size_sorted, layer_sorted = unit_size[order], unit_layer[order]
     eligible = _cumsum_within(size_sorted, layer_sorted, len(caps)) <= torch.tensor(caps)[layer_sorted]
     cand = order[eligible]

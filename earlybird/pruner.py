@@ -89,6 +89,7 @@ class EarlyBirdPruner:
         self.graph = ChannelGraph(self.model, example_inputs, ignored, score)
         self.layout = self.graph.layout
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
+        self._seg_caps = self.layout.segment_caps(min_channels)
         self._check_feasible()
         self._criterion = get_criterion(criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
@@ -100,6 +101,10 @@ class EarlyBirdPruner:
 
     def _check_feasible(self) -> None:
         n, room = self.layout.num_channels, sum(self._caps)
+        if self._seg_caps is not None:              # a layer also keeps a floor per segment
+            seg_room = torch.zeros(len(self._caps), dtype=torch.long).index_add_(
+                0, _segment_layer(self.layout), torch.tensor(self._seg_caps, dtype=torch.long))
+            room = sum(min(c, int(r)) for c, r in zip(self._caps, seg_room))
         for r in self.config.ratios:
             if prune_budget(n, r) > room:
                 raise ValueError(
@@ -129,7 +134,7 @@ class EarlyBirdPruner:
             The ratios whose ticket was drawn by this call (each ratio draws once).
         """
         scores = self._scores()
-        flat = keep_masks(scores, self.layout, self.config.ratios, self._caps)
+        flat = keep_masks(scores, self.layout, self.config.ratios, self._caps, self._seg_caps)
         check = len(self.iterations)
         self.iterations.append(check if iteration is None else int(iteration))
         drawn = []
@@ -171,7 +176,7 @@ class EarlyBirdPruner:
     def mask(self, ratio: float) -> Tensor:
         """The flat keep-mask ``step()`` would record now (layers in ``layout.names`` order)."""
         self._known(ratio, allow_any=True)
-        return keep_masks(self._scores(), self.layout, [ratio], self._caps)[ratio]
+        return keep_masks(self._scores(), self.layout, [ratio], self._caps, self._seg_caps)[ratio]
 
     def masks(self, ratio: float) -> dict[str, Tensor]:
         """:meth:`mask` per layer: ``{root module name: BoolTensor keep-mask}``."""
@@ -278,6 +283,13 @@ class EarlyBirdPruner:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
                 self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
                                              self.layout.split(mask), saved.get("state"))
+
+
+def _segment_layer(layout: Any) -> Tensor:
+    """The layer index of each segment of ``layout.segments``."""
+    n_seg = int(layout.segments.max()) + 1
+    return torch.zeros(n_seg, dtype=torch.long).scatter_reduce_(
+        0, layout.segments, layout.layer_index, "amax", include_self=False)
 
 
 def _check_runs(small: nn.Module, example_inputs: Any, ratio: float) -> None:

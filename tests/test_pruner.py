@@ -451,3 +451,35 @@ def test_prune_copies_models_that_cache_tensors_from_their_parameters(x32):
     assert small.cache["bias"].grad_fn is None and torch.equal(small.cache["bias"],
                                                                model.cache["bias"].detach())
     assert small(x32).shape == (2, 3)
+
+
+class ConcatIntoResidual(nn.Module):
+    """Two 1-channel branches concatenated, then a residual add over the 2 channels: the add's
+    group has 2 channels, each fed by its own branch conv (found by the property test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 1, 1, bias=False), nn.BatchNorm2d(1))
+        self.b = nn.Sequential(nn.Conv2d(3, 1, 1, bias=False), nn.BatchNorm2d(1))
+        self.body = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
+                                  nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(2))
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x):
+        x = torch.cat([self.a(x), self.b(x)], 1).relu()
+        return self.head((x + self.body(x)).relu().mean((2, 3)))
+
+
+def test_each_branch_of_a_concatenation_in_a_residual_group_keeps_a_channel(x32):
+    model = ConcatIntoResidual()
+    randomize_norms(model, 1)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.4])
+    assert pruner.layout.names == ("body.0", "body.3") and pruner.layout.sizes == (3, 2)
+    assert pruner.layout.segments.tolist() == [0, 0, 0, 1, 2]
+    with pytest.raises(ValueError, match="prunes 3 of 5 channels, .* allow at most 2"):
+        eb.EarlyBirdPruner(model, x32, ratios=[0.6])
+    mask = pruner.mask(0.4)
+    assert mask[3:].all() and int((~mask).sum()) == 2      # the branches are floors: body pays
+    small = pruner.prune(0.4, force=True)
+    assert small(x32).shape == (2, 2) and small.body[0].out_channels == 1
