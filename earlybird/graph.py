@@ -222,6 +222,19 @@ def _grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional
     return None if uf is None else [uf.find(i) for i in range(size)]
 
 
+def _coupled(group: Any, size: int, accept: Any) -> Optional[dict[nn.Module, set]]:
+    """``{module: {(channel, root channel)}}`` over the group's items ``accept(item, module)``
+    takes, or None when they do not cover every one of the ``size`` group channels."""
+    found: dict[nn.Module, set] = {}
+    for item in group:
+        module = item.dep.target.module
+        if accept(item, module):
+            found.setdefault(module, set()).update(
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
+    covered = {r for pairs in found.values() for _, r in pairs}
+    return found if found and len(covered) == size else None
+
+
 @dataclass
 class _Norm:
     module: nn.Module
@@ -269,7 +282,7 @@ class ChannelGraph:
                         type(model).__name__)
             self.score = "weight"
             found = self._collect(groups, names)
-        layer_names, sizes, units, norms = found
+        layer_names, sizes, units, segments, norms = found
         if not sizes:
             what = ("is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score "
                     "filters instead)" if self.score == "norm" else "has a conv or linear filter")
@@ -279,22 +292,24 @@ class ChannelGraph:
         offset = sum(sizes)
         unit_t = torch.tensor(units)
         grouped = bool((unit_t != torch.arange(offset)).any())
-        seg_t = torch.tensor(self._segment_ids)
-        split = len(self._segment_ids) and int(seg_t.max()) + 1 > len(sizes)
+        seg_t = torch.tensor(segments)
+        split = int(seg_t.max()) + 1 > len(sizes)
         self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
                                     torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
                                     seg_t if split else None)
         self.norms = list(norms.values())
+        self._filter_rows: dict[nn.Module, Tensor] = {}
         self._index_tensors()
 
     def _collect(self, groups: Sequence[Any], names: Mapping[nn.Module, str]) -> tuple:
-        """``(layer names, sizes, pruning units, scored layers)`` of the groups this score sees."""
+        """``(layer names, sizes, pruning units, segments, scored layers)`` of the groups this
+        score sees."""
         layer_names: list[str] = []
         sizes: list[int] = []
         units: list[int] = []
         segments: list[int] = []
         norms: dict[nn.Module, _Norm] = {}
-        offset = 0
+        offset = first = 0
         filters = self.score == "weight"
         for group in groups:
             root = group[0].dep.target.module
@@ -309,13 +324,13 @@ class ChannelGraph:
                     entry.dst.append(offset + root_idx)
             unit = _grouped_units(self.graph, group, size) or list(range(size))
             units.extend(offset + u for u in unit)
-            first = max(segments, default=-1) + 1
-            segments.extend(first + s for s in self._segments(group, size))
+            local = self._segments(group, size)
+            segments.extend(first + s for s in local)
+            first += max(local) + 1
             layer_names.append(names[root])
             sizes.append(size)
             offset += size
-        self._segment_ids = segments
-        return layer_names, sizes, units, norms
+        return layer_names, sizes, units, segments, norms
 
     def _segments(self, group: Any, size: int) -> list[int]:
         """Per group channel, its segment: channels fed by the same set of conv/linear layers
@@ -334,16 +349,9 @@ class ChannelGraph:
     def _filter_channels(self, group: Any, size: int) -> Optional[dict[nn.Module, set]]:
         """Conv/linear layers whose output filters are a group's channels:
         ``{module: {(filter, root channel)}}``, or None when some channel has no filter."""
-        found: dict[nn.Module, set] = {}
-        for item in group:
-            module = item.dep.target.module
-            if (not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-                    or not self.graph.is_out_channel_pruning_fn(item.dep.handler)):
-                continue
-            found.setdefault(module, set()).update(
-                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
-        covered = {r for pairs in found.values() for _, r in pairs}
-        return found if found and len(covered) == size else None
+        return _coupled(group, size, lambda item, module: isinstance(
+            module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            and self.graph.is_out_channel_pruning_fn(item.dep.handler))
 
     def _rooted_first(self, group: Any, order: Mapping[nn.Module, int]) -> Any:
         """The same group, rooted at its first conv/linear in module order, so that names and
@@ -364,17 +372,10 @@ class ChannelGraph:
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:
         """Norm layers coupled to a group: ``{module: {(channel, root channel)}}``, or None
         when some group channel has no norm channel (such groups are not scored)."""
-        found: dict[nn.Module, set] = {}
-        for item in group:
-            module = item.dep.target.module
-            if not isinstance(module, NORM_TYPES) or getattr(module, "weight", None) is None:
-                continue
-            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
-                continue
-            found.setdefault(module, set()).update(
-                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
-        covered = {r for pairs in found.values() for _, r in pairs}
-        return found if found and len(covered) == size else None
+        return _coupled(group, size, lambda item, module: isinstance(module, NORM_TYPES)
+                        and getattr(module, "weight", None) is not None
+                        and not (isinstance(module, nn.LayerNorm)
+                                 and len(module.normalized_shape) != 1))
 
     def _index_tensors(self) -> None:
         src, dst, base = [], [], 0
@@ -428,7 +429,9 @@ class ChannelGraph:
             w = norm.module.weight
             if w.grad is None:
                 continue
-            rows = torch.tensor(norm.src, device=w.device)
+            rows = self._filter_rows.get(norm.module)
+            if rows is None or rows.device != w.device:
+                rows = self._filter_rows[norm.module] = torch.tensor(norm.src, device=w.device)
             sel = w.detach()[rows]
             if penalty == "l1":
                 grad = torch.sign(sel)
