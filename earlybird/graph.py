@@ -298,6 +298,7 @@ class ChannelGraph:
                                     torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
                                     seg_t if split else None)
         self.norms = list(norms.values())
+        _check_indices(self.norms, names, model)
         self._filter_rows: dict[nn.Module, Tensor] = {}
         self._index_tensors()
 
@@ -439,6 +440,22 @@ class ChannelGraph:
                 flat = sel.flatten(1)
                 grad = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(sel)
             w.grad.index_add_(0, rows, grad, alpha=strength)
+
+
+def _check_indices(norms: Sequence[_Norm], names: Mapping[nn.Module, str],
+                   model: nn.Module) -> None:
+    """Refuse a model whose groups name channels past the end of a scored layer: torch-pruning
+    walked a dual-path block's slices and concatenations (timm's DPN) into wrong indices, and
+    scoring or pruning by them would fail or cut the wrong channels."""
+    bad = [(names[n.module], max(n.src), len(n.values())) for n in norms
+           if max(n.src) >= len(n.values())]
+    if bad:
+        name, index, size = bad[0]
+        raise UnsupportedModelError(
+            f"torch-pruning maps channels of {type(model).__name__} past the end of {len(bad)} "
+            f"layer(s) (e.g. channel {index} of {name!r}, which has {size}): its channel "
+            "coupling does not fit this model's slicing and concatenation (dual-path blocks), "
+            "so pruning would cut the wrong channels")
 
 
 def copy_model(model: nn.Module) -> nn.Module:

@@ -431,6 +431,19 @@ def test_failures_in_the_group_search_are_our_error(x32, monkeypatch):
         eb.EarlyBirdPruner(TinyVGG(), x32)
 
 
+def test_channel_indices_past_a_layer_are_refused_when_the_pruner_is_built():
+    # timm's dual-path networks: torch-pruning maps the slices and concatenations of a DPN
+    # block to channel indices past the end of the BatchNorms (found by the zoo on dpn48b,
+    # where it crashed step() with an IndexError). This small DPN shows it in 3 layers.
+    from timm.models.dpn import DPN
+    model = DPN(k_sec=(1, 3, 1, 1), inc_sec=(4, 8, 8, 16), num_init_features=8, k_r=16,
+                groups=4, b=True, small=True, num_classes=10)
+    with pytest.raises(eb.UnsupportedModelError, match=r"torch-pruning maps channels of DPN past "
+                       r"the end of 1 layer\(s\) \(e.g. channel 263 of 'features.conv3_2.c1x1_a.bn'"
+                       r", which has 152\): its channel coupling does not fit"):
+        eb.EarlyBirdPruner(model, torch.randn(1, 3, 32, 32))
+
+
 class CachesFromParameters(TinyVGG):
     """Keeps a tensor computed from a parameter (timm's LeViT caches attention biases so)."""
 
