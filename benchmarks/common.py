@@ -22,7 +22,7 @@ from torch import nn
 if __package__ in (None, ""):                      # imported from a script in benchmarks/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from earlybird.data import Batches, ImageSet, load_packed  # noqa: E402
+from earlybird.data import Batches, ImageSet, load_dataset, load_packed  # noqa: E402
 from earlybird.train import Loop, build_model, evaluate, lr_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -46,6 +46,10 @@ class Setting:
     data: str = str(DATA)
     train_images: Optional[int] = None
     test_images: Optional[int] = None
+    dataset: str = "packed"        # packed (.npz), cifar10, cifar100, imagenet, synthetic
+    num_classes: int = 10
+    image_size: int = 32
+    device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
@@ -62,13 +66,47 @@ class Data:
         self.steps_per_epoch = len(self.train)
 
 
+DATASETS = ("packed", "cifar10", "cifar100", "imagenet", "synthetic")
+
+
 def load_data(setting: Setting, seed: int) -> Data:
-    """Training batches shuffled and augmented by ``seed``; the test set in order."""
-    sets = load_packed(setting.data)
+    """Training batches shuffled and augmented by ``seed``; the test set in order.
+
+    ``packed``: a file written by ``pack_images`` (the shipped data); ``cifar10``/``cifar100``:
+    torchvision's sets under ``setting.data``; ``imagenet``: ``train/`` and ``val/`` folders
+    under ``setting.data`` (DataLoaders with 8 workers); ``synthetic``: random images of
+    ``image_size`` (``train_images``/``test_images`` of them) for dry runs.
+    """
+    if setting.dataset == "imagenet":
+        return _imagenet(setting, seed)
+    if setting.dataset == "synthetic":
+        g = torch.Generator().manual_seed(seed)
+        size, k = setting.image_size, setting.num_classes
+
+        def fake(n: int) -> ImageSet:
+            return ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                            torch.randint(0, k, (n,), generator=g), [str(i) for i in range(k)])
+        sets = {"train": fake(setting.train_images or 8), "test": fake(setting.test_images or 8)}
+    elif setting.dataset == "packed":
+        sets = load_packed(setting.data)
+    elif setting.dataset in ("cifar10", "cifar100"):
+        train, test, _ = load_dataset(setting.dataset, setting.data)
+        sets = {"train": train, "test": test}
+    else:
+        raise ValueError(f"unknown dataset {setting.dataset!r}; choose from {list(DATASETS)}")
     train = _subset(sets["train"], setting.train_images)
     test = _subset(sets["test"], setting.test_images)
     return Data(Batches(train, setting.batch_size, True, seed, drop_last=True),
                 Batches(test, 500, False))
+
+
+def _imagenet(setting: Setting, seed: int) -> Data:
+    train, test, _ = load_dataset("imagenet", setting.data)
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader
+    return Data(loader(train, setting.batch_size, shuffle=True, generator=g, num_workers=8,
+                       pin_memory=True, drop_last=True, persistent_workers=True),
+                loader(test, 250, num_workers=8, pin_memory=True))
 
 
 def _subset(images: ImageSet, n: Optional[int]) -> ImageSet:
@@ -81,41 +119,73 @@ def _subset(images: ImageSet, n: Optional[int]) -> ImageSet:
 
 def build(setting: Setting, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model(setting.arch, setting.depth, 10, setting.width)
+    return build_model(setting.arch, setting.depth, setting.num_classes, setting.width)
 
 
-def example() -> torch.Tensor:
-    return torch.zeros(1, 3, 32, 32)
+def example(setting: Optional[Setting] = None) -> torch.Tensor:
+    size = 32 if setting is None else setting.image_size
+    return torch.zeros(1, 3, size, size)
 
 
 def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int, *,
           regularize: Optional[Callable[[], None]] = None, check_every: Optional[int] = None,
           on_check: Optional[Callable[[int], bool]] = None,
           after_epoch: Optional[Callable[[int], None]] = None,
-          eval_every_epoch: bool = False) -> dict[str, Any]:
+          eval_every_epoch: bool = False, precision: str = "fp32",
+          weight_masks: Optional[dict[nn.Parameter, torch.Tensor]] = None) -> dict[str, Any]:
     """SGD epochs ``first .. last - 1`` of the setting's schedule; returns the final test
-    accuracy (and each epoch's with ``eval_every_epoch``) and the training time.
+    accuracy (and each epoch's with ``eval_every_epoch``), the training time per epoch and the
+    images trained on per epoch. With ``first == last`` it only evaluates.
 
     ``on_check(step)`` runs every ``check_every`` optimizer steps (global step count), and
-    ``after_epoch(epoch)`` after each epoch.
+    ``after_epoch(epoch)`` after each epoch. ``precision="q8"`` trains and evaluates with
+    qtorch's 8-bit block floating point (weights, gradients, momentum, activations, errors).
+    ``weight_masks`` ({parameter: 0/1 mask}) zeroes the masked weights once and their gradients
+    at every step, so with SGD they stay exactly zero (unstructured tickets).
     """
+    device = torch.device(setting.device)
+    model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=setting.momentum,
                           weight_decay=setting.weight_decay)
-    loop = Loop(model, opt, data.train, "train", regularize, check_every, on_check)
-    step, acc, train_s = first * data.steps_per_epoch, float("nan"), 0.0
-    accs = []
+    hooks: list = []
+    if precision == "q8":
+        from earlybird.precision import LowPrecision
+        opt = LowPrecision().optimizer(opt)
+        hooks = LowPrecision().quantize_activations(model)
+    masks = {p: m.to(device, p.dtype) for p, m in (weight_masks or {}).items()}
+    with torch.no_grad():
+        for p, m in masks.items():
+            p.mul_(m)
+
+    def masked() -> None:
+        if regularize is not None:
+            regularize()
+        for p, m in masks.items():
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    loop = Loop(model, opt, data.train, "train", masked if masks else regularize, check_every,
+                on_check, device=device)
+    step, acc = first * data.steps_per_epoch, float("nan")
+    accs, epoch_s, images = [], [], 0
     for epoch in range(first, last):
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch, setting.lr, setting.schedule)
         started = time.perf_counter()
-        _, step, _ = loop.epoch(epoch, step)
-        train_s += time.perf_counter() - started
+        stats, step, _ = loop.epoch(epoch, step)
+        epoch_s.append(time.perf_counter() - started)
+        images = int(stats["samples"])
         if eval_every_epoch or epoch == last - 1:
-            acc, _ = evaluate(model, data.test)
+            acc, _ = evaluate(model, data.test, device)
             accs.append(acc)
         if after_epoch is not None:
             after_epoch(epoch)
-    return {"test_acc": acc, "accs": accs, "train_s": train_s}
+    if first >= last:
+        acc, _ = evaluate(model, data.test, device)
+    for h in hooks:
+        h.remove()
+    return {"test_acc": acc, "accs": accs, "train_s": sum(epoch_s), "epoch_s": epoch_s,
+            "images_per_epoch": images}
 
 
 def write_json(path: Path, payload: Any) -> None:

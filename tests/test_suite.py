@@ -1,0 +1,234 @@
+"""The benchmark suite: method selection rules, configs, the cache and the report."""
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import earlybird as eb  # noqa: E402
+from benchmarks import __main__ as cli, common, methods, suite as S  # noqa: E402
+from conftest import TinyResidual, TinyVGG  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- selection rules
+def test_global_magnitude_masks_prune_exactly_the_lowest_and_keep_earlier_prunes():
+    torch.manual_seed(0)
+    scores = {"a": torch.randn(4, 3), "b": torch.randn(10)}
+    masks = methods.global_magnitude_masks(scores, 0.5)
+    flat = torch.cat([s.abs().flatten() for s in scores.values()])
+    kept = torch.cat([m.flatten() for m in masks.values()])
+    assert int((kept == 0).sum()) == 11                        # round(0.5 * 22)
+    assert flat[kept == 1].min() > flat[kept == 0].max()        # one global threshold
+    # a second round at a higher sparsity keeps everything pruned before pruned, whatever its score
+    boosted = {k: torch.where(masks[k] == 0, torch.full_like(v, 100.0), v) for k, v in scores.items()}
+    again = methods.global_magnitude_masks(boosted, 0.75, already=masks)
+    assert all(bool((again[k][masks[k] == 0] == 0).all()) for k in scores)
+    assert int(sum((m == 0).sum() for m in again.values())) == 16     # round(0.75 * 22)
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\), got 1.0"):
+        methods.global_magnitude_masks(scores, 1.0)
+
+
+def test_greedy_removal_matches_brute_force_on_the_first_choice_and_cancels_pairs():
+    torch.manual_seed(1)
+    contrib = torch.randn(50, 6, dtype=torch.float64)
+    removed = methods.greedy_removal(contrib, 3)
+    assert len(set(removed)) == 3
+    first = min(range(6), key=lambda c: float((contrib[:, c] ** 2).sum()))
+    assert removed[0] == first
+    # each later pick minimises the error of the removed set given the earlier picks
+    for i in range(1, 3):
+        base = contrib[:, removed[:i]].sum(1)
+        rest = [c for c in range(6) if c not in removed[:i]]
+        assert removed[i] == min(rest, key=lambda c: float(((base + contrib[:, c]) ** 2).sum()))
+
+
+def test_thinet_removes_channels_the_next_layer_ignores():
+    model = TinyVGG()
+    with torch.no_grad():
+        model.features[3].weight[:, [1, 3]] = 0              # conv2 ignores channels 1, 3 of conv1
+    pruner = eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8), [0.5], keep_weights=False)
+    batches = [(torch.randn(8, 3, 8, 8), torch.zeros(8, dtype=torch.long))]
+    keep = methods.thinet_masks(pruner, batches, 0.5, samples=256)
+    assert keep["features.0"].tolist() == [True, False, True, False]
+    # every group loses round(0.5 * size) channels: ThiNet prunes each layer at the same ratio
+    assert {k: int((~v).sum()) for k, v in keep.items()} == {"features.0": 2, "features.3": 3,
+                                                              "features.6": 4}
+
+
+def test_filter_scores_sum_the_coupled_filters():
+    model = TinyResidual()
+    graph = eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8), [0.5], score="weight").graph
+    scores = graph.layout.split(methods.filter_scores(
+        graph, lambda m: m.weight.abs().flatten(1).sum(1)))
+    l1 = lambda conv: conv.weight.detach().abs().flatten(1).sum(1).double()   # noqa: E731
+    # the residual group sums stem conv and conv2 (both write the 8 residual channels)
+    assert torch.allclose(scores["stem.0"], l1(model.stem[0]) + l1(model.conv2))
+    assert torch.allclose(scores["conv1"], l1(model.conv1))
+    with pytest.raises(ValueError, match="score='weight'"):
+        methods.filter_scores(eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8)).graph, l1)
+
+
+def test_random_widths_keep_each_layers_count_and_differ_by_seed():
+    keep = {"a": torch.tensor([True, False, True, False, False]), "b": torch.ones(3, dtype=torch.bool)}
+    r0, r0b, r1 = (methods.random_widths(keep, s) for s in (0, 0, 1))
+    assert {k: int(v.sum()) for k, v in r0.items()} == {"a": 2, "b": 3}
+    assert all(torch.equal(r0[k], r0b[k]) for k in keep)
+    assert torch.equal(r0["b"], keep["b"])                     # a full layer stays full
+    # layer a has C(5, 2) = 10 choices: seeds 0..7 do not all draw seed 0's
+    assert any(not torch.equal(methods.random_widths(keep, s)["a"], r0["a"]) for s in range(1, 8))
+
+
+def test_snip_saliency_is_gradient_times_weight_of_every_prunable_layer():
+    model = TinyVGG()
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    sal = methods.snip_saliency(model, [(x, y)])
+    assert list(sal) == ["features.0.weight", "features.3.weight", "features.6.weight"]
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert torch.allclose(sal["features.3.weight"], (model.features[3].weight.grad *
+                                                      model.features[3].weight).abs())
+
+
+# ----------------------------------------------------------------------------- configs and CLI
+def _write(tmp_path, **raw):
+    path = tmp_path / "s.json"
+    base = {"arch": "vgg", "depth": 11, "width": 0.25, "epochs": 4, "schedule": [2, 3]}
+    path.write_text(json.dumps({**base, **raw}))
+    return str(path)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"colour": 1}, r"unknown keys \['colour'\]; allowed:"),
+    ({"methods": ["eb", "magic"]}, r"unknown methods \['magic'\]; choose from \['dense', 'eb'"),
+    ({"ratios": [0.5, 1.0]}, r"ratios must be in \(0, 1\), got \[0.5, 1.0\]"),
+    ({"schedule": [2, 9]}, r"lr decay epochs inside \(0, 4\)"),
+    ({"rewind_epoch": 4}, r"rewind_epoch must be in \[0, 4\), got 4"),
+    ({"dataset": "mnist"}, r"unknown dataset 'mnist'; choose from \['packed', 'cifar10'"),
+    ({"seeds": []}, "needs at least one seed"),
+])
+def test_bad_configs_are_refused_with_the_allowed_values(tmp_path, raw, message):
+    with pytest.raises(ValueError, match=message):
+        S.load_suite(_write(tmp_path, **raw))
+
+
+def test_every_shipped_config_loads_and_names_a_known_setting():
+    names = S.settings()
+    assert {"quick", "mini", "vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
+            "preresnet101-cifar100", "resnet18-imagenet", "resnet50-imagenet"} <= set(names)
+    quick = S.load_suite("quick")
+    assert (quick.methods, quick.ratios, quick.seeds) == (("dense", "eb", "ns"), (0.5,), (0, 1))
+    assert S.load_suite("vgg16-cifar100").ratios == (0.1, 0.3, 0.5)
+    assert set(S.load_suite("mini").methods) == set(S.METHODS)
+    with pytest.raises(ValueError, match=r"unknown setting 'nope'; choose from \["):
+        S.load_suite("nope")
+
+
+def test_cli_refuses_bad_selections(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "nope"])
+    assert "unknown setting 'nope'" in capsys.readouterr().err
+    assert cli.main(["run", "quick", "--methods", "snip"]) == 2
+    assert "--methods ['snip'] are not in setting quick" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run", "quick", "--jobs", "0"])
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- cache, rows, report
+def _tiny(tmp_path, methods_=("dense", "eb", "ns", "lt", "lt-channel-iter", "snip-channel",
+                              "thinet", "random")):
+    return S.dry_run(replace(S.load_suite("mini"), methods=tuple(methods_)))
+
+
+def test_a_dry_run_trains_every_method_and_rows_carry_their_costs(tmp_path):
+    suite = _tiny(tmp_path)
+    rows = S.run(suite, tmp_path, 1, progress=lambda line: None)
+    by = {r["method"]: r for r in rows}
+    assert set(by) == set(suite.methods) and len(rows) == len(S.plan(suite)) == 8
+    dense = by["dense"]
+    # 2 epochs x 4 images x 3 x forward MACs
+    assert dense["train_flops"] == 3 * dense["flops"] * 4 * 2
+    # EB: its search epochs (dense MACs) + its own epochs (pruned MACs); not drawn in 2 epochs,
+    # so it prunes at the last epoch boundary before the end and trains one epoch
+    e = by["eb"]
+    assert (e["draw_epoch"], e["drawn"], e["epochs_trained"]) == (1, False, 1)
+    assert e["train_flops"] == 3 * 4 * (e["dense_flops"] * 1 + e["flops"] * 1)
+    assert by["ns"]["train_flops"] == 3 * 4 * (2 * e["dense_flops"] + 2 * by["ns"]["flops"])
+    assert by["ns"]["flops"] < by["ns"]["dense_flops"]
+    # one-shot LT reaches exactly the sparsity asked for over the prunable weights
+    n = sum(w.numel() for w in methods.prunable_weights(common.build(suite.setting, 0)).values())
+    assert by["lt"]["sparsity"] == pytest.approx(round(0.3 * n) / n)
+    assert by["random"]["widths"] and by["thinet"]["flops"] < by["thinet"]["dense_flops"]
+    # a second run reads every row from the cache: nothing trains
+    calls = []
+    real = common.train
+    common.train = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        again = S.run(suite, tmp_path, 1, progress=lambda line: None)
+    finally:
+        common.train = real
+    assert calls == [] and again == rows
+
+
+def test_a_cache_made_with_other_settings_is_refused(tmp_path):
+    suite = _tiny(tmp_path, ("dense",))
+    S.run(suite, tmp_path, 1, progress=lambda line: None)
+    other = replace(suite, setting=replace(suite.setting, lr=0.05))
+    with pytest.raises(ValueError, match=r"was made with different settings \(\['lr'\]\); pass "
+                       "--fresh"):
+        S.run(other, tmp_path, 1, progress=lambda line: None)
+
+
+def _row(method, ratio, seed, acc, flops, wall, **kw):
+    return {"method": method, "ratio": ratio, "seed": seed, "test_acc": acc,
+            "train_flops": flops, "energy_j": flops * 4.6e-12, "wall_s": wall,
+            "params": 100, "flops": kw.pop("final_flops", 50), "dense_params": 200,
+            "dense_flops": 100, **kw}
+
+
+def test_summary_improvement_and_performance_bar_from_known_rows():
+    suite = replace(S.load_suite("quick"), methods=("dense", "eb", "ns", "snip"))
+    rows = [_row("dense", None, 0, 90.0, 60.0, 100.0, final_flops=100, epoch_s=10.0),
+            _row("dense", None, 1, 92.0, 60.0, 100.0, final_flops=100, epoch_s=10.0),
+            _row("eb", 0.5, 0, 88.0, 25.0, 40.0, draw_epoch=2, epoch_s=6.0),
+            _row("eb", 0.5, 1, 90.0, 25.0, 40.0, draw_epoch=4, epoch_s=6.0),
+            _row("ns", 0.5, 0, 89.5, 90.0, 120.0, epoch_s=6.0),
+            _row("ns", 0.5, 1, 89.5, 90.0, 120.0, epoch_s=6.0),
+            _row("snip", 0.5, 0, 85.0, 30.0, 50.0), _row("snip", 0.5, 1, 86.0, 30.0, 50.0)]
+    summary = S.summarize(suite, rows)
+    imp = summary["improvement"]["0.5"]
+    assert (imp["best_competitor"], imp["cheapest_competitor"]) == ("ns", "snip")
+    assert imp["acc_delta"] == pytest.approx(-0.5) and imp["train_flops_saving"] == pytest.approx(1.2)
+    bar = summary["bar"]
+    assert bar["flops_ratio"] == pytest.approx(3.6) and bar["wall_ratio"] == pytest.approx(3.0)
+    assert bar["acc_gap"] == pytest.approx(0.5) and bar["draw_share"] == pytest.approx(3 / 16)
+    assert bar["step_speedup"] == pytest.approx(10 / 6) and bar["flops_reduction"] == 2.0
+    assert all(bar["pass"].values())
+    text = S.markdown(suite, summary, {"command": "c", "machine": "m", "wall_min": 1.0,
+                                       "date": "d", "train_images": 20000, "test_images": 10000})
+    assert "| 0.5 | eb | 89.00 ± 1.41 |" in text and "- all met" in text
+
+
+@pytest.mark.parametrize("name", ["vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
+                                  "preresnet101-cifar100", "resnet18-imagenet",
+                                  "resnet50-imagenet", "mini"])
+def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_path):
+    # the GPU settings cannot train here; their dry run trains every method one optimizer step
+    # per epoch on random 32 px images of the setting's classes, through the same code
+    suite = S.load_suite(name)
+    rows = cli.dry_run(suite, tmp_path, progress=lambda line: None)
+    assert sorted(r["method"] for r in rows) == sorted(suite.methods)
+    for r in rows:
+        assert r["train_flops"] > 0 and r["params"] <= r["dense_params"]
+        if r["method"] not in ("dense", "lt", "lt-iter", "snip"):       # channel methods shrink
+            assert r["flops"] < r["dense_flops"], r["method"]
+    head = common.build(suite.setting, 0)
+    assert rows[0]["dense_params"] == sum(p.numel() for p in head.parameters())
+    assert not (tmp_path / suite.name).exists()                        # the dry run cleans up
