@@ -61,10 +61,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epsilon", type=float, default=S, help="mask-distance threshold (0.1)")
     g.add_argument("--window", type=int, default=S, help="masks compared (5)")
     g.add_argument("--criterion", choices=sorted(CRITERIA), default=S,
-                   help="detection rule (reference); see the README's detection-rule section")
+                   help="detection rule (plateau); reference is the released code's rule; see the "
+                        "README's detection-rule section")
     g.add_argument("--span", type=int, default=S, help="plateau rule: span compared, in the "
                    "check counter (optimizer steps with --check-every, else epochs); default "
-                   "window-1 checks")
+                   "(window-1)//2 checks")
     g.add_argument("--check-every", type=int, default=S,
                    help="check every N optimizer steps (default: once per epoch)")
     g.add_argument("--full", action="store_true", default=S,
@@ -149,6 +150,8 @@ def _table(summary: dict[str, Any]) -> str:
                      f"{row['flops'] / 1e6:8.2f}  {row['test_acc']:7.2f}%")
     for r in summary["missing"]:
         lines.append(f"{r:5.2f}  {'no ticket':>14}")
+    for r in summary.get("drawn_at_the_end", []):
+        lines.append(f"{r:5.2f}  {'at the end':>14}  (nothing left to finetune)")
     return "\n".join(lines)
 
 

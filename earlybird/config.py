@@ -24,8 +24,10 @@ class EarlyBirdConfig:
             (normalized), or the largest change of the distance as a share of its early level
             (plateau).
         window: masks (reference, normalized) or consecutive distances (fifo) looked at, ``>= 2``;
-            plateau: ``window - 1`` checks make its span when ``span`` is None.
-        criterion: detection rule, one of :data:`earlybird.criteria.CRITERIA`.
+            plateau: ``(window - 1) // 2`` checks make its span when ``span`` is None.
+        criterion: detection rule, one of :data:`earlybird.criteria.CRITERIA`; ``"plateau"``
+            by default (chosen from ``benchmarks/detection.py``: its tickets retrain better than
+            the reference rule's later ones), ``"reference"`` for the released code's rule.
         sparsity: strength ``s`` of the slimming penalty added by ``regularize()``, ``>= 0``.
         penalty: ``"l1"`` (``s * sign(gamma)``) or ``"group_lasso"`` (over coupled channels).
         min_channels: channels every layer keeps, ``>= 1``.
@@ -35,7 +37,8 @@ class EarlyBirdConfig:
             LayerNorm channels), ``"weight"`` (mean ``|w|`` of the coupled filters), or
             ``"auto"`` (norm scales; filters only for a model with no norm layer at all).
         span: plateau rule only: the span compared, in the counter passed to ``step()``
-            (optimizer steps, recommended), ``>= 1``; None: the last ``window - 1`` checks.
+            (optimizer steps, recommended), ``>= 1``; None: the last ``(window - 1) // 2``
+            checks.
 
     >>> EarlyBirdConfig(ratios=[0.5, 0.3]).ratios
     (0.5, 0.3)
@@ -48,7 +51,7 @@ class EarlyBirdConfig:
     ratios: Sequence[float] = (0.3, 0.5, 0.7)
     epsilon: float = 0.1
     window: int = 5
-    criterion: str = "reference"
+    criterion: str = "plateau"
     sparsity: float = 1e-4
     penalty: str = "l1"
     min_channels: int = 1

@@ -119,7 +119,9 @@ def plateau_rule(checks: Checks, window: int, epsilon: float,
     With ``d`` the consecutive distances and ``m(t)`` their mean over the ``span`` steps up to
     step ``t``: the newest mask is a ticket when at least ``2 * span`` steps of distances are
     recorded and ``|m(T) - m(T - span)| <= epsilon * max(m)``, ``max(m)`` taken over every
-    check so far. ``span=None`` uses the steps spanned by the last ``window - 1`` checks.
+    check so far. ``span=None`` uses the steps spanned by the last ``(window - 1) // 2``
+    checks (2 at the default window of 5: two epochs when checking once per epoch, the
+    setting measured in ``benchmarks/detection.py``).
 
     A distance falling from 0.4 to 0.1 and then flat at 0.1 (one check per 100 steps):
 
@@ -134,9 +136,10 @@ def plateau_rule(checks: Checks, window: int, epsilon: float,
     if len(d) < 2:
         return False
     if span is None:
-        if len(d) < 2 * (window - 1):
+        k = max(1, (window - 1) // 2)
+        if len(d) < 2 * k:
             return False
-        span = at[-1] - at[-window]             # the steps of the last window - 1 distances
+        span = at[-1] - at[-1 - k]              # the steps of the last k distances
     if span <= 0 or at[-1] - at[0] < 2 * span - _gap(at):
         return False
     now = _trailing_mean(d, at, at[-1], span)

@@ -68,7 +68,7 @@ class RunConfig:
     ratios: Sequence[float] = (0.3, 0.5, 0.7)
     epsilon: float = 0.1
     window: int = 5
-    criterion: str = "reference"
+    criterion: str = "plateau"
     span: Optional[int] = None
     check_every: Optional[int] = None
     full: bool = False
@@ -472,6 +472,10 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
     else:
         small = replay_history(env.model(seed_offset=1), env.example(), saved["history"])
         first = 0 if start_epoch is None else start_epoch
+    if mode == "finetune" and start_epoch is None and first >= cfg.epochs:
+        raise ValueError(f"the ticket for ratio {ratio:g} was drawn at the end of the schedule "
+                         f"(epoch {first} of {cfg.epochs}): nothing is left to finetune; use "
+                         "--mode scratch, --start-epoch, or a longer schedule")
     if not 0 <= first < cfg.epochs:
         raise ValueError(f"--start-epoch must be in [0, {cfg.epochs}), got {first}")
     regularize = None
@@ -516,17 +520,25 @@ def run(cfg: RunConfig, mode: str = "finetune", *, resume: bool = False,
         raise ValueError(f"unknown retrain mode {mode!r}; choose from {list(MODES)}")
     env = _setup(cfg)
     found = search(cfg, resume=resume, progress=progress, env=env)
-    rows = []
+    rows, late = [], []
     for key in sorted(found["tickets"], key=float):
         ratio = float(key)
         if not (resume and env.dir.pruned(ratio).exists()):
-            prune(cfg, ratio, env=env)
+            info = prune(cfg, ratio, env=env)
+        else:
+            info = _pruned_info(env, ratio)["extra"]
+        if mode == "finetune" and math.floor(info["draw_epoch"]) >= cfg.epochs:
+            log.warning("the ticket for ratio %g was drawn at the end of the schedule: nothing "
+                        "is left to finetune, not retrained", ratio)
+            late.append(ratio)
+            continue
         rows.append(retrain(cfg, ratio, mode, resume=resume, progress=progress, env=env))
     dense, _, _ = _load_search(env)
     dense_cost = count_flops(dense, env.example())
     summary = {"search": found, "dense": {"params": dense_cost.params, "flops": dense_cost.flops,
                                           "test_acc": found["test_acc"]},
-               "retrain": rows, "missing": [r for r in cfg.ratios if f"{r}" not in found["tickets"]]}
+               "retrain": rows, "missing": [r for r in cfg.ratios if f"{r}" not in found["tickets"]],
+               "drawn_at_the_end": late}
     if env.main:
         env.dir.write_json(env.dir.summary, summary)
     _write_ledger(env)

@@ -26,7 +26,7 @@ SEARCH = [
     (["--epsilon", "2"], "epsilon must be in (0, 1], got 2"),
     (["--window", "1"], "window must be an integer >= 2, got 1"),
     (["--span", "0", "--criterion", "plateau"], "span must be None or an integer >= 1 (steps), got 0"),
-    (["--span", "4"], "span is used by the plateau rule only, not by criterion='reference'"),
+    (["--span", "4", "--criterion", "reference"], "span is used by the plateau rule only, not by criterion='reference'"),
     (["--check-every", "0"], "--check-every must be >= 1"),
     (["--train-images", "0"], "--train-images must be >= 1"),
     (["--test-images", "0"], "--test-images must be >= 1"),

@@ -115,7 +115,8 @@ STILL_FALLING = [0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05]
     (FALL_THEN_FLAT, 0.1, 200, 7),    # spans (300,500] vs (500,700]: both 0.1
     (FALL_THEN_FLAT, 0.2, 200, 6),    # |0.1 - 0.15| = 0.05 <= 0.2 * 0.4
     (FALL_THEN_FLAT, 0.1, 300, 8),    # (200,500] 0.133 vs (500,800] 0.1: 0.033 <= 0.04
-    (FALL_THEN_FLAT, 0.1, None, 7),   # window 3: span = 2 checks = 200 steps
+    (FALL_THEN_FLAT, 0.1, None, 5),   # window 3: span = (3-1)//2 = 1 check = 100 steps:
+                                      # distance 4 (0.1) vs distance 3 (0.1), at check 5
     (FLAT_HIGH, 0.1, 200, 4),         # a steady churn is a plateau: as soon as 2 spans exist
     (STILL_FALLING, 0.1, 200, None),  # falls 0.1 per span, 0.1 > 0.1 * 0.4 every time
     (STILL_FALLING, 0.3, 200, 4),     # 0.1 <= 0.3 * 0.4
@@ -123,6 +124,16 @@ STILL_FALLING = [0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05]
 def test_plateau_rule_detection_index(distances, epsilon, span, expected):
     steps = [100 * i for i in range(len(distances) + 1)]
     assert plateau_detection(distances, steps, epsilon, span) == expected
+
+
+def test_plateau_rule_default_span_is_half_the_window_of_checks():
+    # window 5 (the default): span None = 2 checks; same detection as span=200 at 100 steps/check
+    steps = [100 * i for i in range(len(FALL_THEN_FLAT) + 1)]
+    rows = distance_rows(FALL_THEN_FLAT)
+    rule = get_criterion("plateau")
+    got = [rule(Checks(rows[:t + 1], steps[:t + 1]), 5, 0.1, None) for t in range(len(rows))]
+    want = [rule(Checks(rows[:t + 1], steps[:t + 1]), 5, 0.1, 200) for t in range(len(rows))]
+    assert got == want and got.index(True) == 7
 
 
 def test_plateau_rule_counts_steps_not_checks():

@@ -16,7 +16,9 @@ from earlybird.runs import CHECKPOINT_FORMAT
 BASE = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--train-images", "256",
         "--test-images", "128", "--batch-size", "64", "--test-batch-size", "128",
         "--epochs", "4", "--sparsity-regularization", "-q"]
-TINY = [*BASE, "--window", "2", "--epsilon", "0.3", "--ratios", "0.3", "0.5"]
+# the reference rule: these tests pin the workflow on its draw points (epochs 1-3 of 4)
+TINY = [*BASE, "--window", "2", "--epsilon", "0.3", "--ratios", "0.3", "0.5",
+        "--criterion", "reference"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -106,7 +108,7 @@ def test_prune_without_ticket_and_foreign_checkpoints(tmp_path, capsys):
                           "--ratios", "0.5")
     assert "search.pt exists; pass --resume" in line
     line = one_line_error(capsys, 2, "search", "--save", str(save), *TINY, "--resume")
-    assert "other settings (epsilon, ratios, window)" in line
+    assert "other settings (criterion, epsilon, ratios, window)" in line
     assert sorted(p.name for p in save.iterdir()) == before
     torch.save({"format": "something-else"}, save / "search.pt")
     line = one_line_error(capsys, 2, "prune", "--save", str(save), "--ratio", "0.5")
@@ -226,3 +228,19 @@ def test_a_run_killed_anywhere_resumes_to_the_same_result(tmp_path, point):
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert whole["retrain"] == cut["retrain"]
+
+
+def test_a_ticket_drawn_at_the_end_is_reported_not_finetuned(tmp_path, capsys):
+    # the plateau rule (the default) with window 2 compares single checks: p=0.3 settles only
+    # at the check after the last epoch, which leaves nothing to finetune
+    save = str(tmp_path / "run")
+    args = [*BASE, "--window", "2", "--epsilon", "0.3", "--ratios", "0.3", "0.5"]
+    assert cli("run", "--save", save, *args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["search"]["tickets"]["0.3"]["draw_epoch"] == 4.0
+    assert summary["drawn_at_the_end"] == [0.3]
+    assert [r["ratio"] for r in summary["retrain"]] == [0.5]
+    assert "0.30      at the end  (nothing left to finetune)" in capsys.readouterr().out
+    assert cli("retrain", "--save", save, "--ratio", "0.3", *args) == 2
+    assert ("the ticket for ratio 0.3 was drawn at the end of the schedule (epoch 4 of 4): "
+            "nothing is left to finetune") in capsys.readouterr().err

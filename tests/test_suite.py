@@ -123,7 +123,8 @@ def test_every_shipped_config_loads_and_names_a_known_setting():
     assert {"quick", "mini", "vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
             "preresnet101-cifar100", "resnet18-imagenet", "resnet50-imagenet"} <= set(names)
     quick = S.load_suite("quick")
-    assert (quick.methods, quick.ratios, quick.seeds) == (("dense", "eb", "ns"), (0.5,), (0, 1))
+    assert (quick.methods, quick.ratios, quick.seeds) == (("dense", "eb", "eb-plateau", "ns"), (0.5,),
+                                                          (0, 1))
     assert S.load_suite("vgg16-cifar100").ratios == (0.1, 0.3, 0.5)
     assert set(S.load_suite("mini").methods) == set(S.METHODS)
     with pytest.raises(ValueError, match=r"unknown setting 'nope'; choose from \["):
@@ -206,7 +207,8 @@ def test_summary_improvement_and_performance_bar_from_known_rows():
     imp = summary["improvement"]["0.5"]
     assert (imp["best_competitor"], imp["cheapest_competitor"]) == ("ns", "snip")
     assert imp["acc_delta"] == pytest.approx(-0.5) and imp["train_flops_saving"] == pytest.approx(1.2)
-    bar = summary["bar"]
+    assert list(summary["bar"]) == ["eb"]
+    bar = summary["bar"]["eb"]
     assert bar["flops_ratio"] == pytest.approx(3.6) and bar["wall_ratio"] == pytest.approx(3.0)
     assert bar["acc_gap"] == pytest.approx(0.5) and bar["draw_share"] == pytest.approx(3 / 16)
     assert bar["step_speedup"] == pytest.approx(10 / 6) and bar["flops_reduction"] == 2.0
