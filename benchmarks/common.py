@@ -10,11 +10,12 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -186,6 +187,29 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
         h.remove()
     return {"test_acc": acc, "accs": accs, "train_s": sum(epoch_s), "epoch_s": epoch_s,
             "images_per_epoch": images}
+
+
+def mean_std(values: Sequence[float], digits: int = 2) -> str:
+    """``"mean ± std"`` (sample std; 0 for one value), ``"-"`` for none."""
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def provenance(meta: dict[str, Any]) -> list[str]:
+    """The footer of a results README: command, machine, wall-clock, date."""
+    return ["", f"- command: `{meta['command']}`", f"- machine: {meta['machine']}",
+            f"- wall-clock: {meta['wall_min']:.1f} min (this invocation; cached work excluded)",
+            f"- date: {meta['date']}", ""]
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def write_json(path: Path, payload: Any) -> None:

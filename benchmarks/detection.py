@@ -39,7 +39,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common                                   # noqa: E402
+from benchmarks import common, methods                          # noqa: E402
 from benchmarks.common import Setting                           # noqa: E402
 import earlybird as eb                                          # noqa: E402
 from earlybird.criteria import Checks, get_criterion            # noqa: E402
@@ -134,16 +134,6 @@ def draw_points(record: dict, setting: Setting, ratio: float,
 
 
 # ----------------------------------------------------------------------------- retraining
-def _random_keep(keep: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Per layer, as many channels as ``keep`` keeps, chosen at random."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, mask in keep.items():
-        chosen = torch.randperm(mask.numel(), generator=g)[:int(mask.sum())]
-        out[name] = torch.zeros_like(mask).index_fill_(0, chosen, True)
-    return out
-
-
 def retrain(setting: Setting, seed: int, ratio: float, epoch: int, kind: str,
             folder: Path) -> dict:
     """Prune the dense weights at ``epoch`` to the ratio's mask there (or random widths-matched
@@ -160,7 +150,7 @@ def retrain(setting: Setting, seed: int, ratio: float, epoch: int, kind: str,
     layout = eb.EarlyBirdPruner(model, common.example(), [ratio], keep_weights=False).layout
     keep = layout.split(mask)
     if kind == "random":
-        keep = _random_keep(keep, seed * 1000 + epoch)
+        keep = methods.random_widths(keep, seed * 1000 + epoch)
     small = copy.deepcopy(model)
     prune_model(small, common.example(), keep)
     regularize = eb.EarlyBirdPruner(small, common.example(), [0.5], sparsity=setting.s,
@@ -179,13 +169,6 @@ def retrain(setting: Setting, seed: int, ratio: float, epoch: int, kind: str,
 
 
 # ----------------------------------------------------------------------------- report
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
-
-
 def summarize(setting: Setting, seeds: list[int], ratios: tuple[float, ...],
               retrain_ratios: tuple[float, ...], fractions: tuple[float, ...],
               records: dict[int, dict], rows: list[dict]) -> dict[str, Any]:
@@ -227,7 +210,7 @@ def markdown(summary: dict, meta: dict) -> str:
              f"({spe} steps per epoch), slimming s = {st['s']:g} in search and retrain, "
              f"seeds {summary['seeds']}. Every ticket is finetuned from the dense weights at its "
              "draw epoch to the end of the schedule.", "",
-             f"Dense (slimming, full schedule): **{_mean_std(summary['dense_test_acc'])} %**.", "",
+             f"Dense (slimming, full schedule): **{common.mean_std(summary['dense_test_acc'])} %**.", "",
              "## Where each rule draws (epoch = step / steps per epoch; mean over seeds, "
              "`-` = not drawn)", "",
              "| rule | checks/epoch | window | epsilon | span | " +
@@ -250,19 +233,15 @@ def markdown(summary: dict, meta: dict) -> str:
     for row in summary["table"]:
         epochs = sorted(set(row["draw_epoch"]))
         lines.append(f"| {row['ratio']} | {row['point']} | {', '.join(map(str, epochs))} | "
-                     f"{_mean_std(row['test_acc'])} | "
+                     f"{common.mean_std(row['test_acc'])} | "
                      f"{statistics.mean(row['train_flops_vs_dense']):.2f} | "
                      f"{row['pruned_flops'] / summary['dense_flops']:.2f} |")
-    lines += ["", f"- command: `{meta['command']}`", f"- machine: {meta['machine']}",
-              f"- wall-clock: {meta['wall_min']:.0f} min (this invocation; cached work excluded)",
-              f"- date: {meta['date']}", ""]
+    lines += common.provenance(meta)
     return "\n".join(lines)
 
 
 def plot(summary: dict, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     ratios = sorted({row["ratio"] for row in summary["table"]})
     fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.2), squeeze=False)
     markers = {"reference": "s", "fifo": "^", "normalized": "D", "plateau": "*",

@@ -578,13 +578,6 @@ def _report(progress: Callable[[str], None], started: float, row: dict, done: in
 
 
 # ----------------------------------------------------------------------------- reporting
-def _ms(values: Sequence[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
 def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
     """Per (method, ratio): accuracy mean/std over seeds and mean costs; the EB improvement
     over the best competitor; the performance bar at ratio 0.5 (if run)."""
@@ -679,7 +672,7 @@ def markdown(suite: Suite, summary: dict, meta: dict) -> str:
         draw = f"{e['draw_epoch']:.1f}" if "draw_epoch" in e else "-"
         sparsity = f"{100 * e['sparsity']:.1f} %" if "sparsity" in e else "-"
         lines.append(
-            f"| {ratio} | {e['method']} | {_ms(e['test_acc'])} | {e['train_flops'] / 1e15:.3f} | "
+            f"| {ratio} | {e['method']} | {common.mean_std(e['test_acc'])} | {e['train_flops'] / 1e15:.3f} | "
             f"{e['energy_j'] / 1e3:.3f} | {e['wall_s'] / 60:.1f} | "
             f"{e['params'] / 1e6:.3f}M ({e['dense_params'] / e['params']:.2f}x) | "
             f"{e['flops'] / 1e6:.1f}M ({e['dense_flops'] / e['flops']:.2f}x) | {draw} | {sparsity} |")
@@ -703,17 +696,13 @@ def markdown(suite: Suite, summary: dict, meta: dict) -> str:
                          "of it (target >= 0.7)")
         missed = [k for k, ok in bar["pass"].items() if not ok]
         lines.append("- **missed: " + "; ".join(missed) + "**" if missed else "- all met")
-    lines += ["", f"- command: `{meta['command']}`", f"- machine: {meta['machine']}",
-              f"- wall-clock of this invocation: {meta['wall_min']:.1f} min (cached work excluded)",
-              f"- date: {meta['date']}", ""]
+    lines += common.provenance(meta)
     return "\n".join(lines)
 
 
 def plot(summary: dict, out: Path) -> None:
     """Accuracy vs training FLOPs, one panel per ratio, one marker per method (± std)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     ratios = sorted({e["ratio"] for e in summary["table"] if e["ratio"] is not None})
     dense = next((e for e in summary["table"] if e["method"] == "dense"), None)
     fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)

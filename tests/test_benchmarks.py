@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import detection, zoo  # noqa: E402
+from benchmarks import detection, methods, zoo  # noqa: E402
 from benchmarks.common import Setting  # noqa: E402
 
 
@@ -52,10 +52,10 @@ def test_draw_points_round_detections_up_to_epoch_boundaries():
 
 def test_random_ticket_keeps_each_layers_width():
     keep = {"a": torch.tensor([True, False, True, True]), "b": torch.tensor([False] * 5 + [True])}
-    again = detection._random_keep(keep, seed=3)
+    again = methods.random_widths(keep, seed=3)
     assert {k: int(v.sum()) for k, v in again.items()} == {"a": 3, "b": 1}
     assert again.keys() == keep.keys() and all(v.dtype == torch.bool for v in again.values())
-    same = detection._random_keep(keep, seed=3)                # the seed fixes the choice
+    same = methods.random_widths(keep, seed=3)                # the seed fixes the choice
     assert all(torch.equal(again[k], same[k]) for k in keep)
 
 
