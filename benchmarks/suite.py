@@ -710,8 +710,8 @@ def plot(summary: dict, out: Path) -> None:
         for e in [e for e in summary["table"] if e["ratio"] == ratio] + ([dense] if dense else []):
             acc = e["test_acc"]
             ax.errorbar(e["train_flops"] / 1e15, statistics.mean(acc),
-                        yerr=statistics.stdev(acc) if len(acc) > 1 else 0, fmt="o", capsize=3,
-                        label=e["method"], marker="*" if e["method"] in EB_METHODS else "o",
+                        yerr=statistics.stdev(acc) if len(acc) > 1 else 0, capsize=3,
+                        fmt="*" if e["method"] in EB_METHODS else "o", label=e["method"],
                         markersize=10 if e["method"] in EB_METHODS else 6)
         ax.set_xlabel("training PFLOPs (3 x forward MACs per image)")
         ax.set_ylabel("test accuracy (%)")
