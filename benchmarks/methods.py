@@ -63,13 +63,19 @@ def snip_saliency(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
     """Connection sensitivity ``|dL/dw * w|`` of every prunable weight (Lee et al., 2019),
     summed over ``batches``, the model in training mode (BatchNorm on batch statistics)."""
     weights = prunable_weights(model)
+    accumulate_grads(model, batches, device)
+    out = {name: (w.grad * w).detach().abs().cpu() for name, w in weights.items()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def accumulate_grads(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]],
+                     device: torch.device = torch.device("cpu")) -> None:
+    """Fresh gradients of the cross-entropy summed over ``batches``, in training mode."""
     model.to(device).train()
     model.zero_grad(set_to_none=True)
     for x, y in batches:
         nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
-    out = {name: (w.grad * w).detach().abs().cpu() for name, w in weights.items()}
-    model.zero_grad(set_to_none=True)
-    return out
 
 
 def sparsity_of(model: nn.Module) -> float:

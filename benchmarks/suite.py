@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -296,9 +297,15 @@ class _Job:
         return common.train(model, self.st, self.data, first, self.st.epochs,
                             precision=precision, weight_masks=weight_masks)
 
-    def row(self, method: str, model: nn.Module, result: dict, cost: dict, dense: dict,
+    def row(self, method: str, model: nn.Module, result: dict, dense: dict, *,
+            before: Sequence[dict] = (), precision: str = "fp32", select_s: float = 0.0,
             **extra: Any) -> dict:
+        """The row of a method whose final ``model`` trained as ``result``: its cost is the
+        ``before`` parts (shared runs, earlier rounds) plus its own training (at the final
+        model's FLOPs) plus ``select_s`` seconds spent choosing the ticket."""
         final = count_flops(model.cpu(), self.example)
+        cost = _sum(*before, _own(final.flops, result, precision))
+        cost["wall_s"] += select_s
         return {"method": method, "ratio": self.ratio, "seed": self.seed,
                 "test_acc": float(result["test_acc"]), **cost,
                 "params": final.params, "flops": final.flops,
@@ -323,16 +330,16 @@ def _eb(job: _Job, method: str, slim: dict, tag: str) -> dict:
         keep = methods.random_widths(keep, job.seed)
         small = job.prune(job.model(seed_offset=1), keep)
         result = job.train(small, 0)
-        return job.row(method, small, result, _own(count_flops(small, job.example).flops, result),
-                       slim, widths={k: int(v.sum()) for k, v in keep.items()}, **extra)
+        return job.row(method, small, result, slim,
+                       widths={k: int(v.sum()) for k, v in keep.items()}, **extra)
     if method == "eb-reinit":
         small = job.prune(job.model(seed_offset=1), keep)
         result = job.train(small, 0)
     else:
         small = job.prune(dense_model, keep)
         result = job.train(small, t, "q8" if method == "ll" else "fp32")
-    own = _own(count_flops(small, job.example).flops, result, "q8" if method == "ll" else "fp32")
-    return job.row(method, small, result, _sum(search, own), slim, **extra)
+    return job.row(method, small, result, slim, before=[search],
+                   precision="q8" if method == "ll" else "fp32", **extra)
 
 
 def _ns(job: _Job, slim: dict) -> dict:
@@ -341,8 +348,7 @@ def _ns(job: _Job, slim: dict) -> dict:
     keep = job.pruner(model).layout.split(slim["masks"][f"{job.ratio:g}"][epochs])
     small = job.prune(model, keep)
     result = job.train(small, 0)
-    own = _own(count_flops(small, job.example).flops, result)
-    return job.row("ns", small, result, _sum(_part(slim, epochs), own), slim)
+    return job.row("ns", small, result, slim, before=[_part(slim, epochs)])
 
 
 def _lt_unstructured(job: _Job, dense: dict, rounds: int, method: str) -> dict:
@@ -354,10 +360,11 @@ def _lt_unstructured(job: _Job, dense: dict, rounds: int, method: str) -> dict:
         masks = methods.global_magnitude_masks(scores, target, already=masks)
         model = job.model(dense["rewind"])
         params = methods.prunable_weights(model)
+        if r > 1:
+            parts.append(_own(int(dense["flops"]), result))           # the round before
         result = job.train(model, k, weight_masks={params[n]: m for n, m in masks.items()})
-        parts.append(_own(int(dense["flops"]), result))
         trained = model
-    return job.row(method, trained, result, _sum(*parts), dense,
+    return job.row(method, trained, result, dense, before=parts,
                    sparsity=methods.sparsity_of(trained), rounds=rounds, rewind_epoch=k)
 
 
@@ -367,11 +374,11 @@ def _lt_channel(job: _Job, dense: dict, rounds: int, method: str) -> dict:
     Iterative rounds rank the survivors of the last round (pruned ones stay pruned)."""
     k, epochs = job.suite.rewind_epoch, job.st.epochs
     rewound = job.model(dense["rewind"])
-    layout = job.pruner(rewound, "weight").layout
+    full = job.pruner(rewound, "weight")
+    layout = full.layout
     keep = {n: torch.ones(s, dtype=torch.bool) for n, s in zip(layout.names, layout.sizes)}
     trained = job.model(dense["final"])
     parts = [_part(dense, epochs)]
-    full = job.pruner(rewound, "weight")
     for r in range(1, rounds + 1):
         target = 1 - (1 - job.ratio) ** (r / rounds)
         graph = job.pruner(trained, "weight").graph
@@ -384,15 +391,17 @@ def _lt_channel(job: _Job, dense: dict, rounds: int, method: str) -> dict:
             torch.full((len(keep[n]),), -1.0, dtype=torch.float64).index_put_(
                 (keep[n].nonzero().flatten(),), small_scores[n]) for n in layout.names])
         keep = methods.channel_masks(full, dense_scores, target)
+        if r > 1:                                                     # the round before
+            parts.append(_own(count_flops(trained, job.example).flops, result))
         small = job.prune(rewound, keep)
         result = job.train(small, k)
-        parts.append(_own(count_flops(small, job.example).flops, result))
         trained = small
-    return job.row(method, trained, result, _sum(*parts), dense, rounds=rounds, rewind_epoch=k)
+    return job.row(method, trained, result, dense, before=parts, rounds=rounds, rewind_epoch=k)
 
 
 def _first_batches(job: _Job, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    job.data.train.set_epoch(0) if hasattr(job.data.train, "set_epoch") else None
+    if hasattr(job.data.train, "set_epoch"):
+        job.data.train.set_epoch(0)
     out = []
     for x, y in job.data.train:
         out.append((x, y))
@@ -401,7 +410,7 @@ def _first_batches(job: _Job, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]
     return out
 
 
-def _snip(job: _Job, dense: Optional[dict], method: str) -> dict:
+def _snip(job: _Job, method: str) -> dict:
     model = job.model()
     batches = _first_batches(job, job.suite.snip_batches)
     started = time.perf_counter()
@@ -411,16 +420,13 @@ def _snip(job: _Job, dense: Optional[dict], method: str) -> dict:
         model = job.model()
         params = methods.prunable_weights(model)
         select_s = time.perf_counter() - started
+        dense = _dense_cost(job, model)                    # masked: fvcore counts it dense
         result = job.train(model, 0, weight_masks={params[n]: m for n, m in masks.items()})
-        cost = _own(count_flops(model, job.example).flops, result)
-        cost["wall_s"] += select_s
-        return job.row(method, model, result, cost, _dense_cost(job, model),
+        return job.row(method, model, result, dense, select_s=select_s,
                        sparsity=methods.sparsity_of(model))
     pruner = job.pruner(model, "weight")
-    model.train()
-    model.zero_grad(set_to_none=True)
-    for x, y in batches:
-        nn.functional.cross_entropy(model(x), y).backward()
+    dense = _dense_cost(job, model)
+    methods.accumulate_grads(model, batches)
     scores = methods.filter_scores(pruner.graph, lambda m: (m.weight.grad * m.weight).abs()
                                    .flatten(1).sum(1))
     model.zero_grad(set_to_none=True)
@@ -428,13 +434,12 @@ def _snip(job: _Job, dense: Optional[dict], method: str) -> dict:
     small = job.prune(job.model(), keep)
     select_s = time.perf_counter() - started
     result = job.train(small, 0)
-    cost = _own(count_flops(small, job.example).flops, result)
-    cost["wall_s"] += select_s
-    return job.row(method, small, result, cost, _dense_cost(job, model))
+    return job.row(method, small, result, dense, select_s=select_s)
 
 
 def _dense_cost(job: _Job, model: nn.Module) -> dict:
-    cost = count_flops(job.model(), job.example)
+    """FLOPs and parameters of the dense ``model`` (before any training)."""
+    cost = count_flops(model, job.example)
     return {"flops": cost.flops, "params": cost.params}
 
 
@@ -447,9 +452,8 @@ def _thinet(job: _Job, dense: dict) -> dict:
     small = job.prune(model, keep)
     select_s = time.perf_counter() - started
     result = job.train(small, 0)
-    own = _own(count_flops(small, job.example).flops, result)
-    own["wall_s"] += select_s
-    return job.row("thinet", small, result, _sum(_part(dense, job.st.epochs), own), dense)
+    return job.row("thinet", small, result, dense, before=[_part(dense, job.st.epochs)],
+                   select_s=select_s)
 
 
 def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], folder: Path) -> dict:
@@ -479,7 +483,7 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
             row = _lt_channel(job, records["dense"], suite.lt_rounds if method.endswith("iter")
                               else 1, method)
         elif method in ("snip", "snip-channel"):
-            row = _snip(job, None, method)
+            row = _snip(job, method)
         else:
             row = _thinet(job, records["dense"])
     common.write_json(path, row)
@@ -524,7 +528,7 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
     todo = plan(suite)
     rows: list[dict] = []
     started = time.perf_counter()
-    threads = max(1, (torch.get_num_threads() if jobs == 1 else 2 // jobs) or 1)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     if jobs == 1:
         common.init_worker(threads)
         for method, ratio, seed in todo:
