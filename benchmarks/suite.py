@@ -410,6 +410,18 @@ def _first_batches(job: _Job, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]
     return out
 
 
+def take_images(batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``images`` examples of ``batches``, the last batch cut to fit."""
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, y in batches:
+        take = min(len(x), images - sum(len(b) for b, _ in out))
+        if take <= 0:
+            break
+        out.append((x[:take], y[:take]))
+    return out
+
+
 def _snip(job: _Job, method: str) -> dict:
     model = job.model()
     batches = _first_batches(job, job.suite.snip_batches)
@@ -446,8 +458,8 @@ def _dense_cost(job: _Job, model: nn.Module) -> dict:
 def _thinet(job: _Job, dense: dict) -> dict:
     model = job.model(dense["final"])
     started = time.perf_counter()
-    n = max(1, math.ceil(job.suite.thinet_images / job.st.batch_size))
-    batches = [(x[:job.suite.thinet_images], y) for x, y in _first_batches(job, n)]
+    want = job.suite.thinet_images
+    batches = take_images(_first_batches(job, math.ceil(want / job.st.batch_size)), want)
     keep = methods.thinet_masks(job.pruner(model), batches, job.ratio, seed=job.seed)
     small = job.prune(model, keep)
     select_s = time.perf_counter() - started

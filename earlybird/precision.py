@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -55,10 +56,10 @@ def load_qtorch() -> Any:
         built = any(p.endswith(".so") for p in os.listdir(_get_build_directory("quant_cpu", False)))
     except Exception:  # noqa: BLE001 - only decides whether to announce the compile
         built = False
-    if not built:
+    if not built and "qtorch.quant" not in sys.modules:
         log.warning("q8: compiling qtorch's C++ extension (first use only, about 25 s)")
     try:
-        with contextlib.redirect_stderr(open(os.devnull, "w")):
+        with contextlib.redirect_stderr(open(os.devnull, "w")), _optimised_build():
             import qtorch.quant
             import qtorch.optim
     except Exception as exc:  # noqa: BLE001
@@ -67,6 +68,28 @@ def load_qtorch() -> Any:
                                       "fp32 and bf16 work without it") from exc
     import qtorch
     return qtorch
+
+
+@contextlib.contextmanager
+def _optimised_build() -> Iterator[None]:
+    """Build qtorch's CPU kernels with ``-O3``.
+
+    qtorch compiles them on import through ``torch.utils.cpp_extension.load`` without
+    optimisation flags, so the compiler runs at ``-O0``; ``-O3`` makes its block quantiser
+    3x faster (``benchmarks/q8_step.py``). The result is the same code, compiled better.
+    """
+    from torch.utils import cpp_extension
+    plain = cpp_extension.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["extra_cflags"] = [*(kwargs.get("extra_cflags") or []), "-O3"]
+        return plain(*args, **kwargs)
+
+    cpp_extension.load = load
+    try:
+        yield
+    finally:
+        cpp_extension.load = plain
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -78,6 +80,14 @@ def test_missing_compiler_is_named(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda tool: None if tool == "c++" else "/bin/" + tool)
     with pytest.raises(LowPrecisionUnavailable, match="needs c\\+\\+ on PATH.*fp32 and bf16 work"):
         load_qtorch()
+
+
+def test_qtorch_kernels_are_compiled_with_optimisation():
+    load_qtorch()
+    import qtorch.quant.quant_function as qf
+    built = Path(qf.quant_cpu.__file__).parent / "build.ninja"
+    flags = next(line for line in built.read_text().splitlines() if line.startswith("cflags"))
+    assert "-O3" in flags.split()
 
 
 @pytest.mark.parametrize("kwargs,message", [

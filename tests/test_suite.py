@@ -62,6 +62,17 @@ def test_thinet_removes_channels_the_next_layer_ignores():
                                                               "features.6": 4}
 
 
+def test_thinet_calibration_takes_exactly_the_configured_number_of_images():
+    batches = [(torch.arange(i * 125, (i + 1) * 125).view(125, 1).float(),
+                torch.arange(i * 125, (i + 1) * 125)) for i in range(3)]
+    taken = S.take_images(batches, 256)
+    assert [len(x) for x, _ in taken] == [125, 125, 6]
+    assert torch.cat([y for _, y in taken]).tolist() == list(range(256))
+    assert torch.equal(torch.cat([x for x, _ in taken]).flatten().long(), torch.arange(256))
+    assert [len(x) for x, _ in S.take_images(batches, 100)] == [100]
+    assert sum(len(x) for x, _ in S.take_images(batches, 1000)) == 375
+
+
 def test_filter_scores_sum_the_coupled_filters():
     model = TinyResidual()
     graph = eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8), [0.5], score="weight").graph
