@@ -5,6 +5,7 @@
     python -m benchmarks run mini --methods dense eb ns --seeds 0
     python -m benchmarks run resnet50-imagenet --dry-run
     python -m benchmarks dry-run                   # every setting, one step per method
+    torchrun --nproc_per_node=8 -m benchmarks run resnet50-imagenet --data /data/imagenet
 """
 from __future__ import annotations
 
@@ -75,10 +76,14 @@ def dry_run(suite: S.Suite, cache: Path, progress=print) -> list[dict]:
     """Every method of a setting for one step per epoch on tiny inputs (a fresh cache)."""
     small = S.dry_run(suite)
     folder = cache / small.name
-    if folder.exists():
+    env = common.init_distributed(small.setting)
+    if env.main and folder.exists():
         shutil.rmtree(folder)
+    common.barrier()
     rows = S.run(small, cache, 1, progress)
-    shutil.rmtree(folder)
+    common.barrier()
+    if env.main:
+        shutil.rmtree(folder)
     return rows
 
 
@@ -92,12 +97,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         for m, text in S.METHODS.items():
             print(f"  {m:16s} {text}")
         return 0
+    main_rank = common.dist_env().main
+    say = print if main_rank else (lambda *a, **k: None)
     if args.command == "dry-run":
         for name in args.settings or S.settings():
             started = time.perf_counter()
             rows = dry_run(S.load_suite(name), args.cache, progress=lambda line: None)
-            print(f"{name}: {len(rows)} jobs ran one step each "
-                  f"({time.perf_counter() - started:.0f} s)")
+            say(f"{name}: {len(rows)} jobs ran one step each "
+                f"({time.perf_counter() - started:.0f} s)")
         return 0
     try:
         suite = _select(S.load_suite(args.setting), args)
@@ -106,25 +113,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if args.dry_run:
         started = time.perf_counter()
-        rows = dry_run(suite, args.cache / "dry-run")
-        print(f"dry run of {suite.name}: {len(rows)} jobs, {time.perf_counter() - started:.0f} s")
+        rows = dry_run(suite, args.cache / "dry-run", progress=say)
+        say(f"dry run of {suite.name}: {len(rows)} jobs, {time.perf_counter() - started:.0f} s")
         return 0
-    if args.fresh and (args.cache / suite.name).exists():
+    env = common.init_distributed(suite.setting)
+    if args.fresh and env.main and (args.cache / suite.name).exists():
         shutil.rmtree(args.cache / suite.name)
-    jobs = args.jobs or suite.jobs
+    common.barrier()
+    jobs = 1 if env.world > 1 else (args.jobs or suite.jobs)
     started = time.perf_counter()
     try:
-        rows = S.run(suite, args.cache, jobs)
+        rows = S.run(suite, args.cache, jobs, progress=say)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     data = common.load_data(suite.setting, 0)
-    meta = {"command": "python -m benchmarks " + " ".join(
+    test_images = common.summed(sum(len(y) for _, y in data.test))
+    if not env.main:
+        return 0
+    launcher = "torchrun --nproc_per_node=N -m benchmarks " if env.world > 1 else "python -m benchmarks "
+    meta = {"command": launcher + " ".join(
                 shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-            "machine": common.machine(jobs), "date": common.now(),
+            "machine": common.machine(jobs, env.world), "date": common.now(),
             "wall_min": (time.perf_counter() - started) / 60,
             "train_images": len(data.train) * suite.setting.batch_size,
-            "test_images": sum(len(y) for _, y in data.test)}
+            "test_images": test_images}
     out = args.out or S.RESULTS / suite.name
     S.write_results(suite, rows, out, meta)
     print((out / "README.md").read_text())

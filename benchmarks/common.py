@@ -68,6 +68,67 @@ class Data:
 
 
 DATASETS = ("packed", "cifar10", "cifar100", "imagenet", "synthetic")
+WORKERS = min(8, os.cpu_count() or 1)          # DataLoader processes per rank (ImageNet)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place under ``torchrun`` (rank 0 of 1 otherwise)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> Dist:
+    """Rank, world size and local rank from torchrun's environment variables."""
+    return Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(setting: Setting) -> Dist:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); a no-op for one process."""
+    env = dist_env()
+    if env.world > 1 and not torch.distributed.is_initialized():
+        if setting.device == "cuda":
+            torch.cuda.set_device(env.local_rank)
+        torch.distributed.init_process_group("nccl" if setting.device == "cuda" else "gloo")
+    return env
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def summed(n: int) -> int:
+    """``n`` summed over ranks (``n`` in one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return n
+    t = torch.tensor([n], dtype=torch.long)
+    torch.distributed.all_reduce(t)
+    return int(t)
+
+
+def device_of(setting: Setting) -> torch.device:
+    """The setting's device; under torchrun on CUDA, this rank's GPU."""
+    if setting.device == "cuda":
+        return torch.device("cuda", dist_env().local_rank)
+    return torch.device(setting.device)
 
 
 def load_data(setting: Setting, seed: int) -> Data:
@@ -75,11 +136,19 @@ def load_data(setting: Setting, seed: int) -> Data:
 
     ``packed``: a file written by ``pack_images`` (the shipped data); ``cifar10``/``cifar100``:
     torchvision's sets under ``setting.data``; ``imagenet``: ``train/`` and ``val/`` folders
-    under ``setting.data`` (DataLoaders with 8 workers); ``synthetic``: random images of
+    under ``setting.data`` (DataLoaders with up to 8 worker processes); ``synthetic``: random images of
     ``image_size`` (``train_images``/``test_images`` of them) for dry runs.
+
+    Under torchrun each rank gets ``batch_size / world`` images of every global batch (the
+    epoch's one permutation, dealt out by rank) and every ``world``-th test image; losses and
+    accuracies are summed over ranks by ``earlybird.train``.
     """
+    env = dist_env()
+    if setting.batch_size % env.world:
+        raise ValueError(f"batch_size {setting.batch_size} must be a multiple of the number of "
+                         f"processes ({env.world})")
     if setting.dataset == "imagenet":
-        return _imagenet(setting, seed)
+        return _imagenet(setting, seed, env)
     if setting.dataset == "synthetic":
         g = torch.Generator().manual_seed(seed)
         size, k = setting.image_size, setting.num_classes
@@ -97,17 +166,27 @@ def load_data(setting: Setting, seed: int) -> Data:
         raise ValueError(f"unknown dataset {setting.dataset!r}; choose from {list(DATASETS)}")
     train = _subset(sets["train"], setting.train_images)
     test = _subset(sets["test"], setting.test_images)
-    return Data(Batches(train, setting.batch_size, True, seed, drop_last=True),
-                Batches(test, 500, False))
+    return Data(Batches(train, setting.batch_size // env.world, True, seed, drop_last=True,
+                        rank=env.rank, world_size=env.world),
+                Batches(test, 500, False, rank=env.rank, world_size=env.world))
 
 
-def _imagenet(setting: Setting, seed: int) -> Data:
+def _imagenet(setting: Setting, seed: int, env: Dist) -> Data:
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
     train, test, _ = load_dataset("imagenet", setting.data)
-    g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader
-    return Data(loader(train, setting.batch_size, shuffle=True, generator=g, num_workers=8,
-                       pin_memory=True, drop_last=True, persistent_workers=True),
-                loader(test, 250, num_workers=8, pin_memory=True))
+    per_rank = setting.batch_size // env.world
+    if env.world == 1:
+        train_l = DataLoader(train, per_rank, shuffle=True, num_workers=WORKERS, pin_memory=True,
+                             drop_last=True, persistent_workers=True,
+                             generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = DistributedSampler(train, env.world, env.rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        train_l = DataLoader(train, per_rank, sampler=sampler, num_workers=WORKERS, pin_memory=True,
+                             drop_last=True, persistent_workers=True)
+        train_l.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
+    shard = Subset(test, range(env.rank, len(test), env.world))   # every image exactly once
+    return Data(train_l, DataLoader(shard, 250, num_workers=WORKERS, pin_memory=True))
 
 
 def _subset(images: ImageSet, n: Optional[int]) -> ImageSet:
@@ -143,11 +222,20 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
     qtorch's 8-bit block floating point (weights, gradients, momentum, activations, errors).
     ``weight_masks`` ({parameter: 0/1 mask}) zeroes the masked weights once and their gradients
     at every step, so with SGD they stay exactly zero (unstructured tickets).
+
+    Under torchrun the model trains inside ``DistributedDataParallel`` and after every epoch
+    takes rank 0's BatchNorm statistics, so all ranks hold the same network; the images per
+    epoch are summed over ranks.
     """
-    device = torch.device(setting.device)
+    device = device_of(setting)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=setting.momentum,
                           weight_decay=setting.weight_decay)
+    env = dist_env()
+    net = model
+    if env.world > 1:               # gradients averaged over ranks; hooks stay on ``model``
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     hooks: list = []
     if precision == "q8":
         from earlybird.precision import LowPrecision
@@ -165,7 +253,7 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
             if p.grad is not None:
                 p.grad.mul_(m)
 
-    loop = Loop(model, opt, data.train, "train", masked if masks else regularize, check_every,
+    loop = Loop(net, opt, data.train, "train", masked if masks else regularize, check_every,
                 on_check, device=device)
     step, acc = first * data.steps_per_epoch, float("nan")
     accs, epoch_s, images = [], [], 0
@@ -174,6 +262,9 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
             group["lr"] = lr_at(epoch, setting.lr, setting.schedule)
         started = time.perf_counter()
         stats, step, _ = loop.epoch(epoch, step)
+        if env.world > 1:           # BatchNorm statistics as rank 0 has them, on every rank
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         epoch_s.append(time.perf_counter() - started)
         images = int(stats["samples"])
         if eval_every_epoch or epoch == last - 1:
@@ -220,16 +311,21 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def machine(jobs: int) -> str:
+def machine(jobs: int, world: int = 1) -> str:
     try:
         with open("/proc/meminfo") as f:
             ram = f", {int(f.readline().split()[1]) / 2 ** 20:.0f} GiB RAM"
     except OSError:
         ram = ""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    return (f"{os.cpu_count()} CPU cores{ram}, no GPU, {jobs} worker process(es) with {threads} "
-            f"torch thread(s) each, {platform.system()} {platform.machine()}, "
-            f"torch {torch.__version__}")
+    gpus = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+            if torch.cuda.is_available() else "no GPU")
+    if world > 1:
+        workers = f"torchrun, {world} data-parallel processes"
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        workers = f"{jobs} worker process(es) with {threads} torch thread(s) each"
+    return (f"{os.cpu_count()} CPU cores{ram}, {gpus}, {workers}, {platform.system()} "
+            f"{platform.machine()}, torch {torch.__version__}")
 
 
 def now() -> str:

@@ -183,6 +183,13 @@ def dry_run(suite: Suite) -> Suite:
 
 
 # ----------------------------------------------------------------------------- shared runs
+def _save(obj: dict, path: Path) -> None:
+    """Rank 0 writes (atomically); every rank waits until the file is there."""
+    if common.dist_env().main:
+        atomic_save(obj, path)
+    common.barrier()
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -205,7 +212,7 @@ def stage_dense(suite: Suite, seed: int, folder: Path) -> dict:
 
     result = common.train(model, st, data, 0, st.epochs, after_epoch=after)
     cost = count_flops(model.cpu(), common.example(st))
-    atomic_save({"format": DENSE, **kept, "final": _state(model), "test_acc": result["test_acc"],
+    _save({"format": DENSE, **kept, "final": _state(model), "test_acc": result["test_acc"],
                  "epoch_s": torch.tensor(result["epoch_s"]),
                  "images_per_epoch": result["images_per_epoch"],
                  "flops": cost.flops, "params": cost.params}, path)
@@ -226,17 +233,21 @@ def stage_slim(suite: Suite, seed: int, folder: Path, precision: str = "fp32") -
     pruner = eb.EarlyBirdPruner(model, common.example(st), suite.ratios, sparsity=st.s,
                                 keep_weights=False)
     pruner.step(iteration=0)
-    atomic_save({"format": WEIGHTS, "state": _state(model)}, folder / f"{tag}-e0.pt")
+    _save({"format": WEIGHTS, "state": _state(model)}, folder / f"{tag}-e0.pt")
 
     def after(epoch: int) -> None:
         pruner.step(iteration=(epoch + 1) * spe)
-        atomic_save({"format": WEIGHTS, "state": _state(model)}, folder / f"{tag}-e{epoch + 1}.pt")
+        _save({"format": WEIGHTS, "state": _state(model)}, folder / f"{tag}-e{epoch + 1}.pt")
 
     result = common.train(model, st, data, 0, st.epochs, regularize=pruner.regularize,
                           after_epoch=after, precision=precision)
     cost = count_flops(model.cpu(), common.example(st))
-    atomic_save({"format": SLIM, "steps": torch.tensor(pruner.iterations), "steps_per_epoch": spe,
-                 "masks": {f"{r:g}": pruner.history(r) for r in suite.ratios},
+    masks = {f"{r:g}": pruner.history(r) for r in suite.ratios}
+    theirs = common.from_rank0(masks)                   # under torchrun: rank 0's tickets
+    if any(not torch.equal(masks[r], theirs[r]) for r in masks):
+        raise RuntimeError("the ranks drew different tickets: their networks have diverged")
+    _save({"format": SLIM, "steps": torch.tensor(pruner.iterations), "steps_per_epoch": spe,
+                 "masks": masks,
                  "test_acc": result["test_acc"], "epoch_s": torch.tensor(result["epoch_s"]),
                  "images_per_epoch": result["images_per_epoch"], "precision": precision,
                  "flops": cost.flops, "params": cost.params}, path)
@@ -423,12 +434,13 @@ def take_images(batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
 
 
 def _snip(job: _Job, method: str) -> dict:
+    """SNIP on ``snip_batches`` training batches (under torchrun: rank 0's, shared)."""
     model = job.model()
     batches = _first_batches(job, job.suite.snip_batches)
     started = time.perf_counter()
     if method == "snip":
         saliency = methods.snip_saliency(model, batches)
-        masks = methods.global_magnitude_masks(saliency, job.ratio)
+        masks = common.from_rank0(methods.global_magnitude_masks(saliency, job.ratio))
         model = job.model()
         params = methods.prunable_weights(model)
         select_s = time.perf_counter() - started
@@ -442,7 +454,7 @@ def _snip(job: _Job, method: str) -> dict:
     scores = methods.filter_scores(pruner.graph, lambda m: (m.weight.grad * m.weight).abs()
                                    .flatten(1).sum(1))
     model.zero_grad(set_to_none=True)
-    keep = methods.channel_masks(pruner, scores, job.ratio)
+    keep = common.from_rank0(methods.channel_masks(pruner, scores, job.ratio))
     small = job.prune(job.model(), keep)
     select_s = time.perf_counter() - started
     result = job.train(small, 0)
@@ -459,8 +471,10 @@ def _thinet(job: _Job, dense: dict) -> dict:
     model = job.model(dense["final"])
     started = time.perf_counter()
     want = job.suite.thinet_images
-    batches = take_images(_first_batches(job, math.ceil(want / job.st.batch_size)), want)
-    keep = methods.thinet_masks(job.pruner(model), batches, job.ratio, seed=job.seed)
+    per_rank = job.st.batch_size // common.dist_env().world
+    batches = take_images(_first_batches(job, math.ceil(want / per_rank)), want)
+    keep = common.from_rank0(methods.thinet_masks(job.pruner(model), batches, job.ratio,
+                                                  seed=job.seed))
     small = job.prune(model, keep)
     select_s = time.perf_counter() - started
     result = job.train(small, 0)
@@ -498,7 +512,9 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
             row = _snip(job, method)
         else:
             row = _thinet(job, records["dense"])
-    common.write_json(path, row)
+    if common.dist_env().main:
+        common.write_json(path, row)
+    common.barrier()
     return row
 
 
@@ -526,13 +542,22 @@ def _cache_dir(suite: Suite, cache: Path) -> Path:
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise ValueError(f"the cache {root} was made with different settings ({diff}); pass "
                              "--fresh to start over or --cache for another folder")
-    else:
+    elif common.dist_env().main:
         common.write_json(stamp, mine)
+    common.barrier()
     return root
 
 
 def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = print) -> list[dict]:
-    """Run (or read from the cache) every job of ``suite``; returns the rows."""
+    """Run (or read from the cache) every job of ``suite``; returns the rows.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank runs the jobs one after another, each
+    network trained data-parallel across the ranks; rank 0 writes the cache and reports.
+    """
+    env = common.init_distributed(suite.setting)
+    if env.world > 1:
+        jobs = 1
+        progress = progress if env.main else (lambda line: None)
     root = _cache_dir(suite, cache)
     folders = {s: root / f"seed{s}" for s in suite.seeds}
     for f in folders.values():
@@ -540,7 +565,7 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
     todo = plan(suite)
     rows: list[dict] = []
     started = time.perf_counter()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, (os.cpu_count() or 1) // (jobs * env.world))
     if jobs == 1:
         common.init_worker(threads)
         for method, ratio, seed in todo:

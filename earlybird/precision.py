@@ -121,12 +121,28 @@ class LowPrecision:
         return lambda x: block_quantize(x, wl=wl, dim=dim, rounding=self.rounding)
 
     def optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Wrap an SGD/Adam optimizer so weights, gradients and momentum stay on the grid."""
+        """Wrap an SGD/Adam optimizer so weights, gradients and momentum stay on the grid.
+
+        Under ``torch.distributed`` every rank takes rank 0's weights after each step: qtorch's
+        stochastic rounding draws from an unseeded generator in each process, so replicas
+        that apply the same averaged gradient would still round it differently and drift apart.
+        """
         load_qtorch()
         from qtorch.optim import OptimLP
-        return OptimLP(optimizer, weight_quant=self._block(self.wl_weight, -1),
-                       grad_quant=self._block(self.wl_grad, -1),
-                       momentum_quant=self._block(self.wl_momentum, -1))
+        wrapped = OptimLP(optimizer, weight_quant=self._block(self.wl_weight, -1),
+                          grad_quant=self._block(self.wl_grad, -1),
+                          momentum_quant=self._block(self.wl_momentum, -1))
+        dist = torch.distributed
+        if self.rounding == "stochastic" and dist.is_available() and dist.is_initialized() \
+                and dist.get_world_size() > 1:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+
+            def rank0_weights(*_: Any) -> None:
+                with torch.no_grad():
+                    for p in params:
+                        dist.broadcast(p, 0)
+            wrapped.register_step_post_hook(rank0_weights)
+        return wrapped
 
     def quantize_activations(self, model: nn.Module) -> list[Any]:
         """Quantise activations (forward) and errors (backward) around every conv and linear

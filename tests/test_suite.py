@@ -245,3 +245,67 @@ def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_p
     head = common.build(suite.setting, 0)
     assert rows[0]["dense_params"] == sum(p.numel() for p in head.parameters())
     assert not (tmp_path / suite.name).exists()                        # the dry run cleans up
+
+
+DDP_CONFIG = {"description": "two gloo ranks", "arch": "vgg", "depth": 11, "width": 0.25,
+              "dataset": "synthetic", "train_images": 16, "test_images": 10, "epochs": 2,
+              "schedule": [1], "batch_size": 8, "ratios": [0.5], "seeds": [0],
+              "methods": ["dense", "eb", "ns", "lt", "snip", "snip-channel", "thinet", "ll"],
+              "rewind_epoch": 1, "lt_rounds": 1, "thinet_images": 8, "jobs": 1}
+
+
+def test_torchrun_trains_every_method_data_parallel_and_rank0_writes(tmp_path):
+    # two gloo ranks on CPU, as torchrun runs the ImageNet settings on GPUs; ll covers q8,
+    # whose stochastic rounding differs per process (the ranks must still draw one ticket)
+    import subprocess
+    config = tmp_path / "ddp.json"
+    config.write_text(json.dumps(DDP_CONFIG))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29531", "-m", "benchmarks", "run", str(config), "--cache",
+         str(tmp_path / "cache"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=root, timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("seed 0:") == 8                 # one progress line per job, rank 0 only
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    meta = result["meta"]
+    assert "torchrun, 2 data-parallel processes" in meta["machine"]
+    assert meta["command"].startswith("torchrun --nproc_per_node=N -m benchmarks run ")
+    # 4 images per rank per step: the epoch still covers all 16 images, the test set all 10
+    assert (meta["train_images"], meta["test_images"]) == (16, 10)
+    by = {r["method"]: r for r in result["rows"]}
+    assert set(by) == set(DDP_CONFIG["methods"])
+    assert by["dense"]["train_flops"] == 3 * by["dense"]["flops"] * 16 * 2
+    e = by["eb"]
+    assert e["train_flops"] == 3 * 16 * (e["dense_flops"] * e["draw_epoch"]
+                                         + e["flops"] * (2 - e["draw_epoch"]))
+    assert by["lt"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert sorted(p.name for p in (tmp_path / "cache" / "ddp" / "seed0").glob("*.json")) == \
+        sorted(f"{m}.json" if m == "dense" else f"{m}-p0.5.json" for m in DDP_CONFIG["methods"])
+
+
+def test_imagenet_loaders_shard_by_rank(tmp_path, monkeypatch):
+    from PIL import Image
+    for split in ("train", "val"):
+        for c, color in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+            folder = tmp_path / split / c
+            folder.mkdir(parents=True)
+            for i in range(5):
+                Image.new("RGB", (40, 40), color).save(folder / f"{i}.jpg")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    setting = common.Setting(dataset="imagenet", data=str(tmp_path), batch_size=4,
+                             num_classes=2, image_size=224)
+    data = common.load_data(setting, seed=3)
+    sampler = data.train.sampler
+    assert isinstance(sampler, torch.utils.data.DistributedSampler)
+    assert (sampler.rank, sampler.num_replicas, sampler.seed) == (1, 2, 3)
+    assert data.train.batch_size == 2 and len(data.train) == 2      # 10 images: 5 per rank
+    assert list(data.test.dataset.indices) == [1, 3, 5, 7, 9]      # every image once over ranks
+    data.train.set_epoch(4)
+    assert sampler.epoch == 4
+    with pytest.raises(ValueError, match="batch_size 5 must be a multiple of the number of "
+                                         "processes \\(2\\)"):
+        common.load_data(replace(setting, batch_size=5), seed=0)
