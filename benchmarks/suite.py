@@ -70,16 +70,19 @@ METHODS: dict[str, str] = {
     "snip-channel": "SNIP summed per channel at initialisation, channels pruned, whole schedule",
     "thinet": "ThiNet: greedy channel selection by next-layer reconstruction on the dense model, finetune",
     "random": "random ticket: EB ticket's per-layer widths, random channels, new init, whole schedule",
+    "stability": "LT-paper stability: the EB ticket and a random ticket of its widths, both cut "
+                 "from the draw-epoch weights, each trained twice with two data orders; the "
+                 "distance between the copies",
 }
 EB_METHODS = ("eb", "eb-plateau", "eb-reinit", "lf", "ll")
 RULE = {"eb": "reference", "eb-plateau": "plateau @1/epoch", "eb-reinit": "reference",
-        "lf": "reference", "ll": "reference", "random": "reference"}
+        "lf": "reference", "ll": "reference", "random": "reference", "stability": "reference"}
 
 
 def _needs(method: str) -> tuple[str, ...]:
     if method in ("lf", "ll"):
         return ("slim-q8",)
-    if method in ("eb", "eb-plateau", "eb-reinit", "ns", "random"):
+    if method in ("eb", "eb-plateau", "eb-reinit", "ns", "random", "stability"):
         return ("slim",)
     if method in ("dense", "lt", "lt-iter", "lt-channel", "lt-channel-iter", "thinet"):
         return ("dense",)
@@ -303,9 +306,9 @@ class _Job:
         return small
 
     def train(self, model: nn.Module, first: int, precision: str = "fp32",
-              weight_masks: Optional[dict] = None) -> dict:
+              weight_masks: Optional[dict] = None, data: Optional[common.Data] = None) -> dict:
         torch.manual_seed(self.seed * 7919 + first)
-        return common.train(model, self.st, self.data, first, self.st.epochs,
+        return common.train(model, self.st, data or self.data, first, self.st.epochs,
                             precision=precision, weight_masks=weight_masks)
 
     def row(self, method: str, model: nn.Module, result: dict, dense: dict, *,
@@ -351,6 +354,35 @@ def _eb(job: _Job, method: str, slim: dict, tag: str) -> dict:
         result = job.train(small, t, "q8" if method == "ll" else "fp32")
     return job.row(method, small, result, slim, before=[search],
                    precision="q8" if method == "ll" else "fp32", **extra)
+
+
+def weight_distance(a: nn.Module, b: nn.Module) -> float:
+    """``||w_a - w_b|| / ||w_a||`` over all parameters of two copies of one architecture."""
+    wa = torch.cat([p.detach().flatten().double().cpu() for p in a.parameters()])
+    wb = torch.cat([p.detach().flatten().double().cpu() for p in b.parameters()])
+    return float((wa - wb).norm() / wa.norm())
+
+
+def _stability(job: _Job, slim: dict) -> dict:
+    """Stability to SGD noise (Frankle et al., 2019): train two copies of a ticket from the
+    same weights with two data orders and measure how far apart they end. The EB ticket and a
+    random ticket of the same per-layer widths are both cut from the weights at the draw epoch,
+    so only the choice of channels differs."""
+    spe, epochs = int(slim["steps_per_epoch"]), job.st.epochs
+    step = detect(slim, job.ratio, RULE["stability"])
+    t = step // spe if step is not None and step // spe < epochs else epochs - 1
+    dense_model = job.model(safe_load(job.folder / f"slim-e{t}.pt", WEIGHTS)["state"])
+    keep = job.pruner(dense_model).layout.split(slim["masks"][f"{job.ratio:g}"][t])
+    orders = (job.data, common.load_data(job.st, job.seed + 1000))
+    row: dict[str, Any] = {"method": "stability", "ratio": job.ratio, "seed": job.seed,
+                           "draw_epoch": t, "epochs_trained": epochs - t}
+    for name, ticket in (("eb", keep), ("random", methods.random_widths(keep, job.seed))):
+        start = job.prune(dense_model, ticket)
+        copies = [copy_model(start) for _ in orders]
+        accs = [job.train(c, t, data=d)["test_acc"] for c, d in zip(copies, orders)]
+        row[f"{name}_distance"] = weight_distance(*copies)
+        row[f"{name}_accs"] = [float(a) for a in accs]
+    return row
 
 
 def _ns(job: _Job, slim: dict) -> dict:
@@ -497,7 +529,9 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
                "epoch_s": statistics.mean(float(s) for s in d["epoch_s"])}
     else:
         job = _Job(suite, seed, ratio, folder)
-        if method in RULE:
+        if method == "stability":
+            row = _stability(job, records["slim"])
+        elif method in RULE:
             tag = "slim-q8" if method in ("lf", "ll") else "slim"
             row = _eb(job, method, records[tag], tag)
         elif method == "ns":
@@ -615,7 +649,13 @@ def _report(progress: Callable[[str], None], started: float, row: dict, done: in
     ratio = "" if row["ratio"] is None else f" p={row['ratio']:g}"
     draw = f", drawn at epoch {row['draw_epoch']}" if "draw_epoch" in row else ""
     progress(f"[{(time.perf_counter() - started) / 60:5.1f} min] {done}/{total} "
-             f"{row['method']}{ratio} seed {row['seed']}: {row['test_acc']:.2f} %{draw}")
+             f"{row['method']}{ratio} seed {row['seed']}: {_outcome(row)}{draw}")
+
+
+def _outcome(row: dict) -> str:
+    if row["method"] == "stability":
+        return (f"distance EB {row['eb_distance']:.4f}, random {row['random_distance']:.4f}")
+    return f"{row['test_acc']:.2f} %"
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -623,8 +663,12 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
     """Per (method, ratio): accuracy mean/std over seeds and mean costs; the EB improvement
     over the best competitor; the performance bar at ratio 0.5 (if run)."""
     groups: dict[tuple[str, Optional[float]], list[dict]] = {}
+    stability: dict[float, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["ratio"]), []).append(r)
+        if r["method"] == "stability":
+            stability.setdefault(r["ratio"], []).append(r)
+        else:
+            groups.setdefault((r["method"], r["ratio"]), []).append(r)
     table = []
     for (method, ratio), found in groups.items():
         entry = {"method": method, "ratio": ratio, "seeds": len(found),
@@ -653,7 +697,15 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
                 "cheapest_competitor": cheap["method"],
                 "train_flops_saving": cheap["train_flops"] / best["train_flops"],
                 "energy_saving": cheap["energy_j"] / best["energy_j"]}
-    return {"table": table, "improvement": improvement, "bar": performance_bar(suite, table)}
+    out = {"table": table, "improvement": improvement, "bar": performance_bar(suite, table)}
+    if stability:
+        out["stability"] = [
+            {"ratio": ratio, "seeds": len(found),
+             "draw_epoch": statistics.mean(r["draw_epoch"] for r in found),
+             **{f"{k}_distance": [r[f"{k}_distance"] for r in found] for k in ("eb", "random")},
+             **{f"{k}_acc": [a for r in found for a in r[f"{k}_accs"]] for k in ("eb", "random")}}
+            for ratio, found in sorted(stability.items())]
+    return out
 
 
 def performance_bar(suite: Suite, table: list[dict]) -> dict[str, dict[str, Any]]:
@@ -725,6 +777,18 @@ def markdown(suite: Suite, summary: dict, meta: dict) -> str:
             lines.append(f"| {ratio} | {imp['eb_method']} | {imp['acc_delta']:+.2f} "
                          f"({imp['best_competitor']}) | {imp['train_flops_saving']:.2f}x "
                          f"({imp['cheapest_competitor']}) | {imp['energy_saving']:.2f}x |")
+    if summary.get("stability"):
+        lines += ["", "## Stability to SGD noise (EB ticket vs random ticket)", "",
+                  "Two copies of each ticket trained from the same draw-epoch weights with two "
+                  "data orders; distance = ||w1 - w2|| / ||w1|| at the end (smaller: more "
+                  "stable), accuracy over both copies and all seeds.", "",
+                  "| ratio | draw epoch | EB distance | random distance | EB acc % | random acc % |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for e in summary["stability"]:
+            lines.append(f"| {e['ratio']:g} | {e['draw_epoch']:.1f} | "
+                         f"{common.mean_std(e['eb_distance'], 4)} | "
+                         f"{common.mean_std(e['random_distance'], 4)} | "
+                         f"{common.mean_std(e['eb_acc'])} | {common.mean_std(e['random_acc'])} |")
     for method, bar in summary["bar"].items():
         lines += ["", f"## Performance bar at p = 0.5 ({method} vs NS)", "",
                   f"- training FLOPs NS / EB: {bar['flops_ratio']:.2f}x (target >= 2x)",

@@ -239,6 +239,9 @@ def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_p
     rows = cli.dry_run(suite, tmp_path, progress=lambda line: None)
     assert sorted(r["method"] for r in rows) == sorted(suite.methods)
     for r in rows:
+        if r["method"] == "stability":
+            assert r["eb_distance"] > 0 and r["random_distance"] > 0
+            continue
         assert r["train_flops"] > 0 and r["params"] <= r["dense_params"]
         if r["method"] not in ("dense", "lt", "lt-iter", "snip"):       # channel methods shrink
             assert r["flops"] < r["dense_flops"], r["method"]
@@ -309,3 +312,32 @@ def test_imagenet_loaders_shard_by_rank(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="batch_size 5 must be a multiple of the number of "
                                          "processes \\(2\\)"):
         common.load_data(replace(setting, batch_size=5), seed=0)
+
+
+def test_weight_distance_is_relative_to_the_first_copy():
+    a, b = nn.Linear(2, 1, bias=False), nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        a.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        b.weight.copy_(torch.tensor([[3.0, 1.0]]))
+    assert S.weight_distance(a, b) == pytest.approx(3 / 5)
+    assert S.weight_distance(a, a) == 0.0
+
+
+def test_stability_measures_only_the_data_order(tmp_path, monkeypatch):
+    suite = replace(_tiny(tmp_path, ("stability",)), setting=replace(
+        _tiny(tmp_path).setting, train_images=16, batch_size=4))
+    rows = S.run(suite, tmp_path, 1, progress=lambda line: None)
+    (row,) = rows
+    assert (row["draw_epoch"], row["epochs_trained"]) == (1, 1)
+    assert row["eb_distance"] > 0 and row["random_distance"] > 0
+    assert len(row["eb_accs"]) == len(row["random_accs"]) == 2
+    text = S.markdown(suite, S.summarize(suite, rows), {"train_images": 16, "test_images": 4,
+                      "command": "c", "machine": "m", "wall_min": 0, "date": "d"})
+    assert "## Stability to SGD noise" in text and f"| {suite.ratios[0]:g} | 1.0 |" in text
+    # with one data order for both copies, training is deterministic: the copies coincide
+    (tmp_path / "same").mkdir()
+    real = common.load_data
+    monkeypatch.setattr(common, "load_data", lambda st, seed: real(st, seed % 1000))
+    (same,) = S.run(suite, tmp_path / "same", 1, progress=lambda line: None)
+    assert same["eb_distance"] == 0.0 and same["random_distance"] == 0.0
+    assert same["eb_accs"][0] == same["eb_accs"][1]
