@@ -280,6 +280,18 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
             "images_per_epoch": images}
 
 
+def median_s(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def mean_std(values: Sequence[float], digits: int = 2) -> str:
     """``"mean ± std"`` (sample std; 0 for one value), ``"-"`` for none."""
     if not values:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -27,16 +25,6 @@ from benchmarks import common  # noqa: E402
 from earlybird.precision import LowPrecision, load_qtorch  # noqa: E402
 
 warnings.filterwarnings("ignore")
-
-
-def median_s(fn, repeats: int) -> float:
-    fn()                                                    # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def unoptimised_kernels(folder: str):
@@ -79,13 +67,14 @@ def main() -> None:
             return step
 
         a = torch.randn(setting.batch_size, 64, 16, 16)
-        results = {"fp32 step": median_s(stepper(False), args.repeats)}
+        results = {"fp32 step": common.median_s(stepper(False), args.repeats, warmup=1)}
         for label, kernels in (("-O0, as qtorch builds it", plain), ("-O3, earlybird's build", optimised)):
             qf.quant_cpu = kernels
             try:
-                results[f"q8 step, {label}"] = median_s(stepper(True), args.repeats)
-                results[f"quantiser, {label}"] = median_s(
-                    lambda: qf.block_quantize(a, wl=8, dim=0, rounding="stochastic"), args.repeats)
+                results[f"q8 step, {label}"] = common.median_s(stepper(True), args.repeats, warmup=1)
+                results[f"quantiser, {label}"] = common.median_s(
+                    lambda: qf.block_quantize(a, wl=8, dim=0, rounding="stochastic"),
+                    args.repeats, warmup=1)
             finally:
                 qf.quant_cpu = optimised
     fp32 = results["fp32 step"]

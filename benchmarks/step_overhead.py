@@ -6,9 +6,10 @@ CIFAR VGG16 at 32x32. Run: ``python benchmarks/step_overhead.py`` (or ``tox -e b
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torchvision
@@ -16,16 +17,10 @@ from torch import nn
 
 import earlybird as eb
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import common  # noqa: E402
+
 warnings.filterwarnings("ignore")
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(name: str, model: nn.Module, size: int, batch: int, train_repeats: int) -> dict:
@@ -45,9 +40,9 @@ def measure(name: str, model: nn.Module, size: int, batch: int, train_repeats: i
         opt.step()
 
     train_step()                                            # warm-up
-    train = timed(train_step, train_repeats)
+    train = common.median_s(train_step, train_repeats)
     pruner.step()
-    step = timed(pruner.step, 20)
+    step = common.median_s(pruner.step, 20)
     return {"model": name, "channels": pruner.layout.num_channels, "build_s": build,
             "train_step_s": train, "eb_step_ms": step * 1e3, "ratio": step / train}
 
