@@ -100,15 +100,19 @@ def init_distributed(setting: Setting) -> Dist:
     return env
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def barrier() -> None:
     """Wait for every rank (nothing to wait for in one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         torch.distributed.barrier()
 
 
 def from_rank0(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (``obj`` itself in one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed():
         return obj
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
@@ -117,7 +121,7 @@ def from_rank0(obj: Any) -> Any:
 
 def summed(n: int) -> int:
     """``n`` summed over ranks (``n`` in one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed():
         return n
     t = torch.tensor([n], dtype=torch.long)
     torch.distributed.all_reduce(t)

@@ -329,14 +329,20 @@ class _Job:
                 **extra}
 
 
-def _eb(job: _Job, method: str, slim: dict, tag: str) -> dict:
-    key, spe, epochs = f"{job.ratio:g}", int(slim["steps_per_epoch"]), job.st.epochs
-    step = detect(slim, job.ratio, RULE[method])
+def _ticket(job: _Job, slim: dict, tag: str, rule: str) -> tuple[int, bool, nn.Module, dict]:
+    """``(draw epoch, drawn, dense model at that epoch, keep-masks)`` of ``rule``'s ticket in
+    a shared slimming run; undrawn: the last epoch boundary before the end."""
+    spe, epochs = int(slim["steps_per_epoch"]), job.st.epochs
+    step = detect(slim, job.ratio, rule)
     drawn = step is not None and step // spe < epochs
     t = step // spe if drawn else epochs - 1
-    mask = slim["masks"][key][t]
     dense_model = job.model(safe_load(job.folder / f"{tag}-e{t}.pt", WEIGHTS)["state"])
-    keep = job.pruner(dense_model).layout.split(mask)
+    keep = job.pruner(dense_model).layout.split(slim["masks"][f"{job.ratio:g}"][t])
+    return t, drawn, dense_model, keep
+
+
+def _eb(job: _Job, method: str, slim: dict, tag: str) -> dict:
+    t, drawn, dense_model, keep = _ticket(job, slim, tag, RULE[method])
     precision = str(slim["precision"])
     search = _part(slim, t, precision)
     extra = {"draw_epoch": t, "drawn": drawn, "rule": RULE[method].split()[0]}
@@ -368,11 +374,8 @@ def _stability(job: _Job, slim: dict) -> dict:
     same weights with two data orders and measure how far apart they end. The EB ticket and a
     random ticket of the same per-layer widths are both cut from the weights at the draw epoch,
     so only the choice of channels differs."""
-    spe, epochs = int(slim["steps_per_epoch"]), job.st.epochs
-    step = detect(slim, job.ratio, RULE["stability"])
-    t = step // spe if step is not None and step // spe < epochs else epochs - 1
-    dense_model = job.model(safe_load(job.folder / f"slim-e{t}.pt", WEIGHTS)["state"])
-    keep = job.pruner(dense_model).layout.split(slim["masks"][f"{job.ratio:g}"][t])
+    epochs = job.st.epochs
+    t, _, dense_model, keep = _ticket(job, slim, "slim", RULE["stability"])
     orders = (job.data, common.load_data(job.st, job.seed + 1000))
     row: dict[str, Any] = {"method": "stability", "ratio": job.ratio, "seed": job.seed,
                            "draw_epoch": t, "epochs_trained": epochs - t}
