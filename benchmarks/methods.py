@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import earlybird as eb
 from earlybird.graph import ROOT_TYPES, ChannelGraph, _coupled
-from earlybird.masks import keep_masks
+from earlybird.masks import ChannelLayout, keep_masks
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,30 @@ def channel_masks(pruner: eb.EarlyBirdPruner, scores: Tensor, ratio: float) -> d
     and per-segment floors (the same global-threshold rule EB tickets use)."""
     flat = keep_masks(scores, pruner.layout, [ratio], pruner._caps, pruner._seg_caps)[ratio]
     return pruner.layout.split(flat)
+
+
+def layer_ranks(scores: Tensor, layout: ChannelLayout) -> Tensor:
+    """Every channel's score replaced by its rank within its layer, scaled into (0, 1):
+    ``(k + 0.5) / size`` for the ``k``-th lowest (ties: earlier position lower).
+
+    A global threshold over these prunes the same share of every layer (up to one channel of
+    rounding): the per-layer rule of magnitude filter pruning (Li et al., 2017). Raw filter
+    norms cannot share one threshold: a filter's summed ``|w|`` grows with its fan-in, so a
+    global cut empties the early, high-resolution layers first.
+
+    >>> layout = ChannelLayout(("a", "b"), (2, 4))
+    >>> layer_ranks(torch.tensor([5., 1., 40., 10., 30., 20.]), layout).tolist()
+    [0.75, 0.25, 0.875, 0.125, 0.625, 0.375]
+    """
+    if scores.shape != (layout.num_channels,):
+        raise ValueError(f"expected {layout.num_channels} scores, got shape {tuple(scores.shape)}")
+    out = torch.empty(layout.num_channels, dtype=torch.float64)
+    start = 0
+    for size in layout.sizes:
+        order = torch.sort(scores[start:start + size].double(), stable=True).indices
+        out[start + order] = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+        start += size
+    return out
 
 
 def filter_scores(graph: ChannelGraph, per_filter: Callable[[nn.Module], Tensor]) -> Tensor:

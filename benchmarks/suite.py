@@ -64,8 +64,9 @@ METHODS: dict[str, str] = {
     "ns": "network slimming: the whole slimming run, prune by its final scales, finetune a whole schedule",
     "lt": "lottery ticket, one-shot unstructured magnitude pruning, rewind to rewind_epoch",
     "lt-iter": "lottery ticket, iterative (lt_rounds rounds) unstructured, rewind to rewind_epoch",
-    "lt-channel": "lottery ticket, one-shot channel pruning by filter magnitude, rewind",
-    "lt-channel-iter": "lottery ticket, iterative channel pruning by filter magnitude, rewind",
+    "lt-channel": "lottery ticket, one-shot channel pruning by filter magnitude per layer, rewind",
+    "lt-channel-iter": "lottery ticket, iterative channel pruning by filter magnitude per layer, "
+                       "rewind",
     "snip": "SNIP: unstructured connection sensitivity at initialisation, whole schedule",
     "snip-channel": "SNIP summed per channel at initialisation, channels pruned, whole schedule",
     "thinet": "ThiNet: greedy channel selection by next-layer reconstruction on the dense model, finetune",
@@ -415,8 +416,9 @@ def _lt_unstructured(job: _Job, dense: dict, rounds: int, method: str) -> dict:
 
 
 def _lt_channel(job: _Job, dense: dict, rounds: int, method: str) -> dict:
-    """Channel lottery tickets: rank channels by their filters' summed |w| on the trained
-    network, keep the ticket's channels of the weights at ``rewind_epoch``, train from there.
+    """Channel lottery tickets: in every layer, rank channels by their filters' summed |w| on
+    the trained network and prune the round's share of each layer (:func:`methods.layer_ranks`);
+    keep the ticket's channels of the weights at ``rewind_epoch``, train from there.
     Iterative rounds rank the survivors of the last round (pruned ones stay pruned)."""
     k, epochs = job.suite.rewind_epoch, job.st.epochs
     rewound = job.model(dense["rewind"])
@@ -436,7 +438,7 @@ def _lt_channel(job: _Job, dense: dict, rounds: int, method: str) -> dict:
         dense_scores = torch.cat([
             torch.full((len(keep[n]),), -1.0, dtype=torch.float64).index_put_(
                 (keep[n].nonzero().flatten(),), small_scores[n]) for n in layout.names])
-        keep = methods.channel_masks(full, dense_scores, target)
+        keep = methods.channel_masks(full, methods.layer_ranks(dense_scores, layout), target)
         if r > 1:                                                     # the round before
             parts.append(_own(count_flops(trained, job.example).flops, result))
         small = job.prune(rewound, keep)

@@ -86,6 +86,26 @@ def test_filter_scores_sum_the_coupled_filters():
         methods.filter_scores(eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8)).graph, l1)
 
 
+def test_channel_lt_prunes_the_same_share_of_every_layer_by_filter_magnitude():
+    # the mini setting's VGG-11: raw summed |w| grows with fan-in, so one global cut at p = 0.5
+    # leaves the first conv a single channel; ranking within each layer cuts half of each
+    model = common.build(S.load_suite("mini").setting, 0)
+    pruner = eb.EarlyBirdPruner(model, torch.zeros(1, 3, 32, 32), [0.5], score="weight")
+    raw = methods.filter_scores(pruner.graph, lambda m: m.weight.abs().flatten(1).sum(1))
+    assert int(methods.channel_masks(pruner, raw, 0.5)[pruner.layout.names[0]].sum()) == 1
+    keep = methods.channel_masks(pruner, methods.layer_ranks(raw, pruner.layout), 0.5)
+    sizes = dict(zip(pruner.layout.names, pruner.layout.sizes))
+    assert {n: int(k.sum()) for n, k in keep.items()} == {n: s // 2 for n, s in sizes.items()}
+    for name, scores in pruner.layout.split(raw).items():    # the largest filters stay
+        assert scores[keep[name]].min() > scores[~keep[name]].max()
+    # channels pruned in an earlier round (score -1) go first, then the smallest survivors
+    layout = eb.masks.ChannelLayout(("a",), (4,))
+    assert methods.layer_ranks(torch.tensor([3., -1., 1., 2.]), layout).tolist() == [
+        0.875, 0.125, 0.375, 0.625]
+    with pytest.raises(ValueError, match=r"expected 4 scores, got shape \(3,\)"):
+        methods.layer_ranks(torch.ones(3), layout)
+
+
 def test_random_widths_keep_each_layers_count_and_differ_by_seed():
     keep = {"a": torch.tensor([True, False, True, False, False]), "b": torch.ones(3, dtype=torch.bool)}
     r0, r0b, r1 = (methods.random_widths(keep, s) for s in (0, 0, 1))
