@@ -39,6 +39,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     r.add_argument("--dry-run", action="store_true",
                    help="one optimizer step per epoch on tiny random inputs, on CPU, every "
                         "method; writes nothing under benchmarks/results")
+    w = sub.add_parser("report", help="render a setting's results again from its results.json")
+    w.add_argument("results", type=Path, help="a results folder, e.g. benchmarks/results/quick")
     d = sub.add_parser("dry-run", help="dry-run every setting (or those named)")
     d.add_argument("settings", nargs="*")
     d.add_argument("--cache", type=Path, default=Path("runs/bench-dry"))
@@ -96,6 +98,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\nmethods:")
         for m, text in S.METHODS.items():
             print(f"  {m:16s} {text}")
+        return 0
+    if args.command == "report":
+        try:
+            S.rewrite_results(args.results)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print((args.results / "README.md").read_text())
         return 0
     main_rank = common.dist_env().main
     say = print if main_rank else (lambda *a, **k: None)

@@ -76,6 +76,7 @@ METHODS: dict[str, str] = {
                  "distance between the copies",
 }
 EB_METHODS = ("eb", "eb-plateau", "eb-reinit", "lf", "ll")
+UNSTRUCTURED = ("lt", "lt-iter", "snip")      # weight masks: the network keeps its shape and FLOPs
 RULE = {"eb": "reference", "eb-plateau": "plateau @1/epoch", "eb-reinit": "reference",
         "lf": "reference", "ll": "reference", "random": "reference", "stability": "reference"}
 
@@ -155,11 +156,17 @@ def load_suite(name: str) -> Suite:
         path = CONFIGS / f"{name}.json"
     if not path.exists():
         raise ValueError(f"unknown setting {name!r}; choose from {settings()} or pass a .json path")
-    raw = json.loads(path.read_text())
+    return suite_from_dict(json.loads(path.read_text()), path.stem, path.name)
+
+
+def suite_from_dict(raw: dict[str, Any], name: str, source: str = "config") -> Suite:
+    """A :class:`Suite` from a config's keys (as :meth:`Suite.as_dict` writes them, ``name``
+    aside); errors name ``source``."""
+    raw = {k: v for k, v in raw.items() if k != "name"}
     allowed = set(SUITE_KEYS) | {f.name for f in fields(Setting)}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ValueError(f"{path.name}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(f"{source}: unknown keys {unknown}; allowed: {sorted(allowed)}")
     st = {k: v for k, v in raw.items() if k in {f.name for f in fields(Setting)}}
     if "schedule" in st:
         st["schedule"] = tuple(st["schedule"])
@@ -168,8 +175,8 @@ def load_suite(name: str) -> Suite:
     try:
         setting = Setting(**st)
     except TypeError as exc:
-        raise ValueError(f"{path.name}: {exc}") from None
-    return Suite(name=path.stem, setting=setting, ratios=tuple(float(r) for r in raw.get("ratios", (0.5,))),
+        raise ValueError(f"{source}: {exc}") from None
+    return Suite(name=name, setting=setting, ratios=tuple(float(r) for r in raw.get("ratios", (0.5,))),
                  seeds=tuple(int(s) for s in raw.get("seeds", (0,))),
                  methods=tuple(raw.get("methods", ("dense", "eb", "ns"))),
                  **{k: raw[k] for k in SUITE_KEYS
@@ -665,8 +672,9 @@ def _outcome(row: dict) -> str:
 
 # ----------------------------------------------------------------------------- reporting
 def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
-    """Per (method, ratio): accuracy mean/std over seeds and mean costs; the EB improvement
-    over the best competitor; the performance bar at ratio 0.5 (if run)."""
+    """Per (method, ratio): accuracy mean/std over seeds and mean costs (for weight-masked
+    methods also the nonzero parameters); the EB improvement over the best competitor and over
+    the best channel-pruning competitor; the performance bar at ratio 0.5 (if run)."""
     groups: dict[tuple[str, Optional[float]], list[dict]] = {}
     stability: dict[float, list[dict]] = {}
     for r in rows:
@@ -675,6 +683,7 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         else:
             groups.setdefault((r["method"], r["ratio"]), []).append(r)
     table = []
+    prunable: Optional[int] = None
     for (method, ratio), found in groups.items():
         entry = {"method": method, "ratio": ratio, "seeds": len(found),
                  "test_acc": [r["test_acc"] for r in found]}
@@ -684,6 +693,11 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         for k in ("draw_epoch", "sparsity", "epoch_s"):
             if all(r.get(k) is not None for r in found):
                 entry[k] = statistics.mean(r[k] for r in found)
+        if "sparsity" in entry:         # the masked weights' zeros counted out (ShrinkBench)
+            if prunable is None:
+                prunable = sum(w.numel() for w in methods.prunable_weights(
+                    common.build(suite.setting, suite.seeds[0])).values())
+            entry["nonzero_params"] = round(entry["params"] - entry["sparsity"] * prunable)
         table.append(entry)
     order = {m: i for i, m in enumerate(METHODS)}
     table.sort(key=lambda e: (e["ratio"] or 0, order[e["method"]]))
@@ -696,12 +710,19 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
             best = max(ours, key=lambda e: statistics.mean(e["test_acc"]))
             rival = max(theirs, key=lambda e: statistics.mean(e["test_acc"]))
             cheap = min(theirs, key=lambda e: e["train_flops"])
+            acc = statistics.mean(best["test_acc"])
             improvement[f"{ratio:g}"] = {
                 "eb_method": best["method"], "best_competitor": rival["method"],
-                "acc_delta": statistics.mean(best["test_acc"]) - statistics.mean(rival["test_acc"]),
+                "acc_delta": acc - statistics.mean(rival["test_acc"]),
                 "cheapest_competitor": cheap["method"],
                 "train_flops_saving": cheap["train_flops"] / best["train_flops"],
                 "energy_saving": cheap["energy_j"] / best["energy_j"]}
+            channel = [e for e in theirs if e["method"] not in UNSTRUCTURED]
+            if channel:
+                rival = max(channel, key=lambda e: statistics.mean(e["test_acc"]))
+                improvement[f"{ratio:g}"].update(
+                    best_channel_competitor=rival["method"],
+                    channel_acc_delta=acc - statistics.mean(rival["test_acc"]))
     out = {"table": table, "improvement": improvement, "bar": performance_bar(suite, table)}
     if stability:
         out["stability"] = [
@@ -769,18 +790,26 @@ def markdown(suite: Suite, summary: dict, meta: dict) -> str:
         ratio = "-" if e["ratio"] is None else f"{e['ratio']:g}"
         draw = f"{e['draw_epoch']:.1f}" if "draw_epoch" in e else "-"
         sparsity = f"{100 * e['sparsity']:.1f} %" if "sparsity" in e else "-"
+        params = e.get("nonzero_params", e["params"])
+        nonzero = " nonzero" if "nonzero_params" in e else ""
         lines.append(
             f"| {ratio} | {e['method']} | {common.mean_std(e['test_acc'])} | {e['train_flops'] / 1e15:.3f} | "
             f"{e['energy_j'] / 1e3:.3f} | {e['wall_s'] / 60:.1f} | "
-            f"{e['params'] / 1e6:.3f}M ({e['dense_params'] / e['params']:.2f}x) | "
+            f"{params / 1e6:.3f}M{nonzero} ({e['dense_params'] / params:.2f}x) | "
             f"{e['flops'] / 1e6:.1f}M ({e['dense_flops'] / e['flops']:.2f}x) | {draw} | {sparsity} |")
     if summary["improvement"]:
         lines += ["", "## EB Train vs the best competitor", "",
-                  "| ratio | EB method | acc vs most accurate competitor | training FLOPs saving vs "
-                  "the cheapest competitor | energy saving |", "| ---: | --- | --- | ---: | ---: |"]
+                  "The more accurate EB rule against the most accurate competitor, and against "
+                  "the most accurate one that prunes channels (weight-masked tickets, "
+                  f"{', '.join(UNSTRUCTURED)}, keep the dense network's shape and FLOPs).", "",
+                  "| ratio | EB method | acc vs most accurate competitor | acc vs most accurate "
+                  "channel-pruning competitor | training FLOPs saving vs the cheapest competitor "
+                  "| energy saving |", "| ---: | --- | --- | --- | ---: | ---: |"]
         for ratio, imp in summary["improvement"].items():
+            channel = (f"{imp['channel_acc_delta']:+.2f} ({imp['best_channel_competitor']})"
+                       if "best_channel_competitor" in imp else "-")
             lines.append(f"| {ratio} | {imp['eb_method']} | {imp['acc_delta']:+.2f} "
-                         f"({imp['best_competitor']}) | {imp['train_flops_saving']:.2f}x "
+                         f"({imp['best_competitor']}) | {channel} | {imp['train_flops_saving']:.2f}x "
                          f"({imp['cheapest_competitor']}) | {imp['energy_saving']:.2f}x |")
     if summary.get("stability"):
         lines += ["", "## Stability to SGD noise (EB ticket vs random ticket)", "",
@@ -833,6 +862,21 @@ def plot(summary: dict, out: Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(out)
+
+
+def rewrite_results(out: Path) -> dict:
+    """Render ``out/README.md``, the plot and the summary in ``out/results.json`` again from
+    the rows, setting and meta stored in ``out/results.json`` (after a change to the report;
+    nothing trains, the meta of the run that made the rows is kept)."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; run the setting first")
+    stored = json.loads(path.read_text())
+    missing = sorted({"meta", "suite", "rows"} - set(stored))
+    if missing:
+        raise ValueError(f"{path} has no {missing}: not written by `python -m benchmarks run`")
+    suite = suite_from_dict(stored["suite"], stored["suite"]["name"], str(path))
+    return write_results(suite, stored["rows"], out, stored["meta"])
 
 
 def write_results(suite: Suite, rows: list[dict], out: Path, meta: dict) -> dict:

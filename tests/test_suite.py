@@ -226,7 +226,7 @@ def _row(method, ratio, seed, acc, flops, wall, **kw):
 
 
 def test_summary_improvement_and_performance_bar_from_known_rows():
-    suite = replace(S.load_suite("quick"), methods=("dense", "eb", "ns", "snip"))
+    suite = replace(S.load_suite("quick"), methods=("dense", "eb", "ns", "snip", "lt"))
     rows = [_row("dense", None, 0, 90.0, 60.0, 100.0, final_flops=100, epoch_s=10.0),
             _row("dense", None, 1, 92.0, 60.0, 100.0, final_flops=100, epoch_s=10.0),
             _row("eb", 0.5, 0, 88.0, 25.0, 40.0, draw_epoch=2, epoch_s=6.0),
@@ -234,10 +234,17 @@ def test_summary_improvement_and_performance_bar_from_known_rows():
             _row("ns", 0.5, 0, 89.5, 90.0, 120.0, epoch_s=6.0),
             _row("ns", 0.5, 1, 89.5, 90.0, 120.0, epoch_s=6.0),
             _row("snip", 0.5, 0, 85.0, 30.0, 50.0), _row("snip", 0.5, 1, 86.0, 30.0, 50.0)]
+    # an unstructured ticket: the quick VGG-11 (579,098 parameters, 576,432 of them in the
+    # prunable convs) at 50 % sparsity keeps 579,098 - 288,216 nonzero
+    rows += [_row("lt", 0.5, s, 91.0, 100.0, 130.0, params=579098, dense_params=579098,
+                  sparsity=0.5) for s in (0, 1)]
     summary = S.summarize(suite, rows)
     imp = summary["improvement"]["0.5"]
-    assert (imp["best_competitor"], imp["cheapest_competitor"]) == ("ns", "snip")
-    assert imp["acc_delta"] == pytest.approx(-0.5) and imp["train_flops_saving"] == pytest.approx(1.2)
+    assert (imp["best_competitor"], imp["cheapest_competitor"]) == ("lt", "snip")
+    assert imp["acc_delta"] == pytest.approx(-2.0) and imp["train_flops_saving"] == pytest.approx(1.2)
+    assert imp["best_channel_competitor"] == "ns" and imp["channel_acc_delta"] == pytest.approx(-0.5)
+    lt = next(e for e in summary["table"] if e["method"] == "lt")
+    assert lt["nonzero_params"] == 290882 and "nonzero_params" not in summary["table"][0]
     assert list(summary["bar"]) == ["eb"]
     bar = summary["bar"]["eb"]
     assert bar["flops_ratio"] == pytest.approx(3.6) and bar["wall_ratio"] == pytest.approx(3.0)
@@ -247,6 +254,25 @@ def test_summary_improvement_and_performance_bar_from_known_rows():
     text = S.markdown(suite, summary, {"command": "c", "machine": "m", "wall_min": 1.0,
                                        "date": "d", "train_images": 20000, "test_images": 10000})
     assert "| 0.5 | eb | 89.00 ± 1.41 |" in text and "- all met" in text
+    assert "| 0.291M nonzero (1.99x) |" in text and "| -2.00 (lt) | -0.50 (ns) | 1.20x (snip) |" in text
+
+
+def test_report_renders_stored_results_again_and_keeps_their_meta(tmp_path, capsys):
+    suite = replace(S.load_suite("quick"), methods=("dense", "eb", "ns"))
+    rows = [_row("dense", None, 0, 90.0, 60.0, 100.0, final_flops=100, epoch_s=10.0),
+            _row("eb", 0.5, 0, 88.0, 25.0, 40.0, draw_epoch=2, epoch_s=6.0),
+            _row("ns", 0.5, 0, 89.5, 90.0, 120.0, epoch_s=6.0)]
+    meta = {"command": "python -m benchmarks run quick", "machine": "m", "wall_min": 26.8,
+            "date": "d", "train_images": 20000, "test_images": 10000}
+    S.write_results(suite, rows, tmp_path, meta)
+    readme, stored = (tmp_path / "README.md").read_text(), (tmp_path / "results.json").read_text()
+    (tmp_path / "README.md").write_text("an older format")
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "README.md").read_text() == readme and readme in capsys.readouterr().out
+    assert (tmp_path / "results.json").read_text() == stored
+    assert "- wall-clock: 26.8 min (this invocation" in readme
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope' / 'results.json'} does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
