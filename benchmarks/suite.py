@@ -845,12 +845,14 @@ def plot(summary: dict, out: Path) -> None:
     ratios = sorted({e["ratio"] for e in summary["table"] if e["ratio"] is not None})
     dense = next((e for e in summary["table"] if e["method"] == "dense"), None)
     fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)
+    palette = plt.get_cmap("tab20").colors        # one colour per method, the same in every panel
     for ax, ratio in zip(axes[0], ratios):
         for e in [e for e in summary["table"] if e["ratio"] == ratio] + ([dense] if dense else []):
             acc = e["test_acc"]
             ax.errorbar(e["train_flops"] / 1e15, statistics.mean(acc),
                         yerr=statistics.stdev(acc) if len(acc) > 1 else 0, capsize=3,
                         fmt="*" if e["method"] in EB_METHODS else "o", label=e["method"],
+                        color=palette[list(METHODS).index(e["method"]) % len(palette)],
                         markersize=10 if e["method"] in EB_METHODS else 6)
         ax.set_xlabel("training PFLOPs (3 x forward MACs per image)")
         ax.set_ylabel("test accuracy (%)")
