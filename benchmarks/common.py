@@ -7,7 +7,6 @@ class) and the full 10,000-image CIFAR-10 test set, packed from the CIFAR-10 JPE
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -23,8 +22,13 @@ from torch import nn
 if __package__ in (None, ""):                      # imported from a script in benchmarks/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from earlybird.data import Batches, ImageSet, load_dataset, load_packed  # noqa: E402
-from earlybird.train import Loop, build_model, evaluate, lr_at  # noqa: E402
+from earlybird import distributed, io  # noqa: E402
+from earlybird.data import (Batches, ImageSet, folder_loaders, load_dataset,  # noqa: E402
+                            load_packed, subset)
+from earlybird.distributed import (Dist, barrier, dist_env, from_rank0,  # noqa: E402
+                                   is_distributed)
+from earlybird.models import build_model  # noqa: E402
+from earlybird.training import Recipe, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "cifar10-25k.npz"
@@ -39,9 +43,9 @@ class Setting:
     width: float = 0.25
     epochs: int = 20
     schedule: tuple[int, ...] = (10, 15)
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = Recipe.lr
+    momentum: float = Recipe.momentum
+    weight_decay: float = Recipe.weight_decay
     batch_size: int = 125
     s: float = 1e-4
     data: str = str(DATA)
@@ -55,6 +59,12 @@ class Setting:
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
                 if k != "data"}
+
+    @property
+    def recipe(self) -> Recipe:
+        """The setting's SGD recipe (the library's; lr decays x0.1 at ``schedule``)."""
+        return Recipe(self.epochs, self.schedule, Recipe.gamma, self.lr, self.momentum,
+                      self.weight_decay)
 
 
 @dataclass
@@ -71,61 +81,14 @@ DATASETS = ("packed", "cifar10", "cifar100", "imagenet", "synthetic")
 WORKERS = min(8, os.cpu_count() or 1)          # DataLoader processes per rank (ImageNet)
 
 
-@dataclass(frozen=True)
-class Dist:
-    """This process's place under ``torchrun`` (rank 0 of 1 otherwise)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_env() -> Dist:
-    """Rank, world size and local rank from torchrun's environment variables."""
-    return Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def init_distributed(setting: Setting) -> Dist:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU); a no-op for one process."""
-    env = dist_env()
-    if env.world > 1 and not torch.distributed.is_initialized():
-        if setting.device == "cuda":
-            torch.cuda.set_device(env.local_rank)
-        torch.distributed.init_process_group("nccl" if setting.device == "cuda" else "gloo")
-    return env
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing to wait for in one process)."""
-    if _distributed():
-        torch.distributed.barrier()
-
-
-def from_rank0(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank (``obj`` itself in one process)."""
-    if not _distributed():
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    """Join torchrun's process group for the setting's device (a no-op for one process)."""
+    return distributed.setup(setting.device)[0]
 
 
 def summed(n: int) -> int:
     """``n`` summed over ranks (``n`` in one process)."""
-    if not _distributed():
-        return n
-    t = torch.tensor([n], dtype=torch.long)
-    torch.distributed.all_reduce(t)
-    return int(t)
+    return int(distributed.all_sum({"n": n})["n"])
 
 
 def device_of(setting: Setting) -> torch.device:
@@ -145,7 +108,7 @@ def load_data(setting: Setting, seed: int) -> Data:
 
     Under torchrun each rank gets ``batch_size / world`` images of every global batch (the
     epoch's one permutation, dealt out by rank) and every ``world``-th test image; losses and
-    accuracies are summed over ranks by ``earlybird.train``.
+    accuracies are summed over ranks by ``earlybird.training``.
     """
     env = dist_env()
     if setting.batch_size % env.world:
@@ -168,37 +131,18 @@ def load_data(setting: Setting, seed: int) -> Data:
         sets = {"train": train, "test": test}
     else:
         raise ValueError(f"unknown dataset {setting.dataset!r}; choose from {list(DATASETS)}")
-    train = _subset(sets["train"], setting.train_images)
-    test = _subset(sets["test"], setting.test_images)
+    # always the same images (seed 0): the packed file is sorted by class
+    train = subset(sets["train"], setting.train_images, 0)
+    test = subset(sets["test"], setting.test_images, 0)
     return Data(Batches(train, setting.batch_size // env.world, True, seed, drop_last=True,
                         rank=env.rank, world_size=env.world),
                 Batches(test, 500, False, rank=env.rank, world_size=env.world))
 
 
 def _imagenet(setting: Setting, seed: int, env: Dist) -> Data:
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
     train, test, _ = load_dataset("imagenet", setting.data)
-    per_rank = setting.batch_size // env.world
-    if env.world == 1:
-        train_l = DataLoader(train, per_rank, shuffle=True, num_workers=WORKERS, pin_memory=True,
-                             drop_last=True, persistent_workers=True,
-                             generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = DistributedSampler(train, env.world, env.rank, shuffle=True, seed=seed,
-                                     drop_last=True)
-        train_l = DataLoader(train, per_rank, sampler=sampler, num_workers=WORKERS, pin_memory=True,
-                             drop_last=True, persistent_workers=True)
-        train_l.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
-    shard = Subset(test, range(env.rank, len(test), env.world))   # every image exactly once
-    return Data(train_l, DataLoader(shard, 250, num_workers=WORKERS, pin_memory=True))
-
-
-def _subset(images: ImageSet, n: Optional[int]) -> ImageSet:
-    """``n`` images drawn at random (always the same ones; the packed file is sorted by class)."""
-    if n is None or n >= len(images):
-        return images
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return ImageSet(images.images[idx], images.labels[idx], images.classes)
+    return Data(*folder_loaders(train, test, setting.batch_size // env.world, 250, seed, WORKERS,
+                                env.rank, env.world))
 
 
 def build(setting: Setting, seed: int) -> nn.Module:
@@ -217,71 +161,22 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
           after_epoch: Optional[Callable[[int], None]] = None,
           eval_every_epoch: bool = False, precision: str = "fp32",
           weight_masks: Optional[dict[nn.Parameter, torch.Tensor]] = None) -> dict[str, Any]:
-    """SGD epochs ``first .. last - 1`` of the setting's schedule; returns the final test
-    accuracy (and each epoch's with ``eval_every_epoch``), the training time per epoch and the
-    images trained on per epoch. With ``first == last`` it only evaluates.
-
-    ``on_check(step)`` runs every ``check_every`` optimizer steps (global step count), and
-    ``after_epoch(epoch)`` after each epoch. ``precision="q8"`` trains and evaluates with
-    qtorch's 8-bit block floating point (weights, gradients, momentum, activations, errors).
-    ``weight_masks`` ({parameter: 0/1 mask}) zeroes the masked weights once and their gradients
-    at every step, so with SGD they stay exactly zero (unstructured tickets).
-
-    Under torchrun the model trains inside ``DistributedDataParallel`` and after every epoch
-    takes rank 0's BatchNorm statistics, so all ranks hold the same network; the images per
-    epoch are summed over ranks.
+    """Epochs ``first .. last - 1`` of the setting's schedule through the library's
+    :class:`~earlybird.training.Trainer`; returns the final test accuracy (and each epoch's
+    with ``eval_every_epoch``), the training time per epoch and the images trained on per
+    epoch. With ``first == last`` it only evaluates. ``after_epoch(epoch)`` runs after each
+    epoch; the rest is the Trainer's (``precision="q8"``: qtorch's 8-bit training;
+    ``weight_masks``: unstructured tickets; under torchrun: data-parallel).
     """
-    device = device_of(setting)
-    model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=setting.momentum,
-                          weight_decay=setting.weight_decay)
-    env = dist_env()
-    net = model
-    if env.world > 1:               # gradients averaged over ranks; hooks stay on ``model``
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    hooks: list = []
-    if precision == "q8":
-        from earlybird.precision import LowPrecision
-        opt = LowPrecision().optimizer(opt)
-        hooks = LowPrecision().quantize_activations(model)
-    masks = {p: m.to(device, p.dtype) for p, m in (weight_masks or {}).items()}
-    with torch.no_grad():
-        for p, m in masks.items():
-            p.mul_(m)
-
-    def masked() -> None:
-        if regularize is not None:
-            regularize()
-        for p, m in masks.items():
-            if p.grad is not None:
-                p.grad.mul_(m)
-
-    loop = Loop(net, opt, data.train, "train", masked if masks else regularize, check_every,
-                on_check, device=device)
-    step, acc = first * data.steps_per_epoch, float("nan")
-    accs, epoch_s, images = [], [], 0
-    for epoch in range(first, last):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch, setting.lr, setting.schedule)
-        started = time.perf_counter()
-        stats, step, _ = loop.epoch(epoch, step)
-        if env.world > 1:           # BatchNorm statistics as rank 0 has them, on every rank
-            for buffer in model.buffers():
-                torch.distributed.broadcast(buffer, 0)
-        epoch_s.append(time.perf_counter() - started)
-        images = int(stats["samples"])
-        if eval_every_epoch or epoch == last - 1:
-            acc, _ = evaluate(model, data.test, device)
-            accs.append(acc)
-        if after_epoch is not None:
-            after_epoch(epoch)
-    if first >= last:
-        acc, _ = evaluate(model, data.test, device)
-    for h in hooks:
-        h.remove()
-    return {"test_acc": acc, "accs": accs, "train_s": sum(epoch_s), "epoch_s": epoch_s,
-            "images_per_epoch": images}
+    trainer = Trainer(model, setting.recipe, data.train, test=data.test,
+                      device=device_of(setting), precision=precision, regularize=regularize,
+                      weight_masks=weight_masks, check_every=check_every, on_check=on_check,
+                      epoch=first)
+    try:
+        return trainer.fit(last, eval_every_epoch=eval_every_epoch, after_epoch=None
+                           if after_epoch is None else lambda record: after_epoch(record["epoch"]))
+    finally:
+        trainer.close()
 
 
 def median_s(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
@@ -320,11 +215,8 @@ def pyplot() -> Any:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically, in the layout the committed results use (indent 1)."""
+    io.write_json(path, payload, indent=1)
 
 
 def machine(jobs: int, world: int = 1) -> str:

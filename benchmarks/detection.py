@@ -39,25 +39,17 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, methods                          # noqa: E402
+from benchmarks import common                                   # noqa: E402
+from benchmarks.rules import RULES, detect                      # noqa: E402,F401
+from benchmarks.suite.methods import random_widths              # noqa: E402
 from benchmarks.common import Setting                           # noqa: E402
 import earlybird as eb                                          # noqa: E402
-from earlybird.criteria import Checks, get_criterion            # noqa: E402
 from earlybird.flops import count_flops                         # noqa: E402
 from earlybird.graph import prune_model                         # noqa: E402
 from earlybird.io import atomic_save, safe_load                 # noqa: E402
 
 CHECKS_PER_EPOCH = 4
 WEIGHTS, SEARCH = "benchmarks.weights/1", "benchmarks.detection-search/1"
-# name: (criterion, checks per epoch it sees, window, epsilon, span in epochs of steps or None)
-RULES: dict[str, tuple[str, int, int, float, Optional[float]]] = {
-    "reference": ("reference", 1, 5, 0.1, None),
-    "fifo": ("fifo", 1, 5, 0.1, None),
-    "normalized": ("normalized", 1, 5, 0.1, None),
-    "plateau": ("plateau", 4, 5, 0.1, 2.0),
-    "reference @4/epoch": ("reference", 4, 5, 0.1, None),
-    "plateau @1/epoch": ("plateau", 1, 5, 0.1, 2.0),
-}
 RETRAINED_RULES = ("reference", "fifo", "normalized", "plateau")
 
 
@@ -97,27 +89,6 @@ def search(setting: Setting, seed: int, ratios: tuple[float, ...], folder: Path)
     return safe_load(done, SEARCH)
 
 
-# ----------------------------------------------------------------------------- rule replay
-def detect(record: dict, ratio: float, rule: str) -> Optional[int]:
-    """The optimizer step at which ``rule`` draws the ticket of ``ratio``, or None."""
-    criterion, per_epoch, window, epsilon, span_epochs = RULES[rule]
-    spe = int(record["steps_per_epoch"])
-    every = spe // per_epoch
-    steps = [int(s) for s in record["steps"]]
-    picked = [i for i, s in enumerate(steps) if s % every == 0]
-    masks = record["masks"][f"{ratio:g}"][picked]
-    steps = [steps[i] for i in picked]
-    span = None if span_epochs is None else int(span_epochs * spe)
-    fn = get_criterion(criterion)
-    rows: list[list[float]] = []
-    for t in range(len(steps)):
-        rows.append([(masks[t] != masks[t - j]).double().mean().item()
-                     for j in range(1, window) if t - j >= 0])
-        if fn(Checks(rows, steps[:t + 1], ratio), window, epsilon, span):
-            return steps[t]
-    return None
-
-
 def draw_points(record: dict, setting: Setting, ratio: float,
                 fractions: tuple[float, ...]) -> list[tuple[str, int, str]]:
     """``[(label, draw epoch, kind)]`` to retrain for one seed and ratio (kind: ticket/random)."""
@@ -150,7 +121,7 @@ def retrain(setting: Setting, seed: int, ratio: float, epoch: int, kind: str,
     layout = eb.EarlyBirdPruner(model, common.example(), [ratio], keep_weights=False).layout
     keep = layout.split(mask)
     if kind == "random":
-        keep = methods.random_widths(keep, seed * 1000 + epoch)
+        keep = random_widths(keep, seed * 1000 + epoch)
     small = copy.deepcopy(model)
     prune_model(small, common.example(), keep)
     regularize = eb.EarlyBirdPruner(small, common.example(), [0.5], sparsity=setting.s,

@@ -7,18 +7,22 @@
 from .config import EarlyBirdConfig
 from .criteria import CRITERIA, Checks, fifo_rule, normalized_rule, plateau_rule, reference_rule
 from .distance import mask_distance, max_distance, pairwise_distances
-from .errors import CheckpointError, EarlyBirdError, NoTicketError, UnsupportedModelError
+from .errors import (CheckpointError, ConfigError, EarlyBirdError, NoTicketError,
+                     UnsupportedModelError)
 from .io import atomic_save, load_pruned, save_pruned
 from .masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
-from .pruner import EarlyBirdPruner, Ticket
+from .precision import LowPrecision, PrecisionConfig
+from .pruner import EarlyBirdPruner, Ticket, make_config
+from .training import Recipe, Trainer
 from . import models  # noqa: F401 - registers the CIFAR models in timm
 
 __version__ = "0.1.0"
 __all__ = [
-    "EarlyBirdPruner", "EarlyBirdConfig", "Ticket", "ChannelLayout",
+    "EarlyBirdPruner", "EarlyBirdConfig", "make_config", "Ticket", "ChannelLayout",
+    "Recipe", "Trainer", "PrecisionConfig", "LowPrecision",
     "mask_distance", "pairwise_distances", "max_distance",
     "global_masks", "keep_masks", "layer_caps", "prune_budget",
     "Checks", "reference_rule", "fifo_rule", "normalized_rule", "plateau_rule", "CRITERIA",
     "save_pruned", "load_pruned", "atomic_save",
-    "EarlyBirdError", "UnsupportedModelError", "NoTicketError", "CheckpointError",
+    "EarlyBirdError", "UnsupportedModelError", "NoTicketError", "CheckpointError", "ConfigError",
 ]

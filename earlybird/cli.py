@@ -12,75 +12,52 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .criteria import CRITERIA
-from .data import DATASETS
-from .errors import EarlyBirdError
+from .errors import ConfigError, EarlyBirdError
+from .flops import BACKWARD_FACTOR
 from .pipeline import MODES, RunConfig
-from .precision import PRECISIONS, ROUNDINGS
-from .train import ARCHS
+from .settings import Leaf, leaves
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parser", "report_table", "flag", "DEMO"]
 
-DEMO = dict(save="runs/demo", dataset="cifar10-subset", arch="vgg", depth=11, width=0.25,
-            epochs=20, lr=0.1, batch_size=128, test_batch_size=500, sparsity_regularization=True,
-            s=1e-4, ratios=[0.3, 0.5, 0.7], full=True)
+DEMO: dict[str, Any] = {
+    "save": "runs/demo", "dataset": "cifar10-subset", "arch": "vgg", "depth": 11, "width": 0.25,
+    "recipe": {"epochs": 20, "lr": 0.1}, "batch_size": 128, "test_batch_size": 500,
+    "sparsity_regularization": True, "full": True,
+    "earlybird": {"sparsity": 1e-4, "ratios": [0.3, 0.5, 0.7]}}
+GROUPS = ("data", "model", "training", "early-bird", "8-bit training (q8)", "precision")
+
+
+def flag(name: str) -> str:
+    """The CLI spelling of a setting: ``wl_weight`` -> ``--wl-weight``."""
+    return "--" + name.replace("_", "-")
+
+
+def _option(group: Any, leaf: Leaf) -> None:
+    """One option per leaf setting; help, choices and default come from its field."""
+    meta, default = leaf.field.metadata, leaf.default
+    shown = " ".join(map(str, default)) if leaf.many and default is not None else default
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": ".".join(leaf.path),
+                              "help": f"{meta.get('help', '')} (default {shown})".replace("%", "%%")}
+    if leaf.kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+    else:
+        kwargs["type"] = leaf.kind
+        if leaf.many:
+            kwargs["nargs"] = "+"
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+    group.add_argument(flag(leaf.name), *meta.get("flags", ()), **kwargs)
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    S = argparse.SUPPRESS                       # only options given on the command line count
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default=S,
-                   help="default cifar10-subset: the shipped 10,000/2,000-image CIFAR-10 subset")
-    g.add_argument("--data", default=S, help="dataset folder or archive (e.g. the full CIFAR-10 "
-                   "JPEG .tar.gz for cifar10-subset; train/ and val/ folders for imagenet)")
-    g.add_argument("--download", action="store_true", default=S, help="download CIFAR (online)")
-    g.add_argument("--train-images", type=int, default=S, help="use this many training images")
-    g.add_argument("--test-images", type=int, default=S, help="use this many test images")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", default=S, help=f"{' | '.join(ARCHS)} | any timm model name")
-    g.add_argument("--depth", type=int, default=S, help="VGG 11/13/16/19, PreResNet 20..164")
-    g.add_argument("--width", type=float, default=S, help="channel multiplier of vgg/preresnet")
-    g.add_argument("--num-classes", type=int, default=S)
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=S, help="length of the schedule (160)")
-    g.add_argument("--schedule", type=int, nargs="+", default=S,
-                   help="epochs where the lr decays (default 50%% and 75%% of --epochs)")
-    g.add_argument("--gamma", type=float, default=S, help="lr decay factor (0.1)")
-    g.add_argument("--lr", type=float, default=S, help="initial learning rate (0.1)")
-    g.add_argument("--momentum", type=float, default=S)
-    g.add_argument("--weight-decay", type=float, default=S)
-    g.add_argument("--batch-size", type=int, default=S, help="global batch size (256)")
-    g.add_argument("--test-batch-size", type=int, default=S)
-    g.add_argument("--sparsity-regularization", action="store_true", default=S,
-                   help="L1 penalty on norm scales (network slimming)")
-    g.add_argument("--s", type=float, default=S, help="slimming strength (1e-4)")
-    g.add_argument("--seed", type=int, default=S)
-    g.add_argument("--workers", type=int, default=S, help="DataLoader workers (ImageFolder)")
-    g = p.add_argument_group("early-bird")
-    g.add_argument("--ratios", type=float, nargs="+", default=S, help="(0.3 0.5 0.7)")
-    g.add_argument("--epsilon", type=float, default=S, help="mask-distance threshold (0.1)")
-    g.add_argument("--window", type=int, default=S, help="masks compared (5)")
-    g.add_argument("--criterion", choices=sorted(CRITERIA), default=S,
-                   help="detection rule (plateau); reference is the released code's rule; see the "
-                        "README's detection-rule section")
-    g.add_argument("--span", type=int, default=S, help="plateau rule: span compared, in the "
-                   "check counter (optimizer steps with --check-every, else epochs); default "
-                   "(window-1)//2 checks")
-    g.add_argument("--check-every", type=int, default=S,
-                   help="check every N optimizer steps (default: once per epoch)")
-    g.add_argument("--full", action="store_true", default=S,
-                   help="search: train the dense model to --epochs even after every ticket")
-    g = p.add_argument_group("precision")
-    g.add_argument("--search-precision", choices=PRECISIONS, default=S,
-                   help="fp32 (default) | bf16 autocast | q8: 8-bit training simulated by qtorch")
-    g.add_argument("--retrain-precision", choices=PRECISIONS, default=S)
-    for name in ("weight", "grad", "activate", "error", "momentum"):
-        g.add_argument(f"--wl-{name}", type=int, default=S, help=f"q8 word length of {name}s (8)")
-    g.add_argument("--rounding", choices=ROUNDINGS, default=S, help="q8 rounding (stochastic)")
-    g.add_argument("--swa", action="store_true", default=S,
-                   help="average the weights over the last epochs (SWALP) and refresh BN stats")
-    g.add_argument("--swa-start", type=int, default=S, help="first averaged epoch (7/8 of --epochs)")
-    p.add_argument("--save", default=S, help="run folder (runs/eb)")
+    """Every leaf of :class:`RunConfig` becomes an option; only those given on the command
+    line count (``prune`` and ``retrain`` read the rest from the run folder)."""
+    found = list(leaves(RunConfig))
+    names = [leaf.name for leaf in found]
+    assert len(set(names)) == len(names), "two settings share a CLI name"
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
+    for leaf in found:
+        _option(groups.get(leaf.group or "", p), leaf)
     p.add_argument("--resume", action="store_true", help="continue this run; skip done stages")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -110,22 +87,42 @@ def parser() -> argparse.ArgumentParser:
                        "comparing their training cost", description="cost table and plots")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--no-plots", action="store_true", help="only the ledger and the table")
-    p.add_argument("--backward-factor", type=float, default=3.0,
-                   help="training FLOPs per sample = factor x forward FLOPs (3)")
+    p.add_argument("--backward-factor", type=float, default=BACKWARD_FACTOR,
+                   help=f"training FLOPs per sample = factor x forward FLOPs ({BACKWARD_FACTOR:g})")
     return top
 
 
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"earlybird.ratios": v}`` -> ``{"earlybird": {"ratios": v}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *outer, last = key.split(".")
+        into = out
+        for part in outer:
+            into = into.setdefault(part, {})
+        into[last] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 def _config(args: argparse.Namespace) -> RunConfig:
-    given = {k: v for k, v in vars(args).items() if k in RunConfig.__dataclass_fields__}
-    base: dict[str, Any] = dict(DEMO) if args.command == "demo" else {}
+    given = _nest({k: v for k, v in vars(args).items()
+                   if k.split(".")[0] in RunConfig.__dataclass_fields__})
+    base: dict[str, Any] = RunConfig.from_dict(DEMO).as_dict() if args.command == "demo" else {}
     save = Path(given.get("save", base.get("save", RunConfig.save)))
     if args.command in ("prune", "retrain") or (args.resume and (save / "config.yaml").is_file()):
         import yaml
         if not (save / "config.yaml").is_file():
             raise FileNotFoundError(f"{save}/config.yaml not found; is --save a run folder "
                                     "written by `earlybird search`?")
-        base = yaml.safe_load((save / "config.yaml").read_text())
-    return RunConfig(**{**base, **given})
+        base = RunConfig.from_dict(yaml.safe_load((save / "config.yaml").read_text())).as_dict()
+    return RunConfig.from_dict(_merge(base, given), "the command line")
 
 
 def _progress(quiet: bool):
@@ -198,8 +195,8 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
                      f"{p['test_acc']:7.2f}% {_si(p['train_flops'], 'FLOP'):>12} "
                      f"{_si(p['energy_j_estimated'], 'J'):>11} {measured:>10} "
                      f"{p['wall_s']:9.0f}s {saving:>8}")
-    lines.append("FLOPs: one multiply-add = one FLOP (fvcore); training = 3x forward per sample; "
-                 "energy est.: arithmetic only (Horowitz 2014, 45 nm)")
+    lines.append(f"FLOPs: one multiply-add = one FLOP (fvcore); training = {BACKWARD_FACTOR:g}x "
+                 "forward per sample; energy est.: arithmetic only (Horowitz 2014, 45 nm)")
     return "\n".join(lines)
 
 
@@ -241,6 +238,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 pngs = write_plots(cfg.save)
                 _say(f"plots: {', '.join(str(p) for p in pngs)}")
                 _say(f"cost table: earlybird report {cfg.save}")
+    except ConfigError as exc:                # settings named the way this command line spells them
+        print(f"earlybird {args.command}: error: {exc.render(flag)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FileExistsError, EarlyBirdError) as exc:
         print(f"earlybird {args.command}: error: {exc}", file=sys.stderr)
         return 2

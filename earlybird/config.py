@@ -1,4 +1,9 @@
-"""The validated, frozen settings of an :class:`~earlybird.EarlyBirdPruner`."""
+"""The validated, frozen settings of an :class:`~earlybird.EarlyBirdPruner`.
+
+:class:`EarlyBirdConfig` is the one place these settings and their defaults are declared: the
+pruner, :class:`~earlybird.pipeline.RunConfig` (which nests it), the ``earlybird`` CLI (whose
+options and help come from these fields) and the Lightning callback all take it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +11,8 @@ from numbers import Integral, Real
 from typing import Optional, Sequence
 
 from .criteria import CRITERIA
+from .errors import ConfigError
+from .settings import document, option
 
 __all__ = ["EarlyBirdConfig", "PENALTIES", "SCORES"]
 
@@ -13,93 +20,97 @@ PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
 
 
+@document
 @dataclass(frozen=True)
 class EarlyBirdConfig:
     """Settings of the ticket search; every field is checked when the object is made.
 
-    Args:
-        ratios: pruning ratios to draw a ticket for, each in ``(0, 1)``, no duplicates.
-        epsilon: the rule's threshold, in ``(0, 1]``: the largest mask distance that counts as
-            "not moving" (reference, fifo), as a share of the largest reachable distance
-            (normalized), or the largest change of the distance as a share of its early level
-            (plateau).
-        window: masks (reference, normalized) or consecutive distances (fifo) looked at, ``>= 2``;
-            plateau: ``(window - 1) // 2`` checks make its span when ``span`` is None.
-        criterion: detection rule, one of :data:`earlybird.criteria.CRITERIA`; ``"plateau"``
-            by default (chosen from ``benchmarks/detection.py``: its tickets retrain better than
-            the reference rule's later ones), ``"reference"`` for the released code's rule.
-        sparsity: strength ``s`` of the slimming penalty added by ``regularize()``, ``>= 0``.
-        penalty: ``"l1"`` (``s * sign(gamma)``) or ``"group_lasso"`` (over coupled channels).
-        min_channels: channels every layer keeps, ``>= 1``.
-        max_layer_ratio: optional largest share of one layer a ticket may prune, in ``(0, 1)``.
-        keep_weights: keep a CPU copy of the weights at each ticket's detection point.
-        score: what ranks channels: ``"norm"`` (mean ``|gamma|`` of the coupled BatchNorm/
-            LayerNorm channels), ``"weight"`` (mean ``|w|`` of the coupled filters), or
-            ``"auto"`` (norm scales; filters only for a model with no norm layer at all).
-        span: plateau rule only: the span compared, in the counter passed to ``step()``
-            (optimizer steps, recommended), ``>= 1``; None: the last ``(window - 1) // 2``
-            checks.
-
     >>> EarlyBirdConfig(ratios=[0.5, 0.3]).ratios
     (0.5, 0.3)
+    >>> EarlyBirdConfig().criterion
+    'plateau'
     >>> EarlyBirdConfig(window=1)
     Traceback (most recent call last):
     ...
-    ValueError: window must be an integer >= 2, got 1
+    earlybird.errors.ConfigError: window must be an integer >= 2, got 1
     """
 
-    ratios: Sequence[float] = (0.3, 0.5, 0.7)
-    epsilon: float = 0.1
-    window: int = 5
-    criterion: str = "plateau"
-    sparsity: float = 1e-4
-    penalty: str = "l1"
-    min_channels: int = 1
-    max_layer_ratio: Optional[float] = None
-    keep_weights: bool = True
-    score: str = "auto"
-    span: Optional[int] = None
+    ratios: Sequence[float] = option(
+        (0.3, 0.5, 0.7), "pruning ratios to draw a ticket for, each in (0, 1), no duplicates")
+    epsilon: float = option(
+        0.1, "the rule's threshold in (0, 1]: the largest mask distance that counts as not "
+        "moving (reference, fifo), as a share of the largest reachable distance (normalized), "
+        "or the largest change of the distance as a share of its early level (plateau)")
+    window: int = option(
+        5, "masks (reference, normalized) or consecutive distances (fifo) looked at, >= 2; "
+        "plateau: (window - 1) // 2 checks make its span when span is None")
+    criterion: str = option(
+        "plateau", "detection rule: plateau (chosen from benchmarks/detection.py: its tickets "
+        "retrain better), reference (the released code's rule), fifo (the paper's "
+        "Algorithm 1) or normalized", choices=sorted(CRITERIA))
+    sparsity: float = option(
+        1e-4, "strength s of the slimming penalty regularize() adds, >= 0", flags=("--s",))
+    penalty: str = option(
+        "l1", "l1 (s * sign(gamma)) or group_lasso (over coupled channels)", choices=PENALTIES)
+    min_channels: int = option(1, "channels every layer keeps, >= 1")
+    max_layer_ratio: Optional[float] = option(
+        None, "largest share of one layer a ticket may prune, in (0, 1); None: no limit")
+    keep_weights: bool = option(
+        True, "keep a CPU copy of the weights at each ticket's draw point")
+    score: str = option(
+        "auto", "what ranks channels: norm (mean |gamma| of the coupled BatchNorm/LayerNorm "
+        "channels), weight (mean |w| of the coupled filters) or auto (norm scales; filters "
+        "only for a model without norm layers)", choices=SCORES)
+    span: Optional[int] = option(
+        None, "plateau rule only: the span compared, in the counter passed to step() "
+        "(optimizer steps, recommended), >= 1; None: the last (window - 1) // 2 checks")
 
     def __post_init__(self) -> None:
+        value = ConfigError.value
         if isinstance(self.ratios, (Real, str)) or not isinstance(self.ratios, Sequence):
-            raise ValueError(f"ratios must be a sequence of floats in (0, 1), got {self.ratios!r}")
+            raise ConfigError("{} must be a sequence of floats in (0, 1), got "
+                              + value(self.ratios), "ratios")
         ratios = tuple(self.ratios)
-        if not ratios:
-            raise ValueError("ratios is empty; give at least one pruning ratio in (0, 1)")
+        _check(bool(ratios), "{} is empty; give at least one pruning ratio in (0, 1)", "ratios")
         for r in ratios:
-            if isinstance(r, bool) or not isinstance(r, Real) or not 0.0 < float(r) < 1.0:
-                raise ValueError(f"every ratio must be a number in (0, 1), got {r!r}")
-        if len(set(map(float, ratios))) != len(ratios):
-            raise ValueError(f"ratios must not repeat, got {list(ratios)}")
+            _check(not isinstance(r, bool) and isinstance(r, Real) and 0.0 < float(r) < 1.0,
+                   "every ratio must be a number in (0, 1), got " + value(r))
+        _check(len(set(map(float, ratios))) == len(ratios),
+               "{} must not repeat, got " + value(list(ratios)), "ratios")
         object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
         _check(isinstance(self.epsilon, Real) and not isinstance(self.epsilon, bool)
-               and 0.0 < self.epsilon <= 1.0, f"epsilon must be in (0, 1], got {self.epsilon!r}")
+               and 0.0 < self.epsilon <= 1.0, "{} must be in (0, 1], got " + value(self.epsilon),
+               "epsilon")
         _check(_is_int(self.window) and self.window >= 2,
-               f"window must be an integer >= 2, got {self.window!r}")
-        _check(self.criterion in CRITERIA,
-               f"unknown criterion {self.criterion!r}; choose from {sorted(CRITERIA)}")
+               "{} must be an integer >= 2, got " + value(self.window), "window")
+        _check(self.criterion in CRITERIA, "unknown {} " + value(self.criterion)
+               + "; choose from " + value(sorted(CRITERIA)), "criterion")
         _check(isinstance(self.sparsity, Real) and not isinstance(self.sparsity, bool)
-               and self.sparsity >= 0, f"sparsity must be a number >= 0, got {self.sparsity!r}")
-        _check(self.penalty in PENALTIES,
-               f"unknown penalty {self.penalty!r}; choose from {list(PENALTIES)}")
+               and self.sparsity >= 0, "{} must be a number >= 0, got " + value(self.sparsity),
+               "sparsity")
+        _check(self.penalty in PENALTIES, "unknown {} " + value(self.penalty)
+               + "; choose from " + value(list(PENALTIES)), "penalty")
         _check(_is_int(self.min_channels) and self.min_channels >= 1,
-               f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+               "{} must be an integer >= 1, got " + value(self.min_channels), "min_channels")
         _check(self.max_layer_ratio is None or (isinstance(self.max_layer_ratio, Real)
                                                 and 0.0 < self.max_layer_ratio < 1.0),
-               f"max_layer_ratio must be None or in (0, 1), got {self.max_layer_ratio!r}")
+               "{} must be None or in (0, 1), got " + value(self.max_layer_ratio),
+               "max_layer_ratio")
         _check(self.span is None or (_is_int(self.span) and self.span >= 1),
-               f"span must be None or an integer >= 1 (steps), got {self.span!r}")
+               "{} must be None or an integer >= 1 (steps), got " + value(self.span), "span")
         _check(self.span is None or self.criterion == "plateau",
-               f"span is used by the plateau rule only, not by criterion={self.criterion!r}")
-        _check(self.score in SCORES, f"unknown score {self.score!r}; choose from {list(SCORES)}")
+               "{} is used by the plateau rule only, not by criterion=" + value(self.criterion),
+               "span")
+        _check(self.score in SCORES, "unknown {} " + value(self.score) + "; choose from "
+               + value(list(SCORES)), "score")
         _check(isinstance(self.keep_weights, bool),
-               f"keep_weights must be True or False, got {self.keep_weights!r}")
+               "{} must be True or False, got " + value(self.keep_weights), "keep_weights")
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, template: str, *names: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(template, *names)

@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 __all__ = ["ImageSet", "Batches", "DATASETS", "CIFAR_MEAN", "CIFAR_STD", "load_dataset",
-           "load_packed", "pack_images", "read_archive", "SUBSET_FILE"]
+           "load_packed", "pack_images", "read_archive", "subset", "folder_loaders",
+           "SUBSET_FILE"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -176,6 +177,41 @@ def load_dataset(name: str, data: Optional[str] = None, download: bool = False):
     test = datasets.ImageFolder(str(val), T.Compose(
         [T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm]))
     return train, test, {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+def subset(data: Any, n: Optional[int], seed: int = 0) -> Any:
+    """``n`` items of ``data`` drawn at random with ``seed`` (in their original order); all of
+    it when ``n`` is None or not smaller. An :class:`ImageSet` stays one, anything else
+    becomes a ``torch.utils.data.Subset``.
+
+    >>> s = ImageSet(torch.zeros(6, 3, 2, 2, dtype=torch.uint8), torch.arange(6), ["a"])
+    >>> subset(s, 3, seed=0).labels.tolist(), len(subset(s, None))
+    ([0, 3, 4], 6)
+    """
+    if n is None or n >= len(data):
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if isinstance(data, ImageSet):
+        return ImageSet(data.images[idx], data.labels[idx], data.classes)
+    return torch.utils.data.Subset(data, idx.tolist())
+
+
+def folder_loaders(train: Any, test: Any, batch_size: int, test_batch_size: int, seed: int,
+                   workers: int, rank: int = 0, world: int = 1) -> tuple[Any, Any]:
+    """DataLoaders for image folders (ImageNet): shuffled training batches of ``batch_size``
+    per rank (a DistributedSampler under torchrun, ``set_epoch`` forwarded), and each rank's
+    every ``world``-th test image, each image seen exactly once."""
+    from torch.utils.data import DataLoader, DistributedSampler
+    keep = dict(num_workers=workers, pin_memory=True, persistent_workers=workers > 0)
+    if world == 1:
+        train_l = DataLoader(train, batch_size, shuffle=True, drop_last=True,
+                             generator=torch.Generator().manual_seed(seed), **keep)
+    else:
+        sampler = DistributedSampler(train, world, rank, shuffle=True, seed=seed, drop_last=True)
+        train_l = DataLoader(train, batch_size, sampler=sampler, drop_last=True, **keep)
+        train_l.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
+    shard = torch.utils.data.Subset(test, range(rank, len(test), world))
+    return train_l, DataLoader(shard, test_batch_size, **keep)
 
 
 class Batches:

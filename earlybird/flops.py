@@ -12,7 +12,21 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FlopCount", "count_flops"]
+__all__ = ["FlopCount", "count_flops", "BACKWARD_FACTOR", "training_flops"]
+
+# A training sample costs this many forward passes: the forward, and a backward that computes
+# both the weight and the input gradients (each about one forward's multiply-adds).
+BACKWARD_FACTOR = 3.0
+
+
+def training_flops(forward_flops: float, samples: float,
+                   backward_factor: float = BACKWARD_FACTOR) -> float:
+    """Training FLOPs of ``samples`` images at ``forward_flops`` each.
+
+    >>> training_flops(1000, 100)
+    300000.0
+    """
+    return backward_factor * forward_flops * samples
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, BinaryIO, Callable, Mapping, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,9 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .graph import History, replay_history
 
-__all__ = ["atomic_save", "digest", "previous", "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs"]
+__all__ = ["atomic_write", "write_text", "write_json", "atomic_save", "digest", "previous",
+           "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs",
+           "attach_record", "PRUNED_FORMAT"]
 
 PathLike = Union[str, os.PathLike]
 PRUNED_FORMAT = "earlybird.pruned/1"
@@ -56,22 +59,27 @@ def digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
+                 keep_previous: bool = False) -> Path:
+    """The one way earlybird writes a file: ``write(fh)`` into a temporary file beside
+    ``path``, flush, fsync, then rename it over ``path``.
 
-    A dict gets a ``sha256`` entry over its contents, checked by :func:`safe_load`. A crash or a
-    full disk leaves any previous file at ``path`` as it was; ``keep_previous`` also keeps the
-    file being replaced as ``<name>.prev<suffix>`` (a hard link, made before the rename).
+    A crash or a full disk leaves any previous file at ``path`` as it was, and no temporary
+    file behind; ``keep_previous`` also keeps the file being replaced as
+    ``<name>.prev<suffix>`` (a hard link, made before the rename).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> _ = atomic_write(p, lambda fh: fh.write(b"one"))
+    >>> p.read_bytes(), sorted(x.name for x in p.parent.iterdir())
+    (b'one', ['a.txt'])
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(obj, dict):
-        obj = {**{k: v for k, v in obj.items() if k != "sha256"}, "sha256": digest(
-            {k: v for k, v in obj.items() if k != "sha256"})}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         if keep_previous and path.exists():
@@ -85,6 +93,28 @@ def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically."""
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def write_json(path: PathLike, data: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:
+    """Write ``data`` as JSON (one trailing newline) atomically."""
+    return write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> None:
+    """``torch.save`` through :func:`atomic_write`.
+
+    A dict gets a ``sha256`` entry over its contents, checked by :func:`safe_load`.
+    """
+    if isinstance(obj, dict):
+        obj = {**{k: v for k, v in obj.items() if k != "sha256"}, "sha256": digest(
+            {k: v for k, v in obj.items() if k != "sha256"})}
+    atomic_write(path, lambda fh: torch.save(obj, fh), keep_previous=keep_previous)
 
 
 def previous(path: PathLike) -> Path:

@@ -16,10 +16,10 @@ from typing import Any, Optional
 import torch
 
 from .energy import ENERGY_SOURCE, PJ_PER_MAC, estimate_joules
-from .flops import count_flops
+from .flops import BACKWARD_FACTOR, count_flops, training_flops
 from .io import PRUNED_FORMAT, safe_load
 from .runs import RunDir
-from .train import build_model
+from .pipeline.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ __all__ = ["phase_cost", "build_ledger", "write_ledger", "LEDGER_FILE"]
 LEDGER_FILE = "ledger.json"
 
 
-def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_factor: float = 3.0,
+def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_factor: float = BACKWARD_FACTOR,
                weights: Optional[list[float]] = None, eval_weights: Optional[list[float]] = None
                ) -> dict[str, Any]:
     """Sum the cost of epoch records of one model; ``weights`` scale each epoch's training part
@@ -47,7 +47,7 @@ def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_facto
     measured = []
     for rec, w, we in zip(records, weights, eval_weights):
         precision = rec.get("precision", "fp32")
-        train_flops = backward_factor * forward_flops * rec["samples"] * w
+        train_flops = training_flops(forward_flops, rec["samples"], backward_factor) * w
         eval_flops = forward_flops * rec.get("eval_samples", 0) * we
         out["epochs"] += w
         out["train_samples"] += rec["samples"] * w
@@ -68,28 +68,26 @@ def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_facto
     return out
 
 
-def _input_size(dataset: str) -> int:
-    return 32 if dataset.startswith("cifar") else 224
-
-
 def _epochs(log_records: list[dict], stage: str) -> list[dict]:
-    return [r for r in log_records if r.get("stage") == stage and "samples" in r]
+    """The stage's epoch records in order, one per epoch (a log written by an earlier version
+    may repeat an epoch that a kill made it train twice: the last record counts)."""
+    found = {r["epoch"]: r for r in log_records if r.get("stage") == stage and "samples" in r}
+    return [found[e] for e in sorted(found)]
 
 
-def _dense_cost(cfg: dict[str, Any]) -> dict[str, Any]:
-    num_classes = cfg.get("num_classes") or {"cifar100": 100, "imagenet": 1000}.get(cfg["dataset"], 10)
-    model = build_model(cfg["arch"], cfg.get("depth"), num_classes, cfg.get("width", 1.0))
-    size = _input_size(cfg["dataset"])
-    cost = count_flops(model, torch.zeros(1, 3, size, size))
+def _dense_cost(cfg: RunConfig) -> dict[str, Any]:
+    size = cfg.image_size
+    cost = count_flops(cfg.dense_model(), torch.zeros(1, 3, size, size))
     return {"flops": cost.flops, "params": cost.params, "uncounted": cost.uncounted}
 
 
-def build_ledger(run: str | Path, backward_factor: float = 3.0) -> dict[str, Any]:
+def build_ledger(run: str | Path, backward_factor: float = BACKWARD_FACTOR) -> dict[str, Any]:
     """The ledger of one run folder as a plain dict (see :func:`write_ledger`)."""
     rd = RunDir(run)
-    cfg = rd.read_config()
-    if cfg is None:
+    saved = rd.read_config()
+    if saved is None:
         raise FileNotFoundError(f"{rd.config} not found; is {run} a run folder?")
+    cfg = RunConfig.from_dict(saved, str(rd.config))
     records = rd.read_log()
     models = {"dense": _dense_cost(cfg)}
     phases: dict[str, dict[str, Any]] = {}
@@ -123,14 +121,14 @@ def build_ledger(run: str | Path, backward_factor: float = 3.0) -> dict[str, Any
                                        int(saved["params"])))
     for stage, label in (("search", "dense (search run to the end)"), ("train", "dense baseline")):
         epochs = _epochs(records, stage)
-        if epochs and (stage == "train" or len(epochs) >= cfg["epochs"]):
+        if epochs and (stage == "train" or len(epochs) >= cfg.recipe.epochs):
             pipelines.append(_pipeline(label, None, None, [(stage, phases[stage])],
                                        epochs[-1]["test_acc"], models["dense"]["flops"],
                                        models["dense"]["params"]))
     return {"run": str(rd.root), "unit": "FLOPs: one multiply-add = one FLOP (fvcore)",
             "backward_factor": backward_factor, "energy_pj_per_mac": PJ_PER_MAC,
             "energy_source": ENERGY_SOURCE, "models": models, "phases": phases,
-            "pipelines": pipelines, "config": cfg}
+            "pipelines": pipelines, "config": cfg.as_dict()}
 
 
 def _pipeline(method: str, ratio: Optional[float], draw: Optional[float],
@@ -144,7 +142,7 @@ def _pipeline(method: str, ratio: Optional[float], draw: Optional[float],
             "wall_s": sum(p["wall_s"] for _, p in parts)}
 
 
-def write_ledger(run: str | Path, backward_factor: float = 3.0) -> Path:
+def write_ledger(run: str | Path, backward_factor: float = BACKWARD_FACTOR) -> Path:
     """Build the ledger and write it atomically as ``ledger.json`` in the run folder."""
     rd = RunDir(run)
     ledger = build_ledger(run, backward_factor)

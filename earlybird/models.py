@@ -16,7 +16,10 @@ import torch
 from timm.models import register_model
 from torch import Tensor, nn
 
-__all__ = ["CifarVGG", "PreResNet", "VGG_CFGS", "preresnet_block"]
+__all__ = ["CifarVGG", "PreResNet", "VGG_CFGS", "VGG_DEPTHS", "PRERESNET_DEPTHS", "ARCHS",
+           "preresnet_block", "build_model", "check_arch"]
+
+ARCHS = ("vgg", "preresnet", "resnet18", "resnet50")
 
 VGG_CFGS: dict[int, list[Union[int, str]]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -202,3 +205,50 @@ for _d in VGG_DEPTHS:
     _register(CifarVGG, _d, f"cifar_vgg{_d}_bn", f"CIFAR VGG-{_d} with BatchNorm (network slimming).")
 for _d in PRERESNET_DEPTHS:
     _register(PreResNet, _d, f"cifar_preresnet{_d}", f"CIFAR pre-activation ResNet-{_d}.")
+
+
+def check_arch(arch: str, depth: Optional[int]) -> None:
+    """Refuse an architecture :func:`build_model` cannot build, naming the allowed ones.
+
+    >>> check_arch("preresnet", 26)                  # 6n+2: any such depth builds
+    >>> check_arch("vgg", 12)
+    Traceback (most recent call last):
+    ...
+    ValueError: VGG depth must be one of [11, 13, 16, 19], got 12
+    """
+    if arch == "vgg":
+        if (depth or 16) not in VGG_CFGS:
+            raise ValueError(f"VGG depth must be one of {sorted(VGG_CFGS)}, got {depth}")
+    elif arch == "preresnet":
+        preresnet_block(depth or 56)
+    elif arch not in ARCHS:
+        import timm
+        if not timm.is_model(arch):
+            raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)} or any timm model "
+                             f"name (e.g. {', '.join(timm.list_models('resnet*')[:3])}, ...)")
+
+
+def build_model(arch: str, depth: Optional[int], num_classes: int, width: float = 1.0) -> nn.Module:
+    """Build ``vgg``/``preresnet`` (CIFAR, with ``depth``), torchvision's ``resnet18``/``resnet50``,
+    or any timm model name, untrained. timm's ``zero_init_last`` is turned off: zero gammas tie
+    at 0 and ``sign(0) = 0``, so the slimming penalty could never move them and the first masks
+    would be decided by position alone. Every PreResNet depth :func:`preresnet_block` accepts
+    builds (the timm registry holds the usual ones).
+
+    >>> build_model("preresnet", 26, 10, width=0.25).fc.out_features
+    10
+    """
+    check_arch(arch, depth)
+    if arch == "vgg":
+        return CifarVGG(depth or 16, num_classes=num_classes, width=width)
+    if arch == "preresnet":
+        return PreResNet(depth or 56, num_classes=num_classes, width=width)
+    if arch in ("resnet18", "resnet50"):
+        import torchvision
+        return getattr(torchvision.models, arch)(num_classes=num_classes)
+    import timm
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                 zero_init_last=False)
+    except TypeError:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)

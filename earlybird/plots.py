@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,12 @@ from typing import Any
 import torch
 
 from .distance import pairwise_distances
-from .flops import count_flops
+from .flops import count_flops, training_flops
 from .graph import prune_model
-from .io import safe_load
-from .ledger import _input_size
+from .io import atomic_write, safe_load, write_json
+from .pipeline.config import RunConfig
 from .pruner import EarlyBirdPruner
 from .runs import CHECKPOINT_FORMAT, RunDir
-from .train import build_model
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +39,9 @@ def _plt():
 def _save(fig, out: Path, name: str, data: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
+    atomic_write(png, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
     _plt().close(fig)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json(out / f"{name}.json", data, indent=1)
     return png
 
 
@@ -54,11 +52,11 @@ def _search_state(rd: RunDir) -> dict[str, Any]:
     return safe_load(path, CHECKPOINT_FORMAT)
 
 
-def _xlabel(cfg: dict) -> str:
-    return "optimizer step of the check" if cfg.get("check_every") else "epoch of the check"
+def _xlabel(cfg: RunConfig) -> str:
+    return "optimizer step of the check" if cfg.check_every else "epoch of the check"
 
 
-def plot_pairwise(state: dict, cfg: dict, out: Path) -> list[Path]:
+def plot_pairwise(state: dict, cfg: RunConfig, out: Path) -> list[Path]:
     plt = _plt()
     its = state["pruner"]["iterations"].tolist()
     paths = []
@@ -71,27 +69,27 @@ def plot_pairwise(state: dict, cfg: dict, out: Path) -> list[Path]:
                        extent=(its[0] - .5, its[-1] + .5, its[0] - .5, its[-1] + .5)
                        if len(its) > 1 and its == list(range(its[0], its[-1] + 1)) else None)
         fig.colorbar(im, ax=ax, label="mask distance")
-        ax.contour(its, its, d.numpy(), levels=[cfg["epsilon"]], colors="red", linewidths=1)
+        ax.contour(its, its, d.numpy(), levels=[cfg.earlybird.epsilon], colors="red", linewidths=1)
         ticket = state["pruner"]["tickets"].get(key)
         if ticket is not None:
             t = its[int(ticket["check"])]
             ax.axvline(t, color="white", ls="--", lw=1)
             ax.axhline(t, color="white", ls="--", lw=1)
-        ax.set_title(f"p = {key}: pairwise mask distance (red: {cfg['epsilon']:g})")
+        ax.set_title(f"p = {key}: pairwise mask distance (red: {cfg.earlybird.epsilon:g})")
         ax.set_xlabel(_xlabel(cfg))
         ax.set_ylabel(_xlabel(cfg))
         paths.append(_save(fig, out, f"pairwise-{key}", {
-            "ratio": float(key), "iterations": its, "epsilon": cfg["epsilon"],
+            "ratio": float(key), "iterations": its, "epsilon": cfg.earlybird.epsilon,
             "drawn_at": None if ticket is None else its[int(ticket["check"])],
             "distance": d.tolist()}))
     return paths
 
 
-def plot_consecutive(state: dict, cfg: dict, out: Path) -> Path:
+def plot_consecutive(state: dict, cfg: RunConfig, out: Path) -> Path:
     plt = _plt()
     its = state["pruner"]["iterations"].tolist()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    data: dict[str, Any] = {"iterations": its[1:], "epsilon": cfg["epsilon"], "ratios": {}}
+    data: dict[str, Any] = {"iterations": its[1:], "epsilon": cfg.earlybird.epsilon, "ratios": {}}
     for key, masks in state["pruner"]["masks"].items():
         dist = (masks[1:] != masks[:-1]).double().mean(1).tolist() if len(masks) > 1 else []
         line, = ax.plot(its[1:len(dist) + 1], dist, marker=".", label=f"p = {key}")
@@ -100,7 +98,7 @@ def plot_consecutive(state: dict, cfg: dict, out: Path) -> Path:
         if drawn is not None:
             ax.axvline(drawn, color=line.get_color(), ls=":", lw=1)
         data["ratios"][key] = {"distance": dist, "drawn_at": drawn}
-    ax.axhline(cfg["epsilon"], color="red", lw=1, label=f"epsilon = {cfg['epsilon']:g}")
+    ax.axhline(cfg.earlybird.epsilon, color="red", lw=1, label=f"epsilon = {cfg.earlybird.epsilon:g}")
     ax.set_xlabel(_xlabel(cfg))
     ax.set_ylabel("distance to the previous mask")
     ax.set_title("How far each ticket moved since the last check (dotted: drawn)")
@@ -129,7 +127,7 @@ def plot_layers(state: dict, out: Path) -> Path:
     return _save(fig, out, "layers", data)
 
 
-def plot_flops_vs_draw(state: dict, cfg: dict, records: list[dict], out: Path,
+def plot_flops_vs_draw(state: dict, cfg: RunConfig, records: list[dict], out: Path,
                        max_points: int = 16) -> Path | None:
     """Training FLOPs of search-until-t plus retraining the ticket of check t to the end."""
     its = state["pruner"]["iterations"].tolist()
@@ -138,23 +136,22 @@ def plot_flops_vs_draw(state: dict, cfg: dict, records: list[dict], out: Path,
         return None
     plt = _plt()
     samples = per_epoch[0]
-    steps = max(1, -(-samples // cfg["batch_size"])) if cfg.get("check_every") else 1
-    size = _input_size(cfg["dataset"])
-    x = torch.zeros(1, 3, size, size)
-    num_classes = cfg.get("num_classes") or {"cifar100": 100, "imagenet": 1000}.get(cfg["dataset"], 10)
-    model = build_model(cfg["arch"], cfg.get("depth"), num_classes, cfg.get("width", 1.0))
+    steps = max(1, -(-samples // cfg.batch_size)) if cfg.check_every else 1
+    x = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    model = cfg.dense_model()
+    epochs = cfg.recipe.epochs
     pruner = EarlyBirdPruner(model, x, ratios=[0.5])
     dense = count_flops(model, x).flops
     pick = sorted({round(i * (len(its) - 1) / (max_points - 1)) for i in range(max_points)})
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    data: dict[str, Any] = {"epochs": cfg["epochs"], "dense_forward_flops": dense, "ratios": {}}
+    data: dict[str, Any] = {"epochs": epochs, "dense_forward_flops": dense, "ratios": {}}
     for key, masks in state["pruner"]["masks"].items():
         rows = []
         for c in pick:
             small = copy.deepcopy(model)
             prune_model(small, x, pruner.layout.split(masks[c]))
             t = its[c] / steps
-            flops = 3 * samples * (dense * t + count_flops(small, x).flops * (cfg["epochs"] - t))
+            flops = training_flops(dense * t + count_flops(small, x).flops * (epochs - t), samples)
             rows.append((t, flops))
         line, = ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", ms=3,
                         label=f"p = {key}")
@@ -162,7 +159,8 @@ def plot_flops_vs_draw(state: dict, cfg: dict, records: list[dict], out: Path,
         if ticket is not None:
             ax.axvline(its[int(ticket["check"])] / steps, color=line.get_color(), ls=":", lw=1)
         data["ratios"][key] = {"draw_epoch": [r[0] for r in rows], "train_flops": [r[1] for r in rows]}
-    ax.axhline(3 * samples * dense * cfg["epochs"], color="gray", lw=1, label="dense, full schedule")
+    ax.axhline(training_flops(dense * epochs, samples), color="gray", lw=1,
+               label="dense, full schedule")
     ax.set_xlabel("epoch at which the ticket is drawn")
     ax.set_ylabel("training FLOPs (search + retrain)")
     ax.set_title("EB Train cost vs draw point (dotted: where the rule drew)")
@@ -173,7 +171,10 @@ def plot_flops_vs_draw(state: dict, cfg: dict, records: list[dict], out: Path,
 def write_plots(run: str | Path) -> list[Path]:
     """Write every picture of a run folder into ``<run>/plots``; returns the PNG paths."""
     rd = RunDir(run)
-    cfg, state = rd.read_config(), _search_state(rd)
+    saved, state = rd.read_config(), _search_state(rd)
+    if saved is None:
+        raise FileNotFoundError(f"{rd.config} not found; is {run} a run folder?")
+    cfg = RunConfig.from_dict(saved, str(rd.config))
     out = rd.root / "plots"
     paths = plot_pairwise(state, cfg, out) + [plot_consecutive(state, cfg, out)]
     if state["pruner"]["tickets"]:

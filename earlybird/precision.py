@@ -16,17 +16,18 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from .errors import EarlyBirdError
+from .errors import ConfigError, EarlyBirdError
+from .settings import document, option
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "ROUNDINGS", "LowPrecision", "LowPrecisionUnavailable", "load_qtorch",
-           "autocast", "SWA"]
+__all__ = ["PRECISIONS", "ROUNDINGS", "LowPrecision", "PrecisionConfig",
+           "LowPrecisionUnavailable", "load_qtorch", "autocast", "unwrap_optimizer", "SWA"]
 
 PRECISIONS = ("fp32", "bf16", "q8")
 ROUNDINGS = ("stochastic", "nearest")
@@ -92,6 +93,7 @@ def _optimised_build() -> Iterator[None]:
         cpp_extension.load = plain
 
 
+@document
 @dataclass(frozen=True)
 class LowPrecision:
     """Word lengths and rounding of ``q8`` training (SWALP's settings by default).
@@ -100,21 +102,22 @@ class LowPrecision:
     6
     """
 
-    wl_weight: int = 8
-    wl_grad: int = 8
-    wl_activate: int = 8
-    wl_error: int = 8
-    wl_momentum: int = 8
-    rounding: str = "stochastic"
+    wl_weight: int = option(8, "q8 word length of the weights")
+    wl_grad: int = option(8, "q8 word length of the gradients")
+    wl_activate: int = option(8, "q8 word length of the activations")
+    wl_error: int = option(8, "q8 word length of the errors (activation gradients)")
+    wl_momentum: int = option(8, "q8 word length of the momentum")
+    rounding: str = option("stochastic", "q8 rounding", choices=ROUNDINGS)
 
     def __post_init__(self) -> None:
         for name in ("wl_weight", "wl_grad", "wl_activate", "wl_error", "wl_momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 32:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer in [2, 32], "
-                                 f"got {value!r}")
+                raise ConfigError("{} must be an integer in [2, 32], got "
+                                  + ConfigError.value(value), name)
         if self.rounding not in ROUNDINGS:
-            raise ValueError(f"--rounding must be one of {list(ROUNDINGS)}, got {self.rounding!r}")
+            raise ConfigError("{} must be one of " + ConfigError.value(list(ROUNDINGS))
+                              + ", got " + ConfigError.value(self.rounding), "rounding")
 
     def _block(self, wl: int, dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
         from qtorch.quant import block_quantize
@@ -158,6 +161,33 @@ class LowPrecision:
                 handles.append(m.register_forward_pre_hook(lambda _, args: (q(args[0]), *args[1:])))
                 handles.append(m.register_forward_hook(lambda _, __, out: q(out)))
         return handles
+
+
+@document
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """The numeric precision of each phase of a run, and the 8-bit settings.
+
+    >>> PrecisionConfig(search_precision="q8").q8.rounding
+    'stochastic'
+    """
+
+    search_precision: str = option(
+        "fp32", "the dense search: fp32 | bf16 autocast | q8 (8-bit training simulated by "
+        "qtorch)", choices=PRECISIONS)
+    retrain_precision: str = option("fp32", "the retrain of the pruned network",
+                                    choices=PRECISIONS)
+    swa: bool = option(False, "average the weights over the last epochs (SWALP) and refresh "
+                              "the BatchNorm statistics")
+    swa_start: Optional[int] = option(None, "first averaged epoch (None: 7/8 of the epochs)")
+    q8: LowPrecision = option(default_factory=LowPrecision, group="8-bit training (q8)")
+
+    def __post_init__(self) -> None:
+        for name in ("search_precision", "retrain_precision"):
+            value = getattr(self, name)
+            if value not in PRECISIONS:
+                raise ConfigError("{} must be one of " + ConfigError.value(list(PRECISIONS))
+                                  + ", got " + ConfigError.value(value), name)
 
 
 def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -1,6 +1,7 @@
 """``EarlyBirdPruner``: draw early-bird tickets in any training loop, then prune for real."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -17,7 +18,7 @@ from .graph import ChannelGraph, copy_model, find_classifier, prune_model, run_e
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 
-__all__ = ["EarlyBirdPruner", "Ticket"]
+__all__ = ["EarlyBirdPruner", "Ticket", "make_config"]
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "earlybird.pruner/1"
@@ -55,8 +56,11 @@ class EarlyBirdPruner:
         model: any ``nn.Module`` (unwrap DataParallel/DDP); channels are ranked by their norm
             scales, or by their filters for a model without norm layers (see ``score``).
         example_inputs: inputs the model runs on (tensor, tuple or dict), used to trace it once.
-        ratios, epsilon, window, criterion, sparsity, penalty, min_channels, max_layer_ratio,
-            keep_weights, score, span: see :class:`~earlybird.EarlyBirdConfig`.
+        ratios: the ratios to track (default: the config's, ``(0.3, 0.5, 0.7)``).
+        config: the search's settings, an :class:`~earlybird.EarlyBirdConfig` (default: its
+            defaults, the plateau rule among them).
+        **settings: any field of :class:`~earlybird.EarlyBirdConfig` (``epsilon=0.2``,
+            ``criterion="reference"``, ...), applied over ``config``.
         ignored_layers: modules or qualified names never pruned (their output channels).
         prune_head: allow pruning the classifier's output (off: the head is kept whole).
 
@@ -71,14 +75,12 @@ class EarlyBirdPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
-                 ratios: Sequence[float] = (0.3, 0.5, 0.7), *, epsilon: float = 0.1,
-                 window: int = 5, criterion: str = "reference", sparsity: float = 1e-4,
-                 penalty: str = "l1", min_channels: int = 1,
-                 max_layer_ratio: Optional[float] = None, keep_weights: bool = True,
-                 score: str = "auto", span: Optional[int] = None, ignored_layers: Sequence[Union[nn.Module, str]] = (),
-                 prune_head: bool = False) -> None:
-        self.config = EarlyBirdConfig(ratios, epsilon, window, criterion, sparsity, penalty,
-                                      min_channels, max_layer_ratio, keep_weights, score, span)
+                 ratios: Optional[Sequence[float]] = None, *,
+                 config: Optional[EarlyBirdConfig] = None,
+                 ignored_layers: Sequence[Union[nn.Module, str]] = (), prune_head: bool = False,
+                 **settings: Any) -> None:
+        self.config = make_config(config, ratios, **settings)
+        min_channels, max_layer_ratio = self.config.min_channels, self.config.max_layer_ratio
         self.model = _unwrap(model)
         self.example_inputs = example_inputs
         self._spec = input_spec(example_inputs)
@@ -86,12 +88,12 @@ class EarlyBirdPruner:
         output = run_example(self.model, example_inputs)
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
-        self.graph = ChannelGraph(self.model, example_inputs, ignored, score)
+        self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score)
         self.layout = self.graph.layout
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
         self._check_feasible()
-        self._criterion = get_criterion(criterion)
+        self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
         self.iterations: list[int] = []
@@ -177,6 +179,13 @@ class EarlyBirdPruner:
         """The flat keep-mask ``step()`` would record now (layers in ``layout.names`` order)."""
         self._known(ratio, allow_any=True)
         return keep_masks(self._scores(), self.layout, [ratio], self._caps, self._seg_caps)[ratio]
+
+    def keep_masks(self, scores: Tensor, ratio: float) -> dict[str, Tensor]:
+        """Per-layer keep-masks for ``ratio`` from any one score per group channel (the
+        lowest pruned), under this pruner's floors and limits: the rule tickets are drawn by,
+        for scores of your own (filter norms, saliencies)."""
+        flat = keep_masks(scores, self.layout, [float(ratio)], self._caps, self._seg_caps)
+        return self.layout.split(flat[float(ratio)])
 
     def masks(self, ratio: float) -> dict[str, Tensor]:
         """:meth:`mask` per layer: ``{root module name: BoolTensor keep-mask}``."""
@@ -283,6 +292,26 @@ class EarlyBirdPruner:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
                 self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
                                              self.layout.split(mask), saved.get("state"))
+
+
+def make_config(config: Optional[EarlyBirdConfig] = None,
+                ratios: Optional[Sequence[float]] = None, **settings: Any) -> EarlyBirdConfig:
+    """``config`` (or the defaults) with ``ratios`` and any other fields replaced; an unknown
+    name is a TypeError that lists the fields.
+
+    >>> make_config(ratios=[0.5], window=3)
+    EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
+penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', span=None)
+    """
+    if config is not None and not isinstance(config, EarlyBirdConfig):
+        raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")
+    fields = {f.name for f in dataclasses.fields(EarlyBirdConfig)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise TypeError(f"unknown settings {unknown}; EarlyBirdConfig has {sorted(fields)}")
+    if ratios is not None:
+        settings["ratios"] = ratios
+    return dataclasses.replace(config or EarlyBirdConfig(), **settings)
 
 
 def _segment_layer(layout: Any) -> Tensor:

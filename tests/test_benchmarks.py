@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import detection, methods, zoo  # noqa: E402
+from benchmarks import detection, zoo  # noqa: E402
+from benchmarks.suite import methods  # noqa: E402
 from benchmarks.common import Setting  # noqa: E402
 
 

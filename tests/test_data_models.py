@@ -10,7 +10,8 @@ from PIL import Image
 import earlybird as eb
 from earlybird.data import Batches, ImageSet, load_dataset, load_packed, pack_images, read_archive
 from earlybird.models import PRERESNET_DEPTHS, VGG_DEPTHS, preresnet_block
-from earlybird.train import build_model, lr_at
+from earlybird.models import build_model
+from earlybird.training import lr_at
 
 
 @pytest.mark.parametrize("name", [f"cifar_vgg{d}_bn" for d in VGG_DEPTHS] +

@@ -91,8 +91,8 @@ def test_qtorch_kernels_are_compiled_with_optimisation():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(wl_weight=1), "--wl-weight must be an integer in \\[2, 32\\], got 1"),
-    (dict(rounding="up"), "--rounding must be one of \\['stochastic', 'nearest'\\]"),
+    (dict(wl_weight=1), "^wl_weight must be an integer in \\[2, 32\\], got 1"),
+    (dict(rounding="up"), "^rounding must be one of \\['stochastic', 'nearest'\\]"),
 ])
 def test_bad_low_precision_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -65,7 +65,8 @@ C = "1100" "110100" "11110000"                             # 2 of 18 flipped fro
 
 def test_detection_index_and_ticket_drawn_once(x32):
     model = TinyVGG()
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=3, epsilon=0.12)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=3, epsilon=0.12,
+                                criterion="reference")
     results = drive(pruner, model, [A, B, A, C, A, A, B, A])
     # rows: t=3 [d(C,A)=.11, d(C,B)] no; t=4 [.11, d(A,A)=0] yes -> drawn at check 4, once.
     assert results == [[], [], [], [], [0.5], [], [], []]
@@ -77,7 +78,8 @@ def test_detection_index_and_ticket_drawn_once(x32):
 
 def test_each_ratio_detects_on_its_own_and_tracking_continues(x32):
     model = TinyVGG()
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.3, 0.5], window=2, epsilon=0.05)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.3, 0.5], window=2, epsilon=0.05,
+                                criterion="reference")
     rank = torch.tensor([17, 0, 5, 9, 16, 1, 6, 10, 2, 13, 15, 3, 7, 11, 4, 12, 8, 14.0])
     swapped = rank.clone()                     # ranks 5..8 <-> 9..12: moves p=0.5, not p=0.3
     for r in range(5, 9):
@@ -107,7 +109,8 @@ def test_pairwise_distances_are_those_of_the_recorded_masks(x32):
 
 def test_prune_starts_from_the_ticket_weights_and_leaves_the_model_alone(x32):
     model = TinyVGG()
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.01)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.01,
+                                criterion="reference")
     drive(pruner, model, [B, A, A])
     ticket = pruner.tickets[0.5]
     conv0_at_ticket = model.features[0].weight.detach().clone()
@@ -208,7 +211,8 @@ def test_state_dict_resume_continues_detection_exactly(x32, tmp_path):
 
 def test_state_dict_holds_only_plain_values(x32):
     model = TinyVGG()
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.01)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.01,
+                                criterion="reference")
     drive(pruner, model, [A, A])
 
     def walk(obj):
@@ -268,7 +272,7 @@ class NoNorm(nn.Module):
     (dict(epsilon=-0.1), ValueError, "epsilon must be in"),
     (dict(criterion="median"), ValueError, r"unknown criterion 'median'; choose from"),
     (dict(criterion="plateau", span=0), ValueError, "span must be None or an integer >= 1"),
-    (dict(span=100), ValueError, "span is used by the plateau rule only"),
+    (dict(criterion="reference", span=100), ValueError, "span is used by the plateau rule only"),
     (dict(sparsity=-1e-4), ValueError, "sparsity must be a number >= 0"),
     (dict(penalty="l2"), ValueError, r"choose from \['l1', 'group_lasso'\]"),
     (dict(min_channels=0), ValueError, "min_channels must be an integer >= 1"),

@@ -13,7 +13,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import earlybird as eb  # noqa: E402
-from benchmarks import __main__ as cli, common, methods, suite as S  # noqa: E402
+from benchmarks import __main__ as cli, common, suite as S  # noqa: E402
+from benchmarks.suite import methods  # noqa: E402
 from conftest import TinyResidual, TinyVGG  # noqa: E402
 
 
@@ -76,14 +77,13 @@ def test_thinet_calibration_takes_exactly_the_configured_number_of_images():
 def test_filter_scores_sum_the_coupled_filters():
     model = TinyResidual()
     graph = eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8), [0.5], score="weight").graph
-    scores = graph.layout.split(methods.filter_scores(
-        graph, lambda m: m.weight.abs().flatten(1).sum(1)))
+    scores = graph.layout.split(graph.filter_scores(lambda m: m.weight.abs().flatten(1).sum(1)))
     l1 = lambda conv: conv.weight.detach().abs().flatten(1).sum(1).double()   # noqa: E731
     # the residual group sums stem conv and conv2 (both write the 8 residual channels)
     assert torch.allclose(scores["stem.0"], l1(model.stem[0]) + l1(model.conv2))
     assert torch.allclose(scores["conv1"], l1(model.conv1))
     with pytest.raises(ValueError, match="score='weight'"):
-        methods.filter_scores(eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8)).graph, l1)
+        eb.EarlyBirdPruner(model, torch.zeros(1, 3, 8, 8)).graph.filter_scores(l1)
 
 
 def test_channel_lt_prunes_the_same_share_of_every_layer_by_filter_magnitude():
@@ -91,9 +91,9 @@ def test_channel_lt_prunes_the_same_share_of_every_layer_by_filter_magnitude():
     # leaves the first conv a single channel; ranking within each layer cuts half of each
     model = common.build(S.load_suite("mini").setting, 0)
     pruner = eb.EarlyBirdPruner(model, torch.zeros(1, 3, 32, 32), [0.5], score="weight")
-    raw = methods.filter_scores(pruner.graph, lambda m: m.weight.abs().flatten(1).sum(1))
-    assert int(methods.channel_masks(pruner, raw, 0.5)[pruner.layout.names[0]].sum()) == 1
-    keep = methods.channel_masks(pruner, methods.layer_ranks(raw, pruner.layout), 0.5)
+    raw = pruner.graph.filter_scores(lambda m: m.weight.abs().flatten(1).sum(1))
+    assert int(pruner.keep_masks(raw, 0.5)[pruner.layout.names[0]].sum()) == 1
+    keep = pruner.keep_masks(methods.layer_ranks(raw, pruner.layout), 0.5)
     sizes = dict(zip(pruner.layout.names, pruner.layout.sizes))
     assert {n: int(k.sum()) for n, k in keep.items()} == {n: s // 2 for n, s in sizes.items()}
     for name, scores in pruner.layout.split(raw).items():    # the largest filters stay

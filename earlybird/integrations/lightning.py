@@ -19,9 +19,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("EarlyBirdCallback needs Lightning: pip install 'earlybird-tickets[lightning]'"
                       ) from exc
 
+from ..config import EarlyBirdConfig
 from ..graph import replay_history
 from ..io import atomic_save, input_spec, make_inputs
-from ..pruner import EarlyBirdPruner
+from ..pruner import EarlyBirdPruner, make_config
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +34,42 @@ class EarlyBirdCallback(pl.Callback):
     """Regularize after backward, draw tickets at epoch end (or every N steps), act on them.
 
     Args:
-        ratios: pruning ratios to track.
+        ratios: pruning ratios to track (default: the config's).
+        config: the search's settings, an :class:`~earlybird.EarlyBirdConfig` (the same one
+            the pruner, ``RunConfig`` and the CLI take); default: its defaults.
         example_inputs: inputs for tracing; default ``pl_module.example_input_array``.
         model_attr: attribute of the LightningModule holding the network (``"model"``); the
             LightningModule itself when it has no such attribute.
-        every_n_steps: draw every N optimizer steps instead of at each epoch end.
-        on_detect: ``"stop"`` ends training once every ratio has its ticket; ``"prune"`` replaces
+        every_n_steps: draw every N optimizer steps instead of at each epoch end (once per
+            optimizer step, whatever ``accumulate_grad_batches`` is).
+        on_detect: ``"stop"`` ends training once every ratio has its ticket (on every rank:
+            the decision is reduced over the ranks, and taken only when all agree); ``"prune"`` replaces
             the network by the ``prune_ratio`` ticket's pruned copy as soon as it is drawn and
             reconfigures the optimizers (``configure_optimizers`` runs again); ``"continue"``
             only records.
         prune_ratio: the ratio ``"prune"`` acts on (default: the first of ``ratios``).
         save_dir: where ``tickets.pt`` (the pruner state) is written at each draw (rank 0).
-        **pruner_kwargs: passed to :class:`~earlybird.EarlyBirdPruner` (epsilon, window, ...).
+        **settings: any field of :class:`~earlybird.EarlyBirdConfig` (epsilon, window, ...),
+            applied over ``config``.
     """
 
-    def __init__(self, ratios: Sequence[float] = (0.3, 0.5, 0.7), *,
-                 example_inputs: Any = None, model_attr: str = "model",
-                 every_n_steps: Optional[int] = None, on_detect: str = "stop",
-                 prune_ratio: Optional[float] = None, save_dir: Optional[str] = None,
-                 **pruner_kwargs: Any) -> None:
+    def __init__(self, ratios: Optional[Sequence[float]] = None, *,
+                 config: Optional[EarlyBirdConfig] = None, example_inputs: Any = None,
+                 model_attr: str = "model", every_n_steps: Optional[int] = None,
+                 on_detect: str = "stop", prune_ratio: Optional[float] = None,
+                 save_dir: Optional[str] = None, **settings: Any) -> None:
         if on_detect not in ON_DETECT:
             raise ValueError(f"on_detect must be one of {list(ON_DETECT)}, got {on_detect!r}")
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
-        self.ratios = tuple(float(r) for r in ratios)
+        self.config = make_config(config, ratios, **settings)
+        self.ratios = self.config.ratios
         self.prune_ratio = float(prune_ratio) if prune_ratio is not None else self.ratios[0]
         if self.prune_ratio not in self.ratios:
             raise ValueError(f"prune_ratio {self.prune_ratio} is not one of ratios {list(self.ratios)}")
         self.example_inputs, self.model_attr = example_inputs, model_attr
         self.every_n_steps, self.on_detect, self.save_dir = every_n_steps, on_detect, save_dir
-        self.pruner_kwargs = pruner_kwargs
+        self._last_step = -1                              # the optimizer step last checked
         self.pruner: Optional[EarlyBirdPruner] = None
         self.history: Optional[list] = None               # pruning history once pruned
         self._pending: Optional[dict[str, Any]] = None
@@ -87,7 +94,7 @@ class EarlyBirdCallback(pl.Callback):
         if stage != "fit" or self.pruner is not None or self.history is not None:
             return
         self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module),
-                                      self.ratios, **self.pruner_kwargs)
+                                      config=self.config)
         original = pl_module.on_load_checkpoint
 
         def rebuild_then_load(checkpoint: dict[str, Any]) -> None:
@@ -110,8 +117,11 @@ class EarlyBirdCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self._check(trainer, pl_module, trainer.global_step)
+        step = trainer.global_step        # under gradient accumulation several batches share it
+        if self.every_n_steps and step > 0 and step != self._last_step \
+                and step % self.every_n_steps == 0:
+            self._last_step = step
+            self._check(trainer, pl_module, step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.every_n_steps:
@@ -127,14 +137,19 @@ class EarlyBirdCallback(pl.Callback):
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        if not drawn:
-            return
-        log.info("early-bird tickets drawn at %d: %s", iteration, drawn)
-        if self.save_dir and trainer.is_global_zero:
-            atomic_save(self.pruner.state_dict(), Path(self.save_dir) / "tickets.pt")
-        if self.on_detect == "stop" and len(self.pruner.tickets) == len(self.ratios):
-            trainer.should_stop = True
-        elif self.on_detect == "prune" and self.prune_ratio in drawn:
+        if drawn:
+            log.info("early-bird tickets drawn at %d: %s", iteration, drawn)
+            if self.save_dir and trainer.is_global_zero:
+                atomic_save(self.pruner.state_dict(), Path(self.save_dir) / "tickets.pt")
+        # every rank calls the reduction at every check (a collective on some ranks only
+        # would hang); each acts only when all ranks agree
+        if self.on_detect == "stop":
+            # every rank holds the same weights and draws the same tickets; act only together
+            if trainer.strategy.reduce_boolean_decision(
+                    len(self.pruner.tickets) == len(self.ratios), all=True):
+                trainer.should_stop = True
+        elif self.on_detect == "prune" and trainer.strategy.reduce_boolean_decision(
+                self.prune_ratio in drawn, all=True):
             self._prune_in_place(trainer, pl_module)
 
     def _prune_in_place(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,0 +1,120 @@
+"""One (method, ratio, seed) job: its data, models, pruning, training and its row."""
+from __future__ import annotations
+
+import functools
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+import earlybird as eb
+from benchmarks import common
+from benchmarks.rules import detect
+from benchmarks.suite import costs
+from benchmarks.suite.stages import WEIGHTS
+from earlybird.flops import count_flops
+from earlybird.graph import copy_model, prune_model
+from earlybird.io import safe_load
+
+if TYPE_CHECKING:                                  # pragma: no cover
+    from benchmarks.suite.config import Suite
+
+
+class Job:
+    """What every method's runner works with: the setting, the seed, the ratio (None for a
+    per-seed method), the seed's cache folder, and helpers that every method trains through."""
+
+    def __init__(self, suite: "Suite", seed: int, ratio: Optional[float], folder: Path) -> None:
+        self.suite, self.seed, self.ratio, self.folder = suite, seed, ratio, folder
+        self.st = suite.setting
+        self.example = common.example(self.st)
+
+    @functools.cached_property
+    def data(self) -> common.Data:
+        return common.load_data(self.st, self.seed)
+
+    def model(self, state: Optional[dict] = None, seed_offset: int = 0) -> nn.Module:
+        model = common.build(self.st, self.seed + seed_offset)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    def pruner(self, model: nn.Module, score: str = "auto") -> eb.EarlyBirdPruner:
+        return eb.EarlyBirdPruner(model, self.example, [self.ratio], keep_weights=False,
+                                  score=score)
+
+    def prune(self, model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+        small = copy_model(model)
+        prune_model(small, self.example, keep)
+        return small
+
+    def weights(self, tag: str, epoch: int) -> dict[str, torch.Tensor]:
+        """The weights a shared run kept at an epoch boundary (``slim-e<t>.pt``)."""
+        return safe_load(self.folder / f"{tag}-e{epoch}.pt", WEIGHTS)["state"]
+
+    def train(self, model: nn.Module, first: int, precision: str = "fp32",
+              weight_masks: Optional[dict] = None, data: Optional[common.Data] = None,
+              last: Optional[int] = None) -> dict:
+        """Train from epoch ``first`` to ``last`` (default: the schedule's end)."""
+        torch.manual_seed(self.seed * 7919 + first)
+        return common.train(model, self.st, data or self.data, first,
+                            self.st.epochs if last is None else last,
+                            precision=precision, weight_masks=weight_masks)
+
+    def row(self, method: str, model: nn.Module, result: dict, dense: dict, *,
+            before: Sequence[dict] = (), precision: str = "fp32", select_s: float = 0.0,
+            **extra: Any) -> dict:
+        """The row of a method whose final ``model`` trained as ``result``: its cost is the
+        ``before`` parts (shared runs, earlier rounds) plus its own training (at the final
+        model's FLOPs) plus ``select_s`` seconds spent choosing the ticket."""
+        final = count_flops(model.cpu(), self.example)
+        cost = costs.total(*before, costs.own(final.flops, result, precision))
+        cost["wall_s"] += select_s
+        return {"method": method, "ratio": self.ratio, "seed": self.seed,
+                "test_acc": float(result["test_acc"]), **cost,
+                "params": final.params, "flops": final.flops,
+                "dense_params": int(dense["params"]), "dense_flops": int(dense["flops"]),
+                "epochs_trained": len(result["epoch_s"]),
+                "epoch_s": statistics.mean(result["epoch_s"]) if result["epoch_s"] else None,
+                **extra}
+
+    def ticket(self, slim: dict, tag: str, rule: str) -> tuple[int, bool, nn.Module, dict]:
+        """``(draw epoch, drawn, dense model at that epoch, keep-masks)`` of ``rule``'s ticket
+        in a shared slimming run; undrawn: the last epoch boundary before the end."""
+        spe, epochs = int(slim["steps_per_epoch"]), self.st.epochs
+        step = detect(slim, self.ratio, rule)
+        drawn = step is not None and step // spe < epochs
+        t = step // spe if drawn else epochs - 1
+        dense_model = self.model(self.weights(tag, t))
+        keep = self.pruner(dense_model).layout.split(slim["masks"][f"{self.ratio:g}"][t])
+        return t, drawn, dense_model, keep
+
+    def first_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` training batches of epoch 0."""
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(0)
+        out = []
+        for x, y in self.data.train:
+            out.append((x, y))
+            if len(out) == n:
+                break
+        return out
+
+    def dense_cost(self, model: nn.Module) -> dict:
+        """FLOPs and parameters of the dense ``model`` (before any training)."""
+        cost = count_flops(model, self.example)
+        return {"flops": cost.flops, "params": cost.params}
+
+
+def take_images(batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``images`` examples of ``batches``, the last batch cut to fit."""
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, y in batches:
+        take = min(len(x), images - sum(len(b) for b, _ in out))
+        if take <= 0:
+            break
+        out.append((x[:take], y[:take]))
+    return out

@@ -1,0 +1,38 @@
+"""EB Train (You et al., 2020): slimming until a detection rule draws the ticket, prune, and
+train only the small network from the draw epoch to the end; its re-initialised variant and
+the 8-bit search (LF: fp32 finetune, LL: 8-bit finetune)."""
+from __future__ import annotations
+
+from benchmarks.suite import costs
+from benchmarks.suite.job import Job
+from benchmarks.suite.registry import Method, register
+
+
+def _eb(job: Job, method: str, shared: dict[str, dict], tag: str, rule: str) -> dict:
+    slim = shared[tag]
+    t, drawn, dense_model, keep = job.ticket(slim, tag, rule)
+    search = costs.part(slim, t, str(slim["precision"]))
+    extra = {"draw_epoch": t, "drawn": drawn, "rule": rule.split()[0]}
+    if method == "eb-reinit":
+        small = job.prune(job.model(seed_offset=1), keep)
+        result = job.train(small, 0)
+    else:
+        small = job.prune(dense_model, keep)
+        result = job.train(small, t, "q8" if method == "ll" else "fp32")
+    return job.row(method, small, result, slim, before=[search],
+                   precision="q8" if method == "ll" else "fp32", **extra)
+
+
+def _variant(name: str, description: str, tag: str, rule: str, colour: int) -> None:
+    register(Method(name, description, lambda job, shared: _eb(job, name, shared, tag, rule),
+                    needs=(tag,), eb=True, competitor=False, rule=rule, colour=colour))
+
+
+_variant("eb", "EB Train: slimming until the reference rule draws the ticket, prune, finetune "
+         "to the end", "slim", "reference", 1)
+_variant("eb-plateau", "EB Train with the plateau rule (span 2 epochs of steps)", "slim",
+         "plateau @1/epoch", 2)
+_variant("eb-reinit", "EB Train's ticket (reference rule) re-initialised, trained a whole "
+         "schedule", "slim", "reference", 3)
+_variant("lf", "EB Train with an 8-bit search, fp32 finetune", "slim-q8", "reference", 4)
+_variant("ll", "EB Train with an 8-bit search and an 8-bit finetune", "slim-q8", "reference", 5)

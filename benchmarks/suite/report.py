@@ -1,0 +1,237 @@
+"""The report of a setting: the Table-2-style table (mean ± std over seeds), EB Train against
+the best competitors, the performance bar, the stability table and the accuracy-vs-FLOPs
+plot; written as ``results.json``, ``README.md`` and ``accuracy_vs_flops.png``."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+from benchmarks import common
+from benchmarks.suite.config import Suite, suite_from_dict
+from benchmarks.suite.methods.lottery import prunable_weights
+from benchmarks.suite.registry import REGISTRY, get
+from earlybird.io import atomic_write, write_text
+
+BAR_METHODS = ("eb", "eb-plateau")      # the EB rules the performance bar is read for
+
+
+def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
+    """Per (method, ratio): accuracy mean/std over seeds and mean costs (for weight-masked
+    methods also the nonzero parameters); the EB improvement over the best competitor and over
+    the best channel-pruning competitor; the performance bar at ratio 0.5 (if run)."""
+    groups: dict[tuple[str, Optional[float]], list[dict]] = {}
+    stability: dict[float, list[dict]] = {}
+    for r in rows:
+        if get(r["method"]).table == "stability":
+            stability.setdefault(r["ratio"], []).append(r)
+        else:
+            groups.setdefault((r["method"], r["ratio"]), []).append(r)
+    table = []
+    prunable: Optional[int] = None
+    for (method, ratio), found in groups.items():
+        entry = {"method": method, "ratio": ratio, "seeds": len(found),
+                 "test_acc": [r["test_acc"] for r in found]}
+        for k in ("train_flops", "energy_j", "wall_s", "params", "flops", "dense_flops",
+                  "dense_params"):
+            entry[k] = statistics.mean(r[k] for r in found)
+        for k in ("draw_epoch", "sparsity", "epoch_s"):
+            if all(r.get(k) is not None for r in found):
+                entry[k] = statistics.mean(r[k] for r in found)
+        if "sparsity" in entry:         # the masked weights' zeros counted out (ShrinkBench)
+            if prunable is None:
+                prunable = sum(w.numel() for w in prunable_weights(
+                    common.build(suite.setting, suite.seeds[0])).values())
+            entry["nonzero_params"] = round(entry["params"] - entry["sparsity"] * prunable)
+        table.append(entry)
+    order = {m: i for i, m in enumerate(REGISTRY)}
+    table.sort(key=lambda e: (e["ratio"] or 0, order[e["method"]]))
+    improvement = {}
+    for ratio in suite.ratios:
+        ours = [e for e in table if e["ratio"] == ratio and e["method"] in BAR_METHODS]
+        theirs = [e for e in table if e["ratio"] == ratio and get(e["method"]).competitor]
+        if ours and theirs:
+            best = max(ours, key=lambda e: statistics.mean(e["test_acc"]))
+            rival = max(theirs, key=lambda e: statistics.mean(e["test_acc"]))
+            cheap = min(theirs, key=lambda e: e["train_flops"])
+            acc = statistics.mean(best["test_acc"])
+            improvement[f"{ratio:g}"] = {
+                "eb_method": best["method"], "best_competitor": rival["method"],
+                "acc_delta": acc - statistics.mean(rival["test_acc"]),
+                "cheapest_competitor": cheap["method"],
+                "train_flops_saving": cheap["train_flops"] / best["train_flops"],
+                "energy_saving": cheap["energy_j"] / best["energy_j"]}
+            channel = [e for e in theirs if not get(e["method"]).unstructured]
+            if channel:
+                rival = max(channel, key=lambda e: statistics.mean(e["test_acc"]))
+                improvement[f"{ratio:g}"].update(
+                    best_channel_competitor=rival["method"],
+                    channel_acc_delta=acc - statistics.mean(rival["test_acc"]))
+    out = {"table": table, "improvement": improvement, "bar": performance_bar(suite, table)}
+    if stability:
+        out["stability"] = [
+            {"ratio": ratio, "seeds": len(found),
+             "draw_epoch": statistics.mean(r["draw_epoch"] for r in found),
+             **{f"{k}_distance": [r[f"{k}_distance"] for r in found] for k in ("eb", "random")},
+             **{f"{k}_acc": [a for r in found for a in r[f"{k}_accs"]] for k in ("eb", "random")}}
+            for ratio, found in sorted(stability.items())]
+    return out
+
+
+def performance_bar(suite: Suite, table: list[dict]) -> dict[str, dict[str, Any]]:
+    """The issue's bar at ratio 0.5, per EB rule run (``eb``, ``eb-plateau``): EB vs NS training
+    FLOPs (>= 2x) and wall-clock (>= 1.8x), accuracy within 0.5 points of NS, draw in the first
+    20 % of the epochs, and the pruned model's measured epoch-time speedup >= 0.7 of its FLOPs
+    reduction."""
+    return {m: bar for m in BAR_METHODS
+            if (bar := _bar(suite, table, m)) is not None}
+
+
+def _bar(suite: Suite, table: list[dict], method: str) -> Optional[dict[str, Any]]:
+    def get(name: str) -> Optional[dict]:
+        return next((e for e in table if e["method"] == name and e["ratio"] == 0.5), None)
+    eb_row, ns_row = get(method), get("ns")
+    dense = next((e for e in table if e["method"] == "dense"), None)
+    if eb_row is None or ns_row is None:
+        return None
+    out: dict[str, Any] = {
+        "flops_ratio": ns_row["train_flops"] / eb_row["train_flops"],
+        "wall_ratio": ns_row["wall_s"] / eb_row["wall_s"],
+        "acc_gap": statistics.mean(ns_row["test_acc"]) - statistics.mean(eb_row["test_acc"]),
+        "draw_share": eb_row["draw_epoch"] / suite.setting.epochs}
+    if dense is not None and ns_row.get("epoch_s") and dense.get("epoch_s"):
+        flops_red = dense["flops"] / ns_row["flops"]
+        out["flops_reduction"] = flops_red
+        out["step_speedup"] = dense["epoch_s"] / ns_row["epoch_s"]
+        out["speedup_share"] = out["step_speedup"] / flops_red
+    out["pass"] = {"flops_ratio >= 2": out["flops_ratio"] >= 2,
+                   "wall_ratio >= 1.8": out["wall_ratio"] >= 1.8,
+                   "acc within 0.5 of NS": out["acc_gap"] <= 0.5,
+                   "draw in first 20 %": out["draw_share"] <= 0.2}
+    if "speedup_share" in out:
+        out["pass"]["step speedup >= 0.7 x FLOPs reduction"] = out["speedup_share"] >= 0.7
+    return out
+
+
+def markdown(suite: Suite, summary: dict, meta: dict) -> str:
+    st = suite.setting
+    lines = [f"# Benchmark `{suite.name}`: accuracy and training cost per method", "",
+             f"Generated by `python -m benchmarks run {suite.name}`; do not edit by hand. "
+             f"{suite.description}", "",
+             f"Setting: `{st.arch}{st.depth or ''}` width {st.width}, {st.dataset} "
+             f"({meta['train_images']:,} training / {meta['test_images']:,} test images), "
+             f"{st.epochs} epochs, lr {st.lr} x0.1 at {list(st.schedule)}, batch {st.batch_size}, "
+             f"slimming s = {st.s:g}, seeds {list(suite.seeds)}, LT rewind to epoch "
+             f"{suite.rewind_epoch}, {suite.lt_rounds} iterative rounds. Accuracy: mean ± std "
+             "over seeds. Training FLOPs: 3 x forward multiply-adds per training image "
+             "(fvcore); energy: that many MACs at 4.6 pJ (fp32) or 0.23 pJ (8-bit), Horowitz "
+             "2014 (an estimate, not a measurement); wall-clock: measured training time of the "
+             "parts each method uses.", "",
+             "| ratio | method | test acc % | train PFLOPs | energy kJ (est.) | wall min | "
+             "params | FLOPs | draw epoch | sparsity |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for e in summary["table"]:
+        ratio = "-" if e["ratio"] is None else f"{e['ratio']:g}"
+        draw = f"{e['draw_epoch']:.1f}" if "draw_epoch" in e else "-"
+        sparsity = f"{100 * e['sparsity']:.1f} %" if "sparsity" in e else "-"
+        params = e.get("nonzero_params", e["params"])
+        nonzero = " nonzero" if "nonzero_params" in e else ""
+        lines.append(
+            f"| {ratio} | {e['method']} | {common.mean_std(e['test_acc'])} | {e['train_flops'] / 1e15:.3f} | "
+            f"{e['energy_j'] / 1e3:.3f} | {e['wall_s'] / 60:.1f} | "
+            f"{params / 1e6:.3f}M{nonzero} ({e['dense_params'] / params:.2f}x) | "
+            f"{e['flops'] / 1e6:.1f}M ({e['dense_flops'] / e['flops']:.2f}x) | {draw} | {sparsity} |")
+    if summary["improvement"]:
+        lines += ["", "## EB Train vs the best competitor", "",
+                  "The more accurate EB rule against the most accurate competitor, and against "
+                  "the most accurate one that prunes channels (weight-masked tickets, "
+                  f"{', '.join(m for m, spec in REGISTRY.items() if spec.unstructured)}, keep "
+                  "the dense network's shape and FLOPs).", "",
+                  "| ratio | EB method | acc vs most accurate competitor | acc vs most accurate "
+                  "channel-pruning competitor | training FLOPs saving vs the cheapest competitor "
+                  "| energy saving |", "| ---: | --- | --- | --- | ---: | ---: |"]
+        for ratio, imp in summary["improvement"].items():
+            channel = (f"{imp['channel_acc_delta']:+.2f} ({imp['best_channel_competitor']})"
+                       if "best_channel_competitor" in imp else "-")
+            lines.append(f"| {ratio} | {imp['eb_method']} | {imp['acc_delta']:+.2f} "
+                         f"({imp['best_competitor']}) | {channel} | {imp['train_flops_saving']:.2f}x "
+                         f"({imp['cheapest_competitor']}) | {imp['energy_saving']:.2f}x |")
+    if summary.get("stability"):
+        lines += ["", "## Stability to SGD noise (EB ticket vs random ticket)", "",
+                  "Two copies of each ticket trained from the same draw-epoch weights with two "
+                  "data orders; distance = ||w1 - w2|| / ||w1|| at the end (smaller: more "
+                  "stable), accuracy over both copies and all seeds.", "",
+                  "| ratio | draw epoch | EB distance | random distance | EB acc % | random acc % |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for e in summary["stability"]:
+            lines.append(f"| {e['ratio']:g} | {e['draw_epoch']:.1f} | "
+                         f"{common.mean_std(e['eb_distance'], 4)} | "
+                         f"{common.mean_std(e['random_distance'], 4)} | "
+                         f"{common.mean_std(e['eb_acc'])} | {common.mean_std(e['random_acc'])} |")
+    for method, bar in summary["bar"].items():
+        lines += ["", f"## Performance bar at p = 0.5 ({method} vs NS)", "",
+                  f"- training FLOPs NS / EB: {bar['flops_ratio']:.2f}x (target >= 2x)",
+                  f"- wall-clock NS / EB: {bar['wall_ratio']:.2f}x (target >= 1.8x)",
+                  f"- accuracy NS - EB: {bar['acc_gap']:+.2f} points (target <= 0.5)",
+                  f"- draw point: {100 * bar['draw_share']:.0f} % of the epochs (target <= 20 %)"]
+        if "speedup_share" in bar:
+            lines.append(f"- pruned (NS p=0.5) epoch-time speedup {bar['step_speedup']:.2f}x for "
+                         f"{bar['flops_reduction']:.2f}x fewer FLOPs: {bar['speedup_share']:.2f} "
+                         "of it (target >= 0.7)")
+        missed = [k for k, ok in bar["pass"].items() if not ok]
+        lines.append("- **missed: " + "; ".join(missed) + "**" if missed else "- all met")
+    lines += common.provenance(meta)
+    return "\n".join(lines)
+
+
+def plot(summary: dict, out: Path) -> None:
+    """Accuracy vs training FLOPs, one panel per ratio, one marker per method (± std)."""
+    plt = common.pyplot()
+    ratios = sorted({e["ratio"] for e in summary["table"] if e["ratio"] is not None})
+    dense = next((e for e in summary["table"] if e["method"] == "dense"), None)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)
+    palette = plt.get_cmap("tab20").colors        # one colour per method, the same in every panel
+    for ax, ratio in zip(axes[0], ratios):
+        for e in [e for e in summary["table"] if e["ratio"] == ratio] + ([dense] if dense else []):
+            acc = e["test_acc"]
+            ax.errorbar(e["train_flops"] / 1e15, statistics.mean(acc),
+                        yerr=statistics.stdev(acc) if len(acc) > 1 else 0, capsize=3,
+                        fmt="*" if get(e["method"]).eb else "o", label=e["method"],
+                        color=palette[get(e["method"]).colour % len(palette)],
+                        markersize=10 if get(e["method"]).eb else 6)
+        ax.set_xlabel("training PFLOPs (3 x forward MACs per image)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"p = {ratio:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    plt.close(fig)
+
+
+def rewrite_results(out: Path) -> dict:
+    """Render ``out/README.md``, the plot and the summary in ``out/results.json`` again from
+    the rows, setting and meta stored in ``out/results.json`` (after a change to the report;
+    nothing trains, the meta of the run that made the rows is kept)."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; run the setting first")
+    stored = json.loads(path.read_text())
+    missing = sorted({"meta", "suite", "rows"} - set(stored))
+    if missing:
+        raise ValueError(f"{path} has no {missing}: not written by `python -m benchmarks run`")
+    suite = suite_from_dict(stored["suite"], stored["suite"]["name"], str(path))
+    return write_results(suite, stored["rows"], out, stored["meta"])
+
+
+def write_results(suite: Suite, rows: list[dict], out: Path, meta: dict) -> dict:
+    """results.json (rows + summary + meta), README.md (the table) and accuracy_vs_flops.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(suite, rows)
+    common.write_json(out / "results.json", {"meta": meta, "suite": suite.as_dict(),
+                                             **summary, "rows": rows})
+    write_text(out / "README.md", markdown(suite, summary, meta))
+    if any(e["ratio"] is not None for e in summary["table"]):
+        plot(summary, out / "accuracy_vs_flops.png")
+    return summary

@@ -1,0 +1,141 @@
+"""Running a setting: every (method, ratio, seed) job, its shared runs first, each cached.
+
+Under torchrun every rank runs the jobs one after another, each network trained data-parallel;
+otherwise the jobs run in a pool of single-setting worker processes. Every row is cached as
+JSON under ``<cache>/<setting>/seed<k>/``, so an interrupted setting resumes where it stopped;
+a cache made with other settings is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Optional
+
+from benchmarks import common
+from benchmarks.suite.config import Suite
+from benchmarks.suite.job import Job
+from benchmarks.suite.registry import get
+from benchmarks.suite.stages import STAGES
+
+
+def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], folder: Path) -> dict:
+    """One (method, ratio, seed) row, cached as JSON in ``folder``."""
+    path = folder / (f"{method}.json" if ratio is None else f"{method}-p{ratio:g}.json")
+    if path.exists():
+        return json.loads(path.read_text())
+    spec = get(method)
+    shared = {s: STAGES[s](suite, seed, folder) for s in spec.needs}
+    row = spec.run(Job(suite, seed, ratio, folder), shared)
+    if common.dist_env().main:
+        common.write_json(path, row)
+    common.barrier()
+    return row
+
+
+def plan(suite: Suite) -> list[tuple[str, Optional[float], int]]:
+    """Every (method, ratio, seed) job of a setting; the dense baseline once per seed."""
+    jobs = []
+    for seed in suite.seeds:
+        for method in suite.methods:
+            for ratio in (suite.ratios if get(method).per_ratio else [None]):
+                jobs.append((method, ratio, seed))
+    return jobs
+
+
+def cache_dir(suite: Suite, cache: Path) -> Path:
+    """The setting's cache folder; refuses a cache made with other settings."""
+    root = cache / suite.name
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = root / "setting.json"
+    mine = {k: v for k, v in suite.as_dict().items() if k not in ("methods", "seeds", "ratios",
+                                                                  "description", "jobs")}
+    if stamp.exists():
+        theirs = json.loads(stamp.read_text())
+        if theirs != json.loads(json.dumps(mine)):
+            diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+            raise ValueError(f"the cache {root} was made with different settings ({diff}); pass "
+                             "--fresh to start over or --cache for another folder")
+    elif common.dist_env().main:
+        common.write_json(stamp, mine)
+    common.barrier()
+    return root
+
+
+def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = print) -> list[dict]:
+    """Run (or read from the cache) every job of ``suite``; returns the rows.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank runs the jobs one after another, each
+    network trained data-parallel across the ranks; rank 0 writes the cache and reports.
+    """
+    env = common.init_distributed(suite.setting)
+    if env.world > 1:
+        jobs = 1
+        progress = progress if env.main else (lambda line: None)
+    root = cache_dir(suite, cache)
+    folders = {s: root / f"seed{s}" for s in suite.seeds}
+    for f in folders.values():
+        f.mkdir(parents=True, exist_ok=True)
+    todo = plan(suite)
+    rows: list[dict] = []
+    started = time.perf_counter()
+    threads = max(1, (os.cpu_count() or 1) // (jobs * env.world))
+    if jobs == 1:
+        common.init_worker(threads)
+        for method, ratio, seed in todo:
+            rows.append(run_method(suite, seed, method, ratio, folders[seed]))
+            _report(progress, started, rows[-1], len(rows), len(todo))
+        return rows
+    # stages first (each once per seed, in parallel), then the methods as their stages finish
+    pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                               initializer=common.init_worker, initargs=(threads,))
+    stage_jobs: dict[tuple[str, int], Future] = {}
+    for method, _, seed in todo:
+        for stage in get(method).needs:
+            if (stage, seed) not in stage_jobs:
+                stage_jobs[(stage, seed)] = pool.submit(_stage, stage, suite, seed, folders[seed])
+    waiting = list(todo)
+    pending: dict[Future, tuple] = {}
+    try:
+        while waiting or pending:
+            ready = [j for j in waiting if all(stage_jobs[(s, j[2])].done() for s in get(j[0]).needs)]
+            for job in ready:
+                waiting.remove(job)
+                for s in get(job[0]).needs:
+                    stage_jobs[(s, job[2])].result()             # a failed stage fails here
+                pending[pool.submit(run_method, suite, job[2], job[0], job[1],
+                                    folders[job[2]])] = job
+            if not pending:
+                wait([f for f in stage_jobs.values() if not f.done()], return_when=FIRST_COMPLETED)
+                continue
+            done, _ = wait(list(pending) + [f for f in stage_jobs.values() if not f.done()],
+                           return_when=FIRST_COMPLETED)
+            for future in done:
+                if future in pending:
+                    pending.pop(future)
+                    rows.append(future.result())
+                    _report(progress, started, rows[-1], len(rows), len(todo))
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return rows
+
+
+def _stage(stage: str, suite: Suite, seed: int, folder: Path) -> None:
+    STAGES[stage](suite, seed, folder)
+
+
+def _report(progress: Callable[[str], None], started: float, row: dict, done: int,
+            total: int) -> None:
+    ratio = "" if row["ratio"] is None else f" p={row['ratio']:g}"
+    draw = f", drawn at epoch {row['draw_epoch']}" if "draw_epoch" in row else ""
+    progress(f"[{(time.perf_counter() - started) / 60:5.1f} min] {done}/{total} "
+             f"{row['method']}{ratio} seed {row['seed']}: {_outcome(row)}{draw}")
+
+
+def _outcome(row: dict) -> str:
+    if row["method"] == "stability":
+        return (f"distance EB {row['eb_distance']:.4f}, random {row['random_distance']:.4f}")
+    return f"{row['test_acc']:.2f} %"

@@ -1,0 +1,296 @@
+"""Channel groups: torch-pruning's coupled channels, laid out flat, and their scores.
+
+A *group* is torch-pruning's set of coupled channels rooted at a conv or linear layer;
+earlybird scores each group channel by the mean ``|gamma|`` of the BatchNorm/LayerNorm channels
+coupled to it (``score="norm"``). A model with no norm layer at all (AlexNet, VGG without BN,
+SqueezeNet) can instead be scored by its filters (``score="weight"``): a group channel's score is
+the mean ``|w|`` of the output filters of every conv/linear layer coupled to it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from ..masks import ChannelLayout
+from . import penalty as _penalty
+from .trace import NORM_TYPES, ROOT_TYPES, build_graph
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ChannelGraph", "ScoredLayer", "coupled", "SCORES"]
+
+SCORES = ("auto", "norm", "weight")
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[list[int]]:
+    """Per root channel, the smallest root channel it must be pruned with (grouped convs)."""
+    uf = None
+    for item in group:
+        conv = item.dep.target.module
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
+            continue
+        if conv.groups == conv.in_channels == conv.out_channels:
+            continue                                    # depthwise: channels stay independent
+        out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        block = (conv.out_channels if out else conv.in_channels) // conv.groups
+        first: dict[int, int] = {}
+        uf = uf or _UnionFind(size)
+        for idx, root in zip(item.idxs, item.root_idxs):
+            pos = int(idx) % block
+            if pos in first:
+                uf.union(first[pos], int(root))
+            else:
+                first[pos] = int(root)
+    return None if uf is None else [uf.find(i) for i in range(size)]
+
+
+def coupled(group: Any, size: int, accept: Any) -> Optional[dict[nn.Module, set]]:
+    """``{module: {(channel, root channel)}}`` over the group's items ``accept(item, module)``
+    takes, or None when they do not cover every one of the ``size`` group channels."""
+    found: dict[nn.Module, set] = {}
+    for item in group:
+        module = item.dep.target.module
+        if accept(item, module):
+            found.setdefault(module, set()).update(
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
+    covered = {r for pairs in found.values() for _, r in pairs}
+    return found if found and len(covered) == size else None
+
+
+@dataclass
+class ScoredLayer:
+    """A layer whose channels score group channels: ``module``'s channel ``src[i]`` is coupled
+    to flat group channel ``dst[i]``."""
+
+    module: nn.Module
+    src: list[int]       # channel index in the norm layer (output filter of a weight-scored layer)
+    dst: list[int]       # flat group-channel index it is coupled to
+    filters: bool = False  # True: a conv/linear layer scored by its filters' mean |w|
+
+    def values(self) -> Tensor:
+        """One value per channel: ``gamma`` of a norm layer, mean ``|w|`` of each filter."""
+        w = self.module.weight.detach()
+        return w.abs().flatten(1).mean(1) if self.filters else w.reshape(-1)
+
+
+class ChannelGraph:
+    """Dependency groups of a model, cached, with the norm channels that score each of them.
+
+    Build once; :meth:`scores` then costs one gather and one scatter per call.
+
+    Attributes:
+        graph: torch-pruning's ``DependencyGraph`` of the model.
+        layout: the scored group channels laid out flat (:class:`~earlybird.ChannelLayout`).
+        norms: the :class:`ScoredLayer` list (norm layers, or filters for ``score="weight"``).
+        score: ``"norm"`` or ``"weight"``: what ranks the channels.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any,
+                 ignored: Sequence[nn.Module] = (), score: str = "auto") -> None:
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
+        self.model = model
+        self.graph = build_graph(model, example_inputs)
+        names = {m: n for n, m in model.named_modules()}
+        order = {m: i for i, m in enumerate(names)}
+        try:
+            groups = [self._rooted_first(g, order) for g in self.graph.get_all_groups(
+                ignored_layers=list(ignored), root_module_types=ROOT_TYPES)]
+        except MemoryError:
+            raise UnsupportedModelError(
+                f"torch-pruning ran out of memory mapping the channels of {type(model).__name__} "
+                "through its reshapes and permutes (window partitions blow its index lists "
+                "up); this model cannot be pruned by channel groups") from None
+        except Exception as exc:  # noqa: BLE001 - torch-pruning's internals, named once
+            raise UnsupportedModelError(
+                f"torch-pruning could not group the channels of {type(model).__name__}: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from exc
+        groups.sort(key=lambda g: order[g[0].dep.target.module])
+        self.score = "weight" if score == "weight" else "norm"
+        found = self._collect(groups, names)
+        if not found[1] and score == "auto":
+            log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
+                        "scoring channels by their filters' mean |w| instead (score='weight')",
+                        type(model).__name__)
+            self.score = "weight"
+            found = self._collect(groups, names)
+        layer_names, sizes, units, segments, norms = found
+        if not sizes:
+            what = ("is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score "
+                    "filters instead)" if self.score == "norm" else "has a conv or linear filter")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has nothing earlybird can prune: no channel group outside "
+                f"ignored_layers {what}")
+        offset = sum(sizes)
+        unit_t = torch.tensor(units)
+        grouped = bool((unit_t != torch.arange(offset)).any())
+        seg_t = torch.tensor(segments)
+        split = int(seg_t.max()) + 1 > len(sizes)
+        self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
+                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
+                                    seg_t if split else None)
+        self.norms = list(norms.values())
+        _check_indices(self.norms, names, model)
+        self._filter_rows: dict[nn.Module, Tensor] = {}
+        self._index_tensors()
+
+    def _collect(self, groups: Sequence[Any], names: Mapping[nn.Module, str]) -> tuple:
+        """``(layer names, sizes, pruning units, segments, scored layers)`` of the groups this
+        score sees."""
+        layer_names: list[str] = []
+        sizes: list[int] = []
+        units: list[int] = []
+        segments: list[int] = []
+        norms: dict[nn.Module, ScoredLayer] = {}
+        offset = first = 0
+        filters = self.score == "weight"
+        for group in groups:
+            root = group[0].dep.target.module
+            size = len(group[0].idxs)
+            found = (self._filter_channels if filters else self._norm_channels)(group, size)
+            if found is None:
+                continue
+            for module, pairs in found.items():
+                entry = norms.setdefault(module, ScoredLayer(module, [], [], filters))
+                for idx, root_idx in sorted(pairs):
+                    entry.src.append(idx)
+                    entry.dst.append(offset + root_idx)
+            unit = _grouped_units(self.graph, group, size) or list(range(size))
+            units.extend(offset + u for u in unit)
+            local = self._segments(group, size)
+            segments.extend(first + s for s in local)
+            first += max(local) + 1
+            layer_names.append(names[root])
+            sizes.append(size)
+            offset += size
+        return layer_names, sizes, units, segments, norms
+
+    def _segments(self, group: Any, size: int) -> list[int]:
+        """Per group channel, its segment: channels fed by the same set of conv/linear layers
+        (each branch of a concatenation that joins a residual stage is one). Pruning every
+        channel of a segment would empty a layer, so each keeps its own floor."""
+        sig: list[set] = [set() for _ in range(size)]
+        for item in group:
+            module = item.dep.target.module
+            if (isinstance(module, ROOT_TYPES)
+                    and self.graph.is_out_channel_pruning_fn(item.dep.handler)):
+                for r in item.root_idxs:
+                    sig[int(r)].add(id(module))
+        ids: dict[frozenset, int] = {}
+        return [ids.setdefault(frozenset(s), len(ids)) for s in sig]
+
+    def _filter_channels(self, group: Any, size: int) -> Optional[dict[nn.Module, set]]:
+        """Conv/linear layers whose output filters are a group's channels:
+        ``{module: {(filter, root channel)}}``, or None when some channel has no filter."""
+        return coupled(group, size, lambda item, module: isinstance(
+            module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            and self.graph.is_out_channel_pruning_fn(item.dep.handler))
+
+    def _rooted_first(self, group: Any, order: Mapping[nn.Module, int]) -> Any:
+        """The same group, rooted at its first conv/linear in module order, so that names and
+        the concatenation order do not depend on how torch-pruning walked the graph."""
+        size = len(group[0].idxs)
+        members = [item.dep.target.module for item in group
+                   if isinstance(item.dep.target.module, ROOT_TYPES)
+                   and self.graph.is_out_channel_pruning_fn(item.dep.handler)]
+        first = min(members, key=order.__getitem__, default=group[0].dep.target.module)
+        if first is group[0].dep.target.module:
+            return group
+        pruner = self.graph.get_pruner_of_module(first)
+        if pruner.get_out_channels(first) != size:
+            return group
+        return self.graph.get_pruning_group(first, pruner.prune_out_channels, list(range(size)))
+
+    @staticmethod
+    def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:
+        """Norm layers coupled to a group: ``{module: {(channel, root channel)}}``, or None
+        when some group channel has no norm channel (such groups are not scored)."""
+        return coupled(group, size, lambda item, module: isinstance(module, NORM_TYPES)
+                        and getattr(module, "weight", None) is not None
+                        and not (isinstance(module, nn.LayerNorm)
+                                 and len(module.normalized_shape) != 1))
+
+    def _index_tensors(self) -> None:
+        src, dst, base = [], [], 0
+        for norm in self.norms:
+            src.extend(base + i for i in norm.src)
+            dst.extend(norm.dst)
+            base += norm.module.weight.shape[0] if norm.filters else norm.module.weight.numel()
+        self._src, self._dst = torch.tensor(src), torch.tensor(dst)
+        self._count = torch.bincount(self._dst, minlength=self.layout.num_channels).double()
+
+    def _flat_weights(self) -> Tensor:
+        return torch.cat([n.values() for n in self.norms])
+
+    def add_penalty_grad(self, strength: float, penalty: str) -> None:
+        """Add the slimming penalty's gradient to the scored layers (see :mod:`.penalty`)."""
+        _penalty.add_penalty_grad(self, strength, penalty)
+
+    def group(self, name: str) -> Any:
+        """torch-pruning's group of all channels of the layer ``name`` (a ``layout`` name)."""
+        root = self.model.get_submodule(name)
+        pruner = self.graph.get_pruner_of_module(root)
+        return self.graph.get_pruning_group(root, pruner.prune_out_channels,
+                                            list(range(pruner.get_out_channels(root))))
+
+    def readers(self, name: str, accept: Callable[[nn.Module], bool]) -> dict[nn.Module, list]:
+        """The layers ``accept`` takes that read the channels of group ``name`` as inputs:
+        ``{module: sorted [(input channel, group channel)]}``."""
+        group = self.group(name)
+        found = coupled(group, len(group[0].idxs), lambda item, m: accept(m) and not
+                        self.graph.is_out_channel_pruning_fn(item.dep.handler))
+        return {m: sorted(pairs) for m, pairs in (found or {}).items()}
+
+    def filter_scores(self, per_filter: Callable[[nn.Module], Tensor]) -> Tensor:
+        """One score per group channel: ``per_filter(layer)`` (one value per output filter)
+        summed over every conv/linear filter coupled to the channel; needs ``score="weight"``."""
+        if self.score != "weight":
+            raise ValueError("filter_scores needs a ChannelGraph built with score='weight'")
+        flat = torch.cat([per_filter(n.module).detach().double().cpu() for n in self.norms])
+        total = torch.zeros(self.layout.num_channels, dtype=torch.float64)
+        return total.index_add_(0, self._dst, flat[self._src])
+
+    def scores(self) -> Tensor:
+        """Mean ``|gamma|`` (or filter mean ``|w|``) per group channel, float64 ``[N]``, CPU."""
+        flat = self._flat_weights()
+        gathered = flat[self._src.to(flat.device)].abs().double().cpu()
+        total = torch.zeros(self.layout.num_channels, dtype=torch.float64)
+        return total.index_add_(0, self._dst, gathered) / self._count
+
+
+def _check_indices(norms: Sequence[ScoredLayer], names: Mapping[nn.Module, str],
+                   model: nn.Module) -> None:
+    """Refuse a model whose groups name channels past the end of a scored layer: torch-pruning
+    walked a dual-path block's slices and concatenations (timm's DPN) into wrong indices, and
+    scoring or pruning by them would fail or cut the wrong channels."""
+    bad = [(names[n.module], max(n.src), len(n.values())) for n in norms
+           if max(n.src) >= len(n.values())]
+    if bad:
+        name, index, size = bad[0]
+        raise UnsupportedModelError(
+            f"torch-pruning maps channels of {type(model).__name__} past the end of {len(bad)} "
+            f"layer(s) (e.g. channel {index} of {name!r}, which has {size}): its channel "
+            "coupling does not fit this model's slicing and concatenation (dual-path blocks), "
+            "so pruning would cut the wrong channels")

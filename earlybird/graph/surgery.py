@@ -1,0 +1,91 @@
+"""Real pruning: channels removed from a model, and the pruning history that rebuilds it."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from .trace import build_graph, kept_modes
+
+__all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_history",
+           "sync_attributes", "zero_pruned_channels"]
+
+History = list  # [[root name, is_out_channel_pruning, [channel indices]], ...]
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copes with tensors a model caches from its parameters (timm's
+    LeViT/EfficientFormer keep attention biases computed in eval mode): those are copied
+    detached instead of failing the copy."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            items = value.values() if isinstance(value, dict) else [value]
+            for t in items:
+                if isinstance(t, Tensor) and t.grad_fn is not None:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor]) -> History:
+    """Physically remove every channel whose keep-mask is False, group by group, in place.
+
+    Returns torch-pruning's pruning history as plain lists (names, bools, ints).
+    """
+    graph = build_graph(model, example_inputs)
+    with kept_modes(model):
+        for name, mask in keep.items():
+            idxs = (~mask.bool()).nonzero().flatten().tolist()
+            if not idxs:
+                continue
+            root = model.get_submodule(name)
+            fn = graph.get_pruner_of_module(root).prune_out_channels
+            group = graph.get_pruning_group(root, fn, idxs)
+            if not graph.check_pruning_group(group):
+                raise UnsupportedModelError(f"pruning {len(idxs)} channels of {name!r} would empty "
+                                            "a layer coupled to it")
+            group.prune()
+    sync_attributes(model)
+    return plain_history(graph.pruning_history())
+
+
+def plain_history(history: Iterable) -> History:
+    return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in history]
+
+
+def replay_history(model: nn.Module, example_inputs: Any, history: History) -> nn.Module:
+    """Rebuild a pruned architecture on a fresh dense ``model`` from its pruning history."""
+    graph = build_graph(model, example_inputs)
+    with kept_modes(model):
+        try:
+            graph.load_pruning_history([list(h) for h in history])
+        except (AttributeError, ValueError, IndexError, AssertionError) as exc:
+            raise UnsupportedModelError(
+                f"the pruning history does not fit this model ({type(exc).__name__}: {exc}); "
+                "build the model with the same constructor and arguments as the pruned one") from exc
+    sync_attributes(model)
+    return model
+
+
+def sync_attributes(model: nn.Module) -> None:
+    """Widths some models keep as plain attributes beside their layers, set to the pruned
+    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``)."""
+    for m in model.modules():
+        proj = getattr(m, "conv_proj", None)
+        if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
+            m.hidden_dim = proj.out_channels
+
+
+@torch.no_grad()
+def zero_pruned_channels(channel_graph: ChannelGraph, keep: Tensor) -> None:
+    """Set gamma and beta of every norm channel coupled to a pruned group channel to zero (the
+    filter and its bias, for filter scores)."""
+    pruned = ~keep.bool()
+    for norm in channel_graph.norms:
+        hit = [i for i, d in zip(norm.src, norm.dst) if pruned[d]]
+        norm.module.weight[hit] = 0
+        if getattr(norm.module, "bias", None) is not None:
+            norm.module.bias[hit] = 0

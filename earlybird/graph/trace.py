@@ -1,0 +1,174 @@
+"""Tracing a model with torch-pruning: its dependency graph, and the layers the trace missed."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NORM_TYPES", "ROOT_TYPES", "kept_modes", "run_example", "run_inputs", "build_graph",
+           "find_classifier"]
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """torch-pruning's tracing switches the model to eval mode; put every module back."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def run_example(model: nn.Module, example_inputs: Any) -> Any:
+    """One eval-mode forward pass without gradients; a failure names the example inputs."""
+    with kept_modes(model), torch.no_grad():
+        model.eval()
+        try:
+            return run_inputs(model, example_inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
+            raise UnsupportedModelError(
+                f"example_inputs do not run through the model: {type(exc).__name__}: {exc}") from exc
+
+
+def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+    """Trace ``model`` once with ``example_inputs``; a failure names the model.
+
+    The trace runs in eval mode. Layers that only run in training (Inception's and GoogLeNet's
+    auxiliary classifiers) would be left out of the graph, and pruning would break them, so if
+    such layers exist the model is traced again in training mode on the example batch doubled
+    (BatchNorm needs two samples), its BatchNorm statistics restored. A model that uses a
+    layer's weights without calling the layer (torchvision's Swin: ``F.linear(x, qkv.weight)``)
+    is refused: torch-pruning cannot see which channels that layer connects.
+    Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
+    its input channels from the groups that feed it (e.g. the head from the last stage's group).
+    """
+    graph = _trace(model, example_inputs, train=False)
+    missed = _untraced(model, graph)
+    if not missed:
+        return graph
+    called, functional = _probe(model, example_inputs, missed)
+    if functional:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} uses the weights of {len(functional)} layer(s) through "
+            f"plain functions instead of calling the modules (e.g. {', '.join(functional[:3])}); "
+            "torch-pruning cannot follow their channels, so pruning would break them")
+    if called:
+        log.debug("layers that run only in training mode, tracing in training mode: %s",
+                  called[:5])
+        graph = _trace(model, example_inputs, train=True)
+    return graph
+
+
+def _probe(model: nn.Module, example_inputs: Any,
+           names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """One training-mode forward and backward pass on the doubled example batch, everything
+    restored after it. Of the layers ``names`` (not reached by the eval-mode trace), returns
+    those called as modules (they run only in training: auxiliary classifiers) and those never
+    called whose weights still got a gradient (used as ``F.linear(x, layer.weight)`` or alike).
+    Layers that never run at all are neither."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {p: p.grad for p in model.parameters()}
+    layers = {n: model.get_submodule(n) for n in names}
+    called: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n))
+             for n, m in layers.items()]
+    try:
+        with kept_modes(model), torch.enable_grad():
+            model.train()
+            for p in model.parameters():
+                p.grad = None
+            out = run_inputs(model, _doubled(example_inputs))
+            tensors = [out] if isinstance(out, Tensor) else [
+                t for t in (out.values() if isinstance(out, Mapping) else out)
+                if isinstance(t, Tensor) and t.requires_grad]
+            if tensors:
+                sum(t.float().sum() for t in tensors).backward()
+            functional = [n for n, m in layers.items() if n not in called
+                          and getattr(m, "weight", None) is not None and m.weight.grad is not None]
+    except Exception as exc:  # noqa: BLE001 - cannot tell: trace in training mode as before
+        log.debug("training-mode probe failed: %s", exc)
+        return list(names), []
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, g in grads.items():
+            p.grad = g
+        model.load_state_dict(state)
+    return [n for n in names if n in called], functional
+
+
+def _trace(model: nn.Module, example_inputs: Any, train: bool) -> tp.DependencyGraph:
+    forward = None
+    if train:
+        def forward(m: nn.Module, inputs: Any) -> Any:
+            m.train()
+            return run_inputs(m, _doubled(inputs))
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
+               or "num_batches_tracked" in k} if train else {}
+    with kept_modes(model), torch.enable_grad():
+        try:
+            return tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward,
+                                                         verbose=False)
+        except Exception as exc:  # noqa: BLE001
+            raise UnsupportedModelError(
+                f"torch-pruning could not trace {type(model).__name__}: "
+                f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if buffers:
+                model.load_state_dict(buffers, strict=False)
+
+
+def _doubled(inputs: Any) -> Any:
+    if isinstance(inputs, Tensor):
+        return torch.cat([inputs, inputs])
+    if isinstance(inputs, Mapping):
+        return {k: _doubled(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_doubled(v) for v in inputs)
+    return inputs
+
+
+def _untraced(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
+    """Layers with weights the trace did not reach, except those inside a traced module that
+    torch-pruning prunes as a whole (``nn.MultiheadAttention`` and its ``out_proj``)."""
+    kinds = ROOT_TYPES + NORM_TYPES
+    traced = {name for name, m in model.named_modules() if m in graph.module2node}
+    return [name for name, m in model.named_modules()
+            if isinstance(m, kinds) and m not in graph.module2node
+            and not any(name.startswith(t + ".") for t in traced if t)]
+
+
+def run_inputs(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def find_classifier(model: nn.Module, output: Any) -> list[nn.Module]:
+    """The output layer: timm's ``get_classifier()``, else the last conv/linear layer whose
+    output width is the width of ``output`` (the model's output on the example inputs)."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Module) and any(isinstance(m, ROOT_TYPES) for m in head.modules()):
+            return [m for m in head.modules() if isinstance(m, ROOT_TYPES)]
+    if not isinstance(output, Tensor) or output.dim() < 2:
+        return []
+    layers = [m for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    for m in reversed(layers):
+        if getattr(m, "out_features", getattr(m, "out_channels", None)) == output.shape[1]:
+            return [m]
+    return []

@@ -1,0 +1,321 @@
+"""The training layer: SGD over a step schedule, one epoch at a time, with the hooks EB Train
+needs (the slimming penalty, checks every N steps, weight masks, 8-bit or bf16 precision, DDP).
+
+The ``earlybird`` pipeline (:mod:`earlybird.pipeline`) and the benchmark suite both train
+through :class:`Trainer`.
+
+>>> import torch
+>>> from earlybird.data import Batches, ImageSet
+>>> data = ImageSet(torch.randint(0, 255, (8, 3, 8, 8), dtype=torch.uint8), torch.arange(8) % 2,
+...                 ["a", "b"])
+>>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+>>> _ = model(torch.zeros(1, 3, 8, 8))
+>>> trainer = Trainer(model, Recipe(epochs=2), Batches(data, 4, True), test=Batches(data, 8, False))
+>>> result = trainer.fit()
+>>> trainer.epoch, trainer.step, len(result["epoch_s"]), result["images_per_epoch"]
+(2, 4, 2, 8)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import distributed
+from .energy import EnergyMeter
+from .errors import ConfigError
+from .precision import LowPrecision, autocast, unwrap_optimizer
+from .settings import document, option
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "Progress",
+           "kill_point"]
+
+Progress = Callable[[Iterable, str, int], Iterable]
+
+
+def default_schedule(epochs: int) -> list[int]:
+    """The reference decay points: 50 % and 75 % of the epochs (80 and 120 of 160).
+
+    >>> default_schedule(160), default_schedule(3), default_schedule(1)
+    ([80, 120], [1, 2], [])
+    """
+    return sorted({e for e in (epochs // 2, (epochs * 3) // 4) if 0 < e < epochs})
+
+
+def lr_at(epoch: int, lr: float, schedule: Sequence[int], gamma: float = 0.1) -> float:
+    """Step schedule: ``lr * gamma**k`` with ``k`` the decay points at or before ``epoch``.
+
+    >>> [lr_at(e, 0.1, [2, 3]) for e in range(4)]
+    [0.1, 0.1, 0.010000000000000002, 0.0010000000000000002]
+    """
+    return lr * gamma ** sum(epoch >= s for s in schedule)
+
+
+@document
+@dataclass(frozen=True)
+class Recipe:
+    """The optimizer recipe: SGD with momentum and weight decay, lr decayed in steps.
+
+    >>> Recipe(epochs=160).schedule, Recipe(epochs=4, schedule=[3]).lr_at(3)
+    ((80, 120), 0.010000000000000002)
+    """
+
+    epochs: int = option(160, "length of the schedule in epochs")
+    schedule: Optional[Sequence[int]] = option(
+        None, "epochs where the lr decays (None: 50 % and 75 % of the epochs)")
+    gamma: float = option(0.1, "lr decay factor")
+    lr: float = option(0.1, "initial learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(1e-4, "SGD weight decay")
+
+    def __post_init__(self) -> None:
+        v = ConfigError.value
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError("{} must be >= 1, got " + v(self.epochs), "epochs")
+        schedule = (list(self.schedule) if self.schedule is not None
+                    else default_schedule(self.epochs))
+        if not (all(0 < s < self.epochs for s in schedule) and schedule == sorted(schedule)):
+            raise ConfigError("{} must be increasing epochs inside (0, " + str(self.epochs)
+                              + "), got " + v(schedule), "schedule")
+        object.__setattr__(self, "schedule", tuple(int(s) for s in schedule))
+        if not self.lr > 0:
+            raise ConfigError("{} must be > 0", "lr")
+        if not (self.momentum >= 0 and self.weight_decay >= 0 and self.gamma > 0):
+            raise ConfigError("{} and {} must be >= 0, {} > 0", "momentum", "weight_decay", "gamma")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch``."""
+        return lr_at(epoch, self.lr, self.schedule, self.gamma)
+
+    def optimizer(self, model: nn.Module, epoch: int = 0) -> torch.optim.SGD:
+        """SGD over ``model``'s parameters at the learning rate of ``epoch``."""
+        return torch.optim.SGD(model.parameters(), lr=self.lr_at(epoch), momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+
+def kill_point() -> Optional[tuple[str, int, str]]:
+    """``EARLYBIRD_KILL_AT=stage:epoch:where``: SIGKILL this process there (fault tests).
+
+    ``where`` is a batch index, or a named point of the pipeline (``checkpointed``).
+    """
+    spec = os.environ.get("EARLYBIRD_KILL_AT")
+    if not spec:
+        return None
+    stage, epoch, where = spec.split(":")
+    return stage, int(epoch), where
+
+
+def maybe_kill(stage: str, epoch: int = 0, where: Any = 0) -> None:
+    """SIGKILL this process if ``EARLYBIRD_KILL_AT`` names this point."""
+    if kill_point() == (stage, epoch, str(where)):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Trainer:
+    """Trains one model epoch by epoch; the state to resume it is :meth:`state_dict`.
+
+    Args:
+        model: the network (on ``device`` after construction).
+        recipe: the optimizer and its schedule; the optimizer starts at ``epoch``'s lr.
+        batches: training batches (:class:`~earlybird.data.Batches` or a DataLoader); a
+            ``set_epoch(epoch)`` method is called before each epoch.
+        test: batches to evaluate on.
+        device: where to train (default: the model's device).
+        precision: ``fp32``, ``bf16`` (autocast) or ``q8`` (qtorch, with ``low_precision``).
+        regularize: called between ``backward()`` and ``optimizer.step()`` (the slimming
+            penalty, e.g. ``EarlyBirdPruner.regularize``).
+        weight_masks: ``{parameter: 0/1 mask}``; the masked weights are zeroed once and their
+            gradients at every step, so under SGD they stay zero (unstructured tickets).
+        check_every, on_check: ``on_check(step) -> stop`` every ``check_every`` optimizer
+            steps (global count); True stops training after that step.
+        progress: ``progress(batches, description, total)`` wraps each epoch (a tqdm bar).
+        stage: the name of this training run (progress bars, fault-test kill points).
+        epoch, step: where training starts (step: default ``epoch * len(batches)``).
+
+    Under torchrun the model trains inside DistributedDataParallel (each rank its shard of
+    every batch) and after each epoch every rank takes rank 0's buffers, so all ranks hold the
+    same network; losses, accuracies and image counts are summed over ranks.
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe, batches: Any, *, test: Any = None,
+                 device: Optional[torch.device] = None, precision: str = "fp32",
+                 low_precision: Optional[LowPrecision] = None,
+                 regularize: Optional[Callable[[], None]] = None,
+                 weight_masks: Optional[Mapping[nn.Parameter, torch.Tensor]] = None,
+                 check_every: Optional[int] = None,
+                 on_check: Optional[Callable[[int], bool]] = None,
+                 progress: Optional[Progress] = None, stage: str = "train", epoch: int = 0,
+                 step: Optional[int] = None) -> None:
+        self.device = device or next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.recipe, self.batches, self.test, self.precision = recipe, batches, test, precision
+        self.check_every, self.on_check, self.progress, self.stage = (check_every, on_check,
+                                                                      progress, stage)
+        self.epoch = epoch
+        self.step = epoch * len(batches) if step is None else step
+        self.optimizer: torch.optim.Optimizer = recipe.optimizer(model, epoch)
+        self._hooks: list = []
+        if precision == "q8":
+            low = low_precision or LowPrecision()
+            self.optimizer = low.optimizer(self.optimizer)
+            self._hooks = low.quantize_activations(model)
+        self.net = distributed.wrap(model, self.device)
+        self.masks = {p: m.to(self.device, p.dtype) for p, m in (weight_masks or {}).items()}
+        with torch.no_grad():
+            for p, m in self.masks.items():
+                p.mul_(m)
+        self._regularize = regularize
+        self.meter = EnergyMeter()
+
+    # ------------------------------------------------------------------------------ a step
+    def _before_step(self) -> None:
+        if self._regularize is not None:
+            self._regularize()
+        for p, m in self.masks.items():
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train epoch ``self.epoch`` at its learning rate; returns its record (loss, train
+        accuracy, images, seconds, ``stop``: an ``on_check`` asked to stop) and moves on."""
+        lr = self.recipe.lr_at(self.epoch)
+        for group in unwrap_optimizer(self.optimizer).param_groups:
+            group["lr"] = lr
+        started, joules = time.perf_counter(), self.meter.read()
+        stats, stop = self._epoch(self.epoch)
+        distributed.sync_buffers(self.model)
+        record = {"epoch": self.epoch, "step": self.step, "lr": lr, **stats,
+                  "train_s": time.perf_counter() - started, "precision": self.precision,
+                  "stop": stop}
+        if joules is not None:
+            record.update(train_j=self.meter.read() - joules, energy_sources=self.meter.sources)
+        self.epoch += 1
+        return record
+
+    def _epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
+        self.net.train()
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+        kill = kill_point()
+        # running sums stay on the device: no host sync per step (the bar reads them every 20)
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen, stop = 0, False
+        batches = self.batches if self.progress is None else self.progress(
+            self.batches, f"{self.stage} epoch {epoch}", len(self.batches))
+        for b, (x, y) in enumerate(batches):
+            if kill and kill == (self.stage, epoch, str(b)):
+                os.kill(os.getpid(), signal.SIGKILL)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast(self.precision, self.device):
+                out = self.net(x)
+                loss = nn.functional.cross_entropy(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._before_step()
+            self.optimizer.step()
+            self.step += 1
+            total_loss += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if hasattr(batches, "set_postfix") and b % 20 == 0:
+                batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}",
+                                    acc=f"{100 * int(correct) / seen:.1f}", refresh=False)
+            if self.check_every and self.on_check and self.step % self.check_every == 0:
+                if self.on_check(self.step):
+                    stop = True
+                    break
+        stats = distributed.all_sum({"loss": float(total_loss), "correct": int(correct),
+                                     "seen": seen})
+        return {"loss": stats["loss"] / max(stats["seen"], 1),
+                "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
+                "samples": int(stats["seen"])}, stop
+
+    def evaluate(self) -> dict[str, Any]:
+        """Top-1 test accuracy (%), the images it saw and the seconds it took."""
+        started, joules = time.perf_counter(), self.meter.read()
+        acc, seen = evaluate(self.model, self.test, self.device, self.precision)
+        out = {"test_acc": acc, "eval_samples": seen, "eval_s": time.perf_counter() - started}
+        if joules is not None:
+            out["eval_j"] = self.meter.read() - joules
+        return out
+
+    # ------------------------------------------------------------------------------ a run
+    def fit(self, last_epoch: Optional[int] = None, *,
+            before_epoch: Optional[Callable[[int], bool]] = None,
+            after_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+            eval_every_epoch: bool = True) -> dict[str, Any]:
+        """Train from ``self.epoch`` to ``last_epoch`` (default: the recipe's end).
+
+        ``before_epoch(epoch) -> stop`` runs before each epoch and once after the last;
+        ``after_epoch(record)`` gets each epoch's record (with ``test_acc`` when evaluated:
+        every epoch, or only the last without ``eval_every_epoch``). With nothing left to
+        train the model is only evaluated. Returns the final test accuracy, the evaluated
+        accuracies, the seconds per epoch and the images of the last epoch.
+        """
+        last = self.recipe.epochs if last_epoch is None else last_epoch
+        accs, epoch_s, images, stopped = [], [], 0, False
+        test_acc = float("nan")
+        trained = False
+        while True:
+            if before_epoch is not None and before_epoch(self.epoch):
+                break
+            if self.epoch >= last or stopped:
+                break
+            record = self.train_epoch()
+            trained, stopped = True, record.pop("stop")
+            epoch_s.append(record["train_s"])
+            images = int(record["samples"])
+            if self.test is not None and (eval_every_epoch or self.epoch >= last or stopped):
+                record.update(self.evaluate())
+                test_acc = record["test_acc"]
+                accs.append(test_acc)
+            if after_epoch is not None:
+                after_epoch(record)
+        if not trained and self.test is not None:
+            test_acc = self.evaluate()["test_acc"]
+        return {"test_acc": test_acc, "accs": accs, "train_s": sum(epoch_s), "epoch_s": epoch_s,
+                "images_per_epoch": images, "stopped": stopped}
+
+    def close(self) -> None:
+        """Remove the 8-bit activation hooks from the model."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # ---------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, position and the CPU random state: tensors and numbers only."""
+        return {"model": self.model.state_dict(),
+                "optimizer": unwrap_optimizer(self.optimizer).state_dict(),
+                "epoch": self.epoch, "step": self.step, "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (as if never interrupted)."""
+        self.model.load_state_dict(state["model"])
+        unwrap_optimizer(self.optimizer).load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        torch.set_rng_state(state["rng"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu"),
+             precision: str = "fp32") -> tuple[float, int]:
+    """Top-1 accuracy in percent and the number of images seen (summed over ranks)."""
+    model.eval()
+    correct, seen = 0, 0
+    for x, y in batches:
+        with autocast(precision, device):
+            out = model(x.to(device))
+        correct += int((out.argmax(1) == y.to(device)).sum())
+        seen += len(y)
+    stats = distributed.all_sum({"correct": correct, "seen": seen})
+    return 100 * stats["correct"] / max(stats["seen"], 1), int(stats["seen"])
