@@ -46,7 +46,7 @@ from benchmarks.common import Setting                           # noqa: E402
 import earlybird as eb                                          # noqa: E402
 from earlybird.flops import count_flops                         # noqa: E402
 from earlybird.graph import prune_model                         # noqa: E402
-from earlybird.io import atomic_save, safe_load                 # noqa: E402
+from earlybird.io import atomic_save, atomic_write, safe_load, write_text  # noqa: E402
 
 CHECKS_PER_EPOCH = 4
 WEIGHTS, SEARCH = "benchmarks.weights/1", "benchmarks.detection-search/1"
@@ -239,7 +239,7 @@ def plot(summary: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -320,8 +320,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_json(args.out / "results.json", {"meta": meta, **summary, "rows": rows})
     text = markdown(summary, meta)
-    (args.out / "README.md.tmp").write_text(text)
-    (args.out / "README.md.tmp").replace(args.out / "README.md")
+    write_text(args.out / "README.md", text)
     plot(summary, args.out / "detection.png")
     print(text)
     return 0

@@ -31,6 +31,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common                                   # noqa: E402
 from benchmarks import suite as S                               # noqa: E402
+from earlybird.io import write_text                             # noqa: E402
 
 # name: the setting's keys (beside the schedule), as in a suite config
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -172,8 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_json(args.out / "results.json", {"meta": meta, **summary, "rows": rows})
     text = markdown(summary, meta)
-    (args.out / "README.md.tmp").write_text(text)
-    (args.out / "README.md.tmp").replace(args.out / "README.md")
+    write_text(args.out / "README.md", text)
     print(text)
     return 0
 

@@ -4,7 +4,7 @@
 >>> eb.prune_budget(64, 0.5)
 32
 """
-from .config import EarlyBirdConfig
+from .config import EarlyBirdConfig, make_config
 from .criteria import CRITERIA, Checks, fifo_rule, normalized_rule, plateau_rule, reference_rule
 from .distance import mask_distance, max_distance, pairwise_distances
 from .errors import (CheckpointError, ConfigError, EarlyBirdError, NoTicketError,
@@ -12,7 +12,7 @@ from .errors import (CheckpointError, ConfigError, EarlyBirdError, NoTicketError
 from .io import atomic_save, load_pruned, save_pruned
 from .masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
 from .precision import LowPrecision, PrecisionConfig
-from .pruner import EarlyBirdPruner, Ticket, make_config
+from .pruner import EarlyBirdPruner, Ticket
 from .training import Recipe, Trainer
 from . import models  # noqa: F401 - registers the CIFAR models in timm
 

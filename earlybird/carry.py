@@ -113,6 +113,7 @@ def carry_optimizer(dense: nn.Module, pruned: nn.Module, optimizer: torch.optim.
                 entry[k] = v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)
         new_state[i] = entry
     carried.load_state_dict({"state": new_state, "param_groups": saved["param_groups"]})
+    carried.defaults = copy.deepcopy(optimizer.defaults)   # loading adds keys to some (LBFGS)
     return carried
 
 

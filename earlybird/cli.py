@@ -63,6 +63,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``earlybird`` command line: one sub-command per stage, options from the settings."""
     top = argparse.ArgumentParser(prog="earlybird", description="Early-bird tickets: find the "
                                   "small network early, then train only it.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -201,6 +202,7 @@ def report_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``earlybird`` command; returns the exit code (2: bad input, one line on stderr)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from . import pipeline

@@ -6,15 +6,16 @@ options and help come from these fields) and the Lightning callback all take it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .criteria import CRITERIA
 from .errors import ConfigError
 from .settings import document, option
 
-__all__ = ["EarlyBirdConfig", "PENALTIES", "SCORES"]
+__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES"]
 
 PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
@@ -114,3 +115,23 @@ def _is_int(value: object) -> bool:
 def _check(ok: bool, template: str, *names: str) -> None:
     if not ok:
         raise ConfigError(template, *names)
+
+
+def make_config(config: Optional[EarlyBirdConfig] = None,
+                ratios: Optional[Sequence[float]] = None, **settings: Any) -> EarlyBirdConfig:
+    """``config`` (or the defaults) with ``ratios`` and any other fields replaced; an unknown
+    name is a TypeError that lists the fields.
+
+    >>> make_config(ratios=[0.5], window=3)
+    EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
+penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', span=None)
+    """
+    if config is not None and not isinstance(config, EarlyBirdConfig):
+        raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")
+    fields = {f.name for f in dataclasses.fields(EarlyBirdConfig)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise TypeError(f"unknown settings {unknown}; EarlyBirdConfig has {sorted(fields)}")
+    if ratios is not None:
+        settings["ratios"] = ratios
+    return dataclasses.replace(config or EarlyBirdConfig(), **settings)

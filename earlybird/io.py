@@ -212,4 +212,5 @@ def load_pruned(path: PathLike, model: nn.Module) -> nn.Module:
 
 
 def attach_record(model: nn.Module, history: History, inputs: Any) -> None:
+    """Mark a pruned model with its pruning history and inputs (what :func:`save_pruned` saves)."""
     object.__setattr__(model, RECORD_ATTR, {"history": history, "inputs": inputs})

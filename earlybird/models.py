@@ -196,6 +196,7 @@ def _register(cls: type, depth: int, name: str, doc: str) -> None:
     def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return cls(depth, **_drop_timm_kwargs({"pretrained": pretrained, **kwargs}))
     build.__name__, build.__doc__, build.__module__ = name, doc, __name__
+    globals()[name] = build             # timm lists it in this module's __all__
     register_model(build)
 
 

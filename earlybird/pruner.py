@@ -1,7 +1,6 @@
 """``EarlyBirdPruner``: draw early-bird tickets in any training loop, then prune for real."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .carry import carry_optimizer, carry_scheduler
-from .config import EarlyBirdConfig
+from .config import EarlyBirdConfig, make_config
 from .criteria import Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
@@ -18,7 +17,7 @@ from .graph import ChannelGraph, copy_model, find_classifier, prune_model, run_e
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 
-__all__ = ["EarlyBirdPruner", "Ticket", "make_config"]
+__all__ = ["EarlyBirdPruner", "Ticket"]
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "earlybird.pruner/1"
@@ -292,26 +291,6 @@ class EarlyBirdPruner:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
                 self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
                                              self.layout.split(mask), saved.get("state"))
-
-
-def make_config(config: Optional[EarlyBirdConfig] = None,
-                ratios: Optional[Sequence[float]] = None, **settings: Any) -> EarlyBirdConfig:
-    """``config`` (or the defaults) with ``ratios`` and any other fields replaced; an unknown
-    name is a TypeError that lists the fields.
-
-    >>> make_config(ratios=[0.5], window=3)
-    EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
-penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', span=None)
-    """
-    if config is not None and not isinstance(config, EarlyBirdConfig):
-        raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")
-    fields = {f.name for f in dataclasses.fields(EarlyBirdConfig)}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise TypeError(f"unknown settings {unknown}; EarlyBirdConfig has {sorted(fields)}")
-    if ratios is not None:
-        settings["ratios"] = ratios
-    return dataclasses.replace(config or EarlyBirdConfig(), **settings)
 
 
 def _segment_layer(layout: Any) -> Tensor:

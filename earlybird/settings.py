@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["option", "document", "as_dict", "from_dict", "leaves", "Leaf"]
+__all__ = ["option", "document", "as_dict", "from_dict", "leaves", "Leaf", "markdown_table"]
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *,
@@ -136,3 +136,24 @@ def leaves(cls: type, path: tuple[str, ...] = (), group: Optional[str] = None) -
             continue
         element, many, optional = _unpack(kind)
         yield Leaf((*path, f.name), f, element, many, optional, f.metadata.get("group") or group)
+
+
+def markdown_table(cls: type, flag: Any = lambda name: "--" + name.replace("_", "-")) -> str:
+    """A Markdown table of a settings class: each leaf's name, CLI option, default and help
+    (the README's settings table is this text).
+
+    >>> from earlybird.training import Recipe
+    >>> print(markdown_table(Recipe).splitlines()[2])
+    | `epochs` | `--epochs` | `160` | length of the schedule in epochs |
+    """
+    lines = ["| setting | CLI | default | meaning |", "| --- | --- | --- | --- |"]
+    for leaf in leaves(cls):
+        names = [flag(leaf.name), *leaf.field.metadata["flags"]]
+        default = leaf.default
+        if leaf.kind is bool and default:
+            names.append(flag("no_" + leaf.name))
+        spellings = ", ".join(f"`{f}`" for f in names)
+        shown = list(default) if isinstance(default, tuple) else default
+        lines.append(f"| `{leaf.name}` | {spellings} | `{shown!r}` | "
+                     f"{leaf.field.metadata['help'].replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)

@@ -30,13 +30,13 @@ from torch import nn
 from . import distributed
 from .energy import EnergyMeter
 from .errors import ConfigError
+from .faults import kill_point
 from .precision import LowPrecision, autocast, unwrap_optimizer
 from .settings import document, option
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "Progress",
-           "kill_point"]
+__all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "Progress"]
 
 Progress = Callable[[Iterable, str, int], Iterable]
 
@@ -99,24 +99,6 @@ class Recipe:
         """SGD over ``model``'s parameters at the learning rate of ``epoch``."""
         return torch.optim.SGD(model.parameters(), lr=self.lr_at(epoch), momentum=self.momentum,
                                weight_decay=self.weight_decay)
-
-
-def kill_point() -> Optional[tuple[str, int, str]]:
-    """``EARLYBIRD_KILL_AT=stage:epoch:where``: SIGKILL this process there (fault tests).
-
-    ``where`` is a batch index, or a named point of the pipeline (``checkpointed``).
-    """
-    spec = os.environ.get("EARLYBIRD_KILL_AT")
-    if not spec:
-        return None
-    stage, epoch, where = spec.split(":")
-    return stage, int(epoch), where
-
-
-def maybe_kill(stage: str, epoch: int = 0, where: Any = 0) -> None:
-    """SIGKILL this process if ``EARLYBIRD_KILL_AT`` names this point."""
-    if kill_point() == (stage, epoch, str(where)):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Trainer:

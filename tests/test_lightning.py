@@ -93,3 +93,42 @@ def test_bad_arguments():
         EarlyBirdCallback(ratios=[0.5], prune_ratio=0.9)
     with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
         EarlyBirdCallback(every_n_steps=0)
+
+
+def test_the_callback_takes_the_pruners_config_and_states_its_defaults():
+    import earlybird as eb
+    assert EarlyBirdCallback().config == eb.EarlyBirdConfig()
+    config = eb.EarlyBirdConfig(ratios=[0.5], window=2, epsilon=0.5, criterion="reference")
+    cb = EarlyBirdCallback(config=config, on_detect="continue")
+    assert cb.config == config and cb.ratios == (0.5,)
+    assert EarlyBirdCallback(config=config, window=3).config.window == 3   # kwargs over config
+    with pytest.raises(ValueError, match="window must be an integer >= 2, got 1"):
+        EarlyBirdCallback(window=1)                                        # refused at once
+    with pytest.raises(TypeError, match=r"unknown settings \['windw'\]"):
+        EarlyBirdCallback(windw=3)
+
+
+def test_under_gradient_accumulation_every_optimizer_step_is_checked_once(tmp_path):
+    # 4 batches per epoch, 2 per optimizer step: 2 steps per epoch, 4 in 2 epochs
+    cb = EarlyBirdCallback(ratios=[0.5], every_n_steps=1, on_detect="continue")
+    t = trainer(tmp_path, cb, epochs=2, accumulate_grad_batches=2)
+    t.fit(Module(), data())
+    assert t.global_step == 4
+    assert cb.pruner.iterations == [1, 2, 3, 4]
+
+
+def test_stopping_is_decided_by_all_ranks_together(tmp_path, monkeypatch):
+    # a rank whose detector has not fired keeps every rank training: the stop is reduced
+    cb = EarlyBirdCallback(ratios=[0.5], window=2, epsilon=0.5)
+    t = trainer(tmp_path, cb, epochs=6)
+    calls = []
+
+    def another_rank_disagrees(decision, all=True):
+        calls.append((decision, all))
+        return False
+    monkeypatch.setattr(t.strategy, "reduce_boolean_decision", another_rank_disagrees)
+    t.fit(Module(), data())
+    assert 0.5 in cb.pruner.tickets and t.current_epoch == 6      # drawn, and not stopped
+    ours = [d for d, every_rank in calls if every_rank]            # Lightning reduces too (all=False)
+    assert len(ours) == 6                                          # one reduction per check
+    assert ours.count(True) == 6 - cb.pruner.tickets[0.5].check    # True from the draw on

@@ -244,3 +244,27 @@ def test_a_ticket_drawn_at_the_end_is_reported_not_finetuned(tmp_path, capsys):
     assert cli("retrain", "--save", save, "--ratio", "0.3", *args) == 2
     assert ("the ticket for ratio 0.3 was drawn at the end of the schedule (epoch 4 of 4): "
             "nothing is left to finetune") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("point", ["search:1:checkpointed", "search:1:torn", "search:1:1",
+                                   "retrain-0.5-finetune:3:checkpointed",
+                                   "retrain-0.5-finetune:2:torn"])
+def test_no_epoch_is_logged_or_counted_twice_wherever_a_kill_lands(tmp_path, point):
+    # `checkpointed`: after an epoch's checkpoint, before its log lines; `torn`: half-way
+    # through writing them; a batch index: mid-epoch, before the checkpoint
+    args = ["run", *TINY, "--ratios", "0.5"]
+    run_cli([*args, "--save", str(tmp_path / "whole")])
+    killed = run_cli([*args, "--save", str(tmp_path / "cut")],
+                     env={**ENV, "EARLYBIRD_KILL_AT": point}, check=False)
+    assert killed.returncode == -9, killed.stderr[-500:]
+    run_cli([*args, "--save", str(tmp_path / "cut"), "--resume"])
+    timing = {"train_s", "eval_s", "swa_s"}
+    logs = [[{k: v for k, v in r.items() if k not in timing}
+             for r in eb.runs.RunDir(tmp_path / name).read_log()] for name in ("whole", "cut")]
+    assert logs[0] == logs[1]                              # every record once, in order
+    epochs = [(r["stage"], r["epoch"]) for r in logs[1] if "samples" in r]
+    assert len(epochs) == len(set(epochs)) and ("search", 1) in epochs
+    ledgers = [json.loads((tmp_path / n / "ledger.json").read_text()) for n in ("whole", "cut")]
+    assert [(p["method"], p["train_flops"]) for p in ledgers[0]["pipelines"]] == \
+        [(p["method"], p["train_flops"]) for p in ledgers[1]["pipelines"]]
+    assert not list((tmp_path / "cut").glob(".*.tmp"))      # no temporary file left behind

@@ -53,6 +53,7 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
 
 
 def plain_history(history: Iterable) -> History:
+    """torch-pruning's pruning history as plain lists: ``[[name, out?, [indices]], ...]``."""
     return [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in history]
 
 

@@ -151,6 +151,7 @@ def _untraced(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
 
 
 def run_inputs(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``, with a tuple/list spread as arguments and a dict as keywords."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):

@@ -19,10 +19,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("EarlyBirdCallback needs Lightning: pip install 'earlybird-tickets[lightning]'"
                       ) from exc
 
-from ..config import EarlyBirdConfig
+from ..config import EarlyBirdConfig, make_config
 from ..graph import replay_history
 from ..io import atomic_save, input_spec, make_inputs
-from ..pruner import EarlyBirdPruner, make_config
+from ..pruner import EarlyBirdPruner
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from torch import nn
 from .. import distributed
 from ..precision import SWA
 from ..settings import leaves
-from ..training import Progress, Trainer, kill_point, maybe_kill
+from ..faults import kill_point, maybe_kill
+from ..training import Progress, Trainer
 from .config import RunConfig
 from .env import RunEnv
 

@@ -21,7 +21,8 @@ from ..graph import replay_history
 from ..io import PRUNED_FORMAT, load_pruned, safe_load, save_pruned
 from ..pruner import EarlyBirdPruner
 from ..runs import RunDir
-from ..training import Progress, maybe_kill
+from ..faults import maybe_kill
+from ..training import Progress
 from .config import RunConfig
 from .env import RunEnv, setup
 from .stage import Stage

@@ -1,0 +1,82 @@
+"""How the project is put together: the benchmarks use only the library's public API, every
+file the project writes goes through one atomic writer, and modules stay one concept each."""
+import ast
+import types
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted((ROOT / "benchmarks").rglob("*.py"))
+LIBRARY = sorted((ROOT / "earlybird").rglob("*.py"))
+
+
+def _imports(path: Path) -> list[tuple[str, str]]:
+    """``(module, name)`` of every ``from earlybird... import name`` in a file."""
+    tree = ast.parse(path.read_text())
+    return [(node.module, alias.name) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.split(".")[0] == "earlybird" for alias in node.names]
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[str(p.relative_to(ROOT)) for p in BENCHMARKS])
+def test_benchmarks_use_only_the_public_api(path):
+    for module, name in _imports(path):
+        if importlib.util.find_spec(f"{module}.{name}") if module == "earlybird" else False:
+            continue                                       # a public submodule
+        exported = getattr(importlib.import_module(module), "__all__", None)
+        assert exported is not None, f"{module} has no __all__"
+        assert name in exported, f"{path.name} imports {name} from {module}, not in its __all__"
+    # no private attribute of anything but the benchmark's own objects (self, cls)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            assert owner in ("self", "cls"), f"{path.name}:{node.lineno} uses .{node.attr}"
+
+
+def test_every_public_library_name_is_documented():
+    for path in LIBRARY:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        assert module.__doc__, name
+        for public in getattr(module, "__all__", []):
+            obj = getattr(module, public)
+            if isinstance(obj, (types.FunctionType, type)):
+                assert obj.__doc__, f"{name}.{public} has no docstring"
+
+
+@pytest.mark.parametrize("path", [*LIBRARY, *BENCHMARKS],
+                         ids=[str(p.relative_to(ROOT)) for p in [*LIBRARY, *BENCHMARKS]])
+def test_files_are_written_only_through_the_atomic_writer(path):
+    # earlybird.io.atomic_write (and write_text / write_json / atomic_save on top of it) is
+    # the one way a file is written; the run log is the one file appended to (earlybird.runs)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        code, func = ast.unparse(node), node.func
+        if isinstance(func, ast.Name) and func.id == "open" and len(node.args) > 1:
+            mode, target = ast.literal_eval(node.args[1]), ast.unparse(node.args[0])
+            appends_the_log = path.name == "runs.py" and mode in ("ab", "r+b")
+            assert target == "os.devnull" or appends_the_log or not set(mode) & set("wa+"), \
+                f"{path.name}:{node.lineno} opens a file to write: {code}"
+        if isinstance(func, ast.Attribute) and func.attr in ("write_text", "write_bytes"):
+            assert isinstance(func.value, ast.Name) and func.value.id == "self", \
+                f"{path.name}:{node.lineno} writes a file directly: {code}"
+        if isinstance(func, ast.Attribute) and func.attr in ("save", "savefig", "savez",
+                                                              "savez_compressed"):
+            where = node.args[1] if func.attr == "save" else node.args[0]
+            assert ast.unparse(where) == "fh", f"{path.name}:{node.lineno} writes directly: {code}"
+
+
+@pytest.mark.parametrize("path", [*LIBRARY, *BENCHMARKS],
+                         ids=[str(p.relative_to(ROOT)) for p in [*LIBRARY, *BENCHMARKS]])
+def test_modules_stay_small(path):
+    # one concept per module, under ~300 lines where the concept allows (the pruner's public
+    # class and the detection experiment's script are a little longer)
+    limit = {"pruner.py": 340, "detection.py": 340}.get(path.name, 310)
+    assert len(path.read_text().splitlines()) <= limit, path
