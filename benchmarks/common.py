@@ -25,10 +25,10 @@ if __package__ in (None, ""):                      # imported from a script in b
 from earlybird import distributed, io  # noqa: E402
 from earlybird.data import (Batches, ImageSet, folder_loaders, load_dataset,  # noqa: E402
                             load_packed, subset)
-from earlybird.distributed import (Dist, barrier, dist_env, from_rank0,  # noqa: E402
-                                   is_distributed)
+from earlybird.distributed import Dist, barrier, dist_env, from_rank0  # noqa: E402,F401
 from earlybird.models import build_model  # noqa: E402
-from earlybird.training import Recipe, Trainer  # noqa: E402
+from earlybird.recipe import Recipe  # noqa: E402
+from earlybird.training import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "cifar10-25k.npz"

@@ -13,7 +13,8 @@ from .io import atomic_save, load_pruned, save_pruned
 from .masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
 from .precision import LowPrecision, PrecisionConfig
 from .pruner import EarlyBirdPruner, Ticket
-from .training import Recipe, Trainer
+from .recipe import Recipe
+from .training import Trainer
 from . import models  # noqa: F401 - registers the CIFAR models in timm
 
 __version__ = "0.1.0"

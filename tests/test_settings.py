@@ -16,7 +16,7 @@ from earlybird.models import build_model, check_arch, preresnet_block
 from earlybird.pipeline import RunConfig
 from earlybird.precision import LowPrecision, PrecisionConfig
 from earlybird.settings import leaves, markdown_table
-from earlybird.training import Recipe
+from earlybird.recipe import Recipe
 from conftest import TinyVGG
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .trace import build_graph, kept_modes
+
+if TYPE_CHECKING:                                  # pragma: no cover
+    from .groups import ChannelGraph
 
 __all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_history",
            "sync_attributes", "zero_pruned_channels"]

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..models import ARCHS, build_model, check_arch
 from ..precision import PrecisionConfig
 from ..settings import as_dict, document, from_dict, option
-from ..training import Recipe
+from ..recipe import Recipe
 
 __all__ = ["RunConfig", "NUM_CLASSES"]
 
