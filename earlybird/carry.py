@@ -7,7 +7,9 @@ up with its parameter (SGD's momentum, Adam's moments, Rprop's step sizes, or Ad
 factored row and column statistics, which broadcast to it) is pruned exactly like the
 parameter: it is expanded to the parameter's shape, loaded into a copy of the dense model in
 place of the weights, the same pruning history is replayed on that copy, and the broadcast
-dimensions are taken back. Everything else (step counts) carries over unchanged. State that
+dimensions are taken back (a factored statistic is a mean over a dimension; where pruning
+shrinks that dimension it keeps the dense mean until the optimizer updates it again).
+Everything else (step counts) carries over unchanged. State that
 does not line up with any one parameter (LBFGS keeps its history as flat vectors over all of
 them) cannot be sliced: that parameter's state starts afresh, with a logged warning.
 """

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from .distributed import dist_env
 from .errors import ConfigError, EarlyBirdError
 from .flops import BACKWARD_FACTOR
 from .pipeline import MODES, RunConfig
@@ -155,7 +155,7 @@ def _table(summary: dict[str, Any]) -> str:
 
 
 def _say(text: str) -> None:
-    if os.environ.get("RANK", "0") == "0":                # under torchrun only rank 0 prints
+    if dist_env().main:                                   # under torchrun only rank 0 prints
         print(text)
 
 
