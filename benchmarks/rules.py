@@ -21,9 +21,26 @@ RULES: dict[str, tuple[str, int, int, float, Optional[float]]] = {
 }
 
 
+def rule_spec(rule: str) -> tuple[str, int, int, float, Optional[float]]:
+    """A rule of :data:`RULES`, or ``"<criterion> @<k>/epoch"``: that criterion seeing ``k``
+    checks per epoch, window 5, epsilon 0.1 (the plateau rule: span 2 epochs of steps).
+
+    >>> rule_spec("plateau @4/epoch"), rule_spec("reference")
+    (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None))
+    """
+    if rule in RULES:
+        return RULES[rule]
+    criterion, _, every = rule.partition(" @")
+    if not every.endswith("/epoch") or not every[:-6].isdigit() or criterion not in (
+            "reference", "fifo", "normalized", "plateau"):
+        raise ValueError(f"unknown rule {rule!r}; use one of {list(RULES)} or "
+                         "'<criterion> @<k>/epoch'")
+    return (criterion, int(every[:-6]), 5, 0.1, 2.0 if criterion == "plateau" else None)
+
+
 def detect(record: dict, ratio: float, rule: str) -> Optional[int]:
     """The optimizer step at which ``rule`` draws the ticket of ``ratio``, or None."""
-    criterion, per_epoch, window, epsilon, span_epochs = RULES[rule]
+    criterion, per_epoch, window, epsilon, span_epochs = rule_spec(rule)
     spe = int(record["steps_per_epoch"])
     every = spe // per_epoch
     steps = [int(s) for s in record["steps"]]

@@ -1,5 +1,6 @@
 """The benchmark suite: method selection rules, configs, the cache and the report."""
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -387,3 +388,73 @@ def test_stability_measures_only_the_data_order(tmp_path, monkeypatch):
     (same,) = S.run(suite, tmp_path / "same", 1, progress=lambda line: None)
     assert same["eb_distance"] == 0.0 and same["random_distance"] == 0.0
     assert same["eb_accs"][0] == same["eb_accs"][1]
+
+
+def _budget_suite(tmp_path):
+    raw = {"arch": "vgg", "depth": 11, "width": 0.125, "dataset": "synthetic",
+           "train_images": 16, "test_images": 8, "batch_size": 4, "epochs": 8,
+           "schedule": [4, 6], "ratios": [0.5], "seeds": [0], "checks_per_epoch": 2,
+           "claims": True, "methods": ["dense", "eb", "eb-plateau", "ns", "ns-budget", "random"]}
+    return S.suite_from_dict(raw, "budget")
+
+
+def test_ns_budget_spends_eb_trains_flops_and_checks_run_inside_epochs(tmp_path):
+    suite = _budget_suite(tmp_path)
+    rows = S.run(suite, tmp_path, 1, progress=lambda line: None)
+    by = {r["method"]: r for r in rows}
+    slim = S.stage_slim(suite, 0, tmp_path / "budget" / "seed0")
+    # 4 steps per epoch, a check every 2: masks at steps 0, 2, ..., 32
+    assert [int(s) for s in slim["steps"]] == list(range(0, 33, 2))
+    eb_row, budget = by["eb-plateau"], by["ns-budget"]
+    assert eb_row["rule"] == "plateau" and eb_row["draw_at"] * 2 == int(eb_row["draw_at"] * 2)
+    # pruned at the epoch boundary after the check that drew it (or before the end)
+    assert eb_row["draw_epoch"] == min(math.ceil(eb_row["draw_at"]), suite.setting.epochs - 1)
+    # ns-budget: a shortened slimming run and finetune whose FLOPs are EB Train's within 5 %
+    assert budget["budget_flops"] == eb_row["train_flops"]
+    assert abs(budget["train_flops"] / eb_row["train_flops"] - 1) <= 0.05
+    n, m = budget["slim_epochs"], budget["finetune_epochs"]
+    assert budget["train_flops"] == 3 * 16 * (n * budget["dense_flops"] + m * budget["flops"])
+    assert n < suite.setting.epochs and budget["epochs_trained"] == m
+    assert budget["train_flops"] < by["ns"]["train_flops"]
+    text = (tmp_path / "out" / "README.md")
+    S.write_results(suite, rows, tmp_path / "out", {"command": "c", "machine": "m",
+                    "wall_min": 0, "date": "d", "train_images": 16, "test_images": 8})
+    readme = text.read_text()
+    assert "## Does EB Train deliver?" in readme and "| eb-plateau | 0.5 |" in readme
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
+
+
+def test_claims_are_read_from_the_table():
+    suite = replace(S.load_suite("quick"), methods=("dense", "eb", "eb-plateau", "ns", "random",
+                                                    "ns-budget"), ratios=(0.3, 0.5), claims=True)
+    rows = []
+    for seed, shift in ((0, -0.5), (1, 0.5)):
+        for ratio in (0.3, 0.5):
+            rows += [_row("eb-plateau", ratio, seed, 80.0 + shift, 25.0, 40.0, draw_epoch=3,
+                          draw_at=2.5),
+                     _row("eb", ratio, seed, 79.0 + shift, 35.0, 50.0, draw_epoch=8),
+                     _row("ns", ratio, seed, 80.4 + shift, 90.0, 120.0),
+                     _row("random", ratio, seed, 77.0 + 2 * shift, 35.0, 50.0),
+                     _row("ns-budget", ratio, seed, 78.0, 25.5, 41.0)]
+    found = S.summarize(suite, rows)["claims"]
+    a = {(e["method"], e["ratio"]): e for e in found["a"]}
+    assert a[("eb-plateau", 0.5)]["gap"] == pytest.approx(0.4) and a[("eb-plateau", 0.5)]["met"]
+    assert a[("eb", 0.3)]["gap"] == pytest.approx(1.4) and not a[("eb", 0.3)]["met"]
+    assert a[("eb-plateau", 0.3)]["flops_saving"] == pytest.approx(3.6)
+    assert a[("eb-plateau", 0.3)]["wall_saving"] == pytest.approx(3.0)
+    (b,) = [e for e in found["b"] if e["ratio"] == 0.5]       # the reference ticket vs random
+    # sds 0.71 (eb) and 1.41 (random): pooled 1.12; 2.0 points < 2 x 1.12
+    assert b["delta"] == pytest.approx(2.0) and b["pooled_sd"] == pytest.approx(1.118, abs=1e-3)
+    assert not b["met"]
+    c = {(e["method"], e["ratio"]): e for e in found["c"]}
+    assert c[("eb-plateau", 0.5)]["share"] == pytest.approx(2.5 / 16) and c[("eb-plateau", 0.5)]["met"]
+    assert c[("eb", 0.5)]["share"] == pytest.approx(0.5) and not c[("eb", 0.5)]["met"]
+    (d, _) = found["d"]
+    assert d["delta"] == pytest.approx(2.0) and d["flops_ratio"] == pytest.approx(25.5 / 25)
+    assert d["met"]
+    text = S.markdown(suite, S.summarize(suite, rows), {"command": "c", "machine": "m",
+                      "wall_min": 1.0, "date": "d", "train_images": 1, "test_images": 1})
+    assert "| eb-plateau | 0.5 | 80.00 | 80.40 | +0.40 | 3.60x | 3.00x | met |" in text
+    assert "| eb | 0.5 | 79.00 | 77.00 | +2.00 | 1.12 | **missed** |" in text
+    # settings without claims=True (quick, mini) render as they always have
+    assert "claims" not in S.summarize(replace(suite, claims=False), rows)

@@ -13,7 +13,10 @@ from benchmarks.suite.registry import METHODS
 CONFIGS = common.ROOT / "configs"
 RESULTS = common.ROOT / "results"
 SUITE_KEYS = ("description", "gpu", "ratios", "seeds", "methods", "rewind_epoch", "lt_rounds",
-              "snip_batches", "thinet_images", "jobs")
+              "snip_batches", "thinet_images", "jobs", "checks_per_epoch", "claims")
+# keys added after results were committed: left out of as_dict() at their default, so that
+# older results (and caches) still match and re-render byte for byte
+LATER = {"checks_per_epoch": 1, "claims": False}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Suite:
     snip_batches: int = 1
     thinet_images: int = 256
     jobs: int = 2
+    checks_per_epoch: int = 1
+    claims: bool = False                # report the paper's claims, answered (benchmarks.suite.claims)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -48,19 +53,21 @@ class Suite:
         if not 0 <= self.rewind_epoch < st.epochs:
             raise ValueError(f"{self.name}: rewind_epoch must be in [0, {st.epochs}), "
                              f"got {self.rewind_epoch}")
-        if self.lt_rounds < 1 or self.snip_batches < 1 or self.thinet_images < 1 or self.jobs < 1:
-            raise ValueError(f"{self.name}: lt_rounds, snip_batches, thinet_images and jobs "
-                             "must be >= 1")
+        if self.lt_rounds < 1 or self.snip_batches < 1 or self.thinet_images < 1 or self.jobs < 1 \
+                or self.checks_per_epoch < 1:
+            raise ValueError(f"{self.name}: lt_rounds, snip_batches, thinet_images, jobs and "
+                             "checks_per_epoch must be >= 1")
         if st.dataset not in common.DATASETS:
             raise ValueError(f"{self.name}: unknown dataset {st.dataset!r}; choose from "
                              f"{list(common.DATASETS)}")
 
     def as_dict(self) -> dict[str, Any]:
+        later = {k: getattr(self, k) for k, default in LATER.items() if getattr(self, k) != default}
         return {"name": self.name, "description": self.description, "gpu": self.gpu,
                 "ratios": list(self.ratios), "seeds": list(self.seeds),
                 "methods": list(self.methods), "rewind_epoch": self.rewind_epoch,
                 "lt_rounds": self.lt_rounds, "snip_batches": self.snip_batches,
-                "thinet_images": self.thinet_images, **self.setting.as_dict(),
+                "thinet_images": self.thinet_images, **later, **self.setting.as_dict(),
                 "data": self.setting.data}
 
 
@@ -111,4 +118,4 @@ def dry_run(suite: Suite) -> Suite:
                  batch_size=4, epochs=2, schedule=(1,), image_size=32, device="cpu")
     return replace(suite, setting=st, ratios=suite.ratios[:1], seeds=suite.seeds[:1],
                    rewind_epoch=min(suite.rewind_epoch, 1), lt_rounds=min(suite.lt_rounds, 2),
-                   snip_batches=1, thinet_images=4, jobs=1)
+                   snip_batches=1, thinet_images=4, jobs=1, checks_per_epoch=1)

@@ -81,15 +81,25 @@ class Job:
                 **extra}
 
     def ticket(self, slim: dict, tag: str, rule: str) -> tuple[int, bool, nn.Module, dict]:
-        """``(draw epoch, drawn, dense model at that epoch, keep-masks)`` of ``rule``'s ticket
-        in a shared slimming run; undrawn: the last epoch boundary before the end."""
+        """``(epoch, drawn, dense model at that epoch, keep-masks)`` of ``rule``'s ticket in a
+        shared slimming run. A ticket drawn inside an epoch (several checks per epoch) is
+        pruned at the next epoch boundary, where the weights are kept; undrawn: the mask and
+        weights of the last epoch boundary before the end."""
         spe, epochs = int(slim["steps_per_epoch"]), self.st.epochs
         step = detect(slim, self.ratio, rule)
-        drawn = step is not None and step // spe < epochs
-        t = step // spe if drawn else epochs - 1
+        t = -(-step // spe) if step is not None else epochs           # ceil
+        drawn = t < epochs
+        if not drawn:
+            t, step = epochs - 1, (epochs - 1) * spe
         dense_model = self.model(self.weights(tag, t))
-        keep = self.pruner(dense_model).layout.split(slim["masks"][f"{self.ratio:g}"][t])
+        at = [int(s) for s in slim["steps"]].index(step)
+        keep = self.pruner(dense_model).layout.split(slim["masks"][f"{self.ratio:g}"][at])
         return t, drawn, dense_model, keep
+
+    def draw_step(self, slim: dict, rule: str) -> Optional[float]:
+        """Where ``rule`` drew the ticket, in epochs (a fraction inside one), or None."""
+        step = detect(slim, self.ratio, rule)
+        return None if step is None else step / int(slim["steps_per_epoch"])
 
     def first_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``n`` training batches of epoch 0."""

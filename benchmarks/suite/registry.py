@@ -32,6 +32,8 @@ class Method:
         rule: the detection rule of the EB ticket it uses (``benchmarks.detection.RULES``).
         colour: its colour in the plots (a tab20 index, fixed so old plots keep theirs).
         table: ``"main"``, or ``"stability"`` for a method with a table of its own.
+        after: methods whose row (same ratio and seed) it starts from; in a pool they run
+            first.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Method:
     rule: Optional[str] = None
     colour: int = 0
     table: str = "main"
+    after: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         bad = [n for n in self.needs if n not in SHARED_RUNS]

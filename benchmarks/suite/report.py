@@ -11,8 +11,10 @@ from typing import Any, Optional
 from benchmarks import common
 from benchmarks.suite.config import Suite, suite_from_dict
 from benchmarks.suite.methods.lottery import prunable_weights
+from benchmarks.suite.claims import claims, claims_markdown
+from benchmarks.suite.plots import frontier, plot
 from benchmarks.suite.registry import REGISTRY, get
-from earlybird.io import atomic_write, write_text
+from earlybird.io import write_text
 
 BAR_METHODS = ("eb", "eb-plateau")      # the EB rules the performance bar is read for
 
@@ -36,7 +38,7 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         for k in ("train_flops", "energy_j", "wall_s", "params", "flops", "dense_flops",
                   "dense_params"):
             entry[k] = statistics.mean(r[k] for r in found)
-        for k in ("draw_epoch", "sparsity", "epoch_s"):
+        for k in ("draw_epoch", "draw_at", "sparsity", "epoch_s"):
             if all(r.get(k) is not None for r in found):
                 entry[k] = statistics.mean(r[k] for r in found)
         if "sparsity" in entry:         # the masked weights' zeros counted out (ShrinkBench)
@@ -69,6 +71,9 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
                     best_channel_competitor=rival["method"],
                     channel_acc_delta=acc - statistics.mean(rival["test_acc"]))
     out = {"table": table, "improvement": improvement, "bar": performance_bar(suite, table)}
+    found = claims(suite, table) if suite.claims else None
+    if found:
+        out["claims"] = found
     if stability:
         out["stability"] = [
             {"ratio": ratio, "seeds": len(found),
@@ -181,33 +186,10 @@ def markdown(suite: Suite, summary: dict, meta: dict) -> str:
                          "of it (target >= 0.7)")
         missed = [k for k, ok in bar["pass"].items() if not ok]
         lines.append("- **missed: " + "; ".join(missed) + "**" if missed else "- all met")
+    if summary.get("claims"):
+        lines += claims_markdown(summary["claims"])
     lines += common.provenance(meta)
     return "\n".join(lines)
-
-
-def plot(summary: dict, out: Path) -> None:
-    """Accuracy vs training FLOPs, one panel per ratio, one marker per method (± std)."""
-    plt = common.pyplot()
-    ratios = sorted({e["ratio"] for e in summary["table"] if e["ratio"] is not None})
-    dense = next((e for e in summary["table"] if e["method"] == "dense"), None)
-    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)
-    palette = plt.get_cmap("tab20").colors        # one colour per method, the same in every panel
-    for ax, ratio in zip(axes[0], ratios):
-        for e in [e for e in summary["table"] if e["ratio"] == ratio] + ([dense] if dense else []):
-            acc = e["test_acc"]
-            ax.errorbar(e["train_flops"] / 1e15, statistics.mean(acc),
-                        yerr=statistics.stdev(acc) if len(acc) > 1 else 0, capsize=3,
-                        fmt="*" if get(e["method"]).eb else "o", label=e["method"],
-                        color=palette[get(e["method"]).colour % len(palette)],
-                        markersize=10 if get(e["method"]).eb else 6)
-        ax.set_xlabel("training PFLOPs (3 x forward MACs per image)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"p = {ratio:g}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=120))
-    plt.close(fig)
 
 
 def rewrite_results(out: Path) -> dict:
@@ -226,7 +208,8 @@ def rewrite_results(out: Path) -> dict:
 
 
 def write_results(suite: Suite, rows: list[dict], out: Path, meta: dict) -> dict:
-    """results.json (rows + summary + meta), README.md (the table) and accuracy_vs_flops.png."""
+    """results.json (rows + summary + meta), README.md (the table), accuracy_vs_flops.png (a panel
+    per ratio) and frontier.png (every method and ratio in one cost-accuracy plot)."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(suite, rows)
     common.write_json(out / "results.json", {"meta": meta, "suite": suite.as_dict(),
@@ -234,4 +217,5 @@ def write_results(suite: Suite, rows: list[dict], out: Path, meta: dict) -> dict
     write_text(out / "README.md", markdown(suite, summary, meta))
     if any(e["ratio"] is not None for e in summary["table"]):
         plot(summary, out / "accuracy_vs_flops.png")
+        frontier(summary, out / "frontier.png")
     return summary

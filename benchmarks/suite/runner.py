@@ -51,8 +51,8 @@ def cache_dir(suite: Suite, cache: Path) -> Path:
     root = cache / suite.name
     root.mkdir(parents=True, exist_ok=True)
     stamp = root / "setting.json"
-    mine = {k: v for k, v in suite.as_dict().items() if k not in ("methods", "seeds", "ratios",
-                                                                  "description", "jobs")}
+    mine = {k: v for k, v in suite.as_dict().items()
+            if k not in ("methods", "seeds", "ratios", "claims", "description", "jobs")}
     if stamp.exists():
         theirs = json.loads(stamp.read_text())
         if theirs != json.loads(json.dumps(mine)):
@@ -99,9 +99,15 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
                 stage_jobs[(stage, seed)] = pool.submit(_stage, stage, suite, seed, folders[seed])
     waiting = list(todo)
     pending: dict[Future, tuple] = {}
+    finished: set[tuple] = set()
+
+    def ready_to_run(job: tuple) -> bool:
+        method, ratio, seed = job
+        return all(stage_jobs[(s, seed)].done() for s in get(method).needs) and all(
+            (m, ratio, seed) in finished for m in get(method).after if m in suite.methods)
     try:
         while waiting or pending:
-            ready = [j for j in waiting if all(stage_jobs[(s, j[2])].done() for s in get(j[0]).needs)]
+            ready = [j for j in waiting if ready_to_run(j)]
             for job in ready:
                 waiting.remove(job)
                 for s in get(job[0]).needs:
@@ -115,7 +121,7 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
                            return_when=FIRST_COMPLETED)
             for future in done:
                 if future in pending:
-                    pending.pop(future)
+                    finished.add(pending.pop(future))
                     rows.append(future.result())
                     _report(progress, started, rows[-1], len(rows), len(todo))
     finally:

@@ -65,8 +65,9 @@ def stage_dense(suite: "Suite", seed: int, folder: Path) -> dict:
 
 
 def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32") -> dict:
-    """Dense training with slimming; a keep-mask per ratio and the weights at every epoch
-    boundary (``slim-e<t>.pt``)."""
+    """Dense training with slimming; a keep-mask per ratio at every epoch boundary (or
+    ``checks_per_epoch`` times per epoch) and the weights at every epoch boundary
+    (``slim-e<t>.pt``)."""
     tag = "slim" if precision == "fp32" else f"slim-{precision}"
     path = folder / f"{tag}.pt"
     if path.exists():
@@ -77,15 +78,25 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32")
     model = common.build(st, seed)
     pruner = eb.EarlyBirdPruner(model, common.example(st), suite.ratios, sparsity=st.s,
                                 keep_weights=False)
+    k = suite.checks_per_epoch
+    if spe % k:
+        raise ValueError(f"{suite.name}: {spe} steps per epoch do not split into "
+                         f"checks_per_epoch={k} checks")
     pruner.step(iteration=0)
     save({"format": WEIGHTS, "state": cpu_state(model)}, folder / f"{tag}-e0.pt")
 
+    def check(step: int) -> bool:
+        pruner.step(iteration=step)
+        return False
+
     def after(epoch: int) -> None:
-        pruner.step(iteration=(epoch + 1) * spe)
+        if k == 1:
+            pruner.step(iteration=(epoch + 1) * spe)
         save({"format": WEIGHTS, "state": cpu_state(model)}, folder / f"{tag}-e{epoch + 1}.pt")
 
     result = common.train(model, st, data, 0, st.epochs, regularize=pruner.regularize,
-                          after_epoch=after, precision=precision)
+                          after_epoch=after, precision=precision,
+                          check_every=spe // k if k > 1 else None, on_check=check)
     cost = count_flops(model.cpu(), common.example(st))
     masks = {f"{r:g}": pruner.history(r) for r in suite.ratios}
     theirs = common.from_rank0(masks)                   # under torchrun: rank 0's tickets

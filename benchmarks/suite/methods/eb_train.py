@@ -10,9 +10,13 @@ from benchmarks.suite.registry import Method, register
 
 def _eb(job: Job, method: str, shared: dict[str, dict], tag: str, rule: str) -> dict:
     slim = shared[tag]
+    if rule == "plateau":                  # as often as the setting checks (span: 2 epochs)
+        rule = f"plateau @{job.suite.checks_per_epoch}/epoch"
     t, drawn, dense_model, keep = job.ticket(slim, tag, rule)
     search = costs.part(slim, t, str(slim["precision"]))
     extra = {"draw_epoch": t, "drawn": drawn, "rule": rule.split()[0]}
+    if job.suite.checks_per_epoch > 1:
+        extra["draw_at"] = job.draw_step(slim, rule)   # the check that drew it, in epochs
     if method == "eb-reinit":
         small = job.prune(job.model(seed_offset=1), keep)
         result = job.train(small, 0)
@@ -30,8 +34,8 @@ def _variant(name: str, description: str, tag: str, rule: str, colour: int) -> N
 
 _variant("eb", "EB Train: slimming until the reference rule draws the ticket, prune, finetune "
          "to the end", "slim", "reference", 1)
-_variant("eb-plateau", "EB Train with the plateau rule (span 2 epochs of steps)", "slim",
-         "plateau @1/epoch", 2)
+_variant("eb-plateau", "EB Train with the plateau rule (span 2 epochs of steps), checked "
+         "checks_per_epoch times per epoch", "slim", "plateau", 2)
 _variant("eb-reinit", "EB Train's ticket (reference rule) re-initialised, trained a whole "
          "schedule", "slim", "reference", 3)
 _variant("lf", "EB Train with an 8-bit search, fp32 finetune", "slim-q8", "reference", 4)
