@@ -73,7 +73,8 @@ def summarize(rows: list[dict], epochs: tuple[int, ...]) -> dict[str, Any]:
             accs = [r["test_acc"] for r in found]
             entry = {"candidate": candidate, "epochs": t, "seeds": len(found), "test_acc": accs,
                      "mean": statistics.mean(accs),
-                     "epoch_s": statistics.mean(s for r in found for s in r["epoch_s"]),
+                     # median: robust to epochs stretched by other work on the machine
+                     "epoch_s": statistics.mean(statistics.median(r["epoch_s"]) for r in found),
                      "train_images": found[0]["images_per_epoch"], "flops": found[0]["flops"],
                      "params": found[0]["params"]}
             entry["core_h"] = entry["epoch_s"] * t / 3600
@@ -122,8 +123,9 @@ def markdown(summary: dict, meta: dict) -> str:
         lines.append(f"**No candidate converged.** Nearest: `{c['candidate']}` at T = "
                      f"{c['epochs']} ({c['gap_to_2T']:+.2f} points from 2T); results there carry "
                      "that gap.")
-    lines += ["", "Seconds per epoch are measured with two single-threaded workers sharing the "
-              "2 cores."]
+    lines += ["", "Seconds per epoch: the median epoch of each run (mean over seeds), with two "
+              "single-threaded workers sharing the 2 cores; the median leaves out epochs that "
+              "other work on the machine stretched. Core-hours: that times T."]
     lines += common.provenance(meta)
     return "\n".join(lines)
 
