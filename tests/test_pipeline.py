@@ -212,14 +212,19 @@ def test_same_seed_same_tickets_and_weights(tmp_path):
     assert a["sha256"] == b["sha256"]
 
 
-@pytest.mark.parametrize("point", ["search:1:2", "prune:0:0", "retrain-0.5-finetune:3:1"])
-def test_a_run_killed_anywhere_resumes_to_the_same_result(tmp_path, point):
+def whole_and_killed(tmp_path, point: str) -> None:
+    """``run`` into ``whole``, and into ``cut`` killed at ``point`` then resumed."""
     args = ["run", *TINY, "--ratios", "0.5"]
     run_cli([*args, "--save", str(tmp_path / "whole")])
     killed = run_cli([*args, "--save", str(tmp_path / "cut")],
                      env={**ENV, "EARLYBIRD_KILL_AT": point}, check=False)
     assert killed.returncode == -9, killed.stderr[-500:]
     run_cli([*args, "--save", str(tmp_path / "cut"), "--resume"])
+
+
+@pytest.mark.parametrize("point", ["search:1:2", "prune:0:0", "retrain-0.5-finetune:3:1"])
+def test_a_run_killed_anywhere_resumes_to_the_same_result(tmp_path, point):
+    whole_and_killed(tmp_path, point)
     for name in ("search.pt", "pruned-0.5.pt", "retrain-0.5-finetune.pt"):
         a = torch.load(tmp_path / "whole" / name, weights_only=True)
         b = torch.load(tmp_path / "cut" / name, weights_only=True)
@@ -252,12 +257,7 @@ def test_a_ticket_drawn_at_the_end_is_reported_not_finetuned(tmp_path, capsys):
 def test_no_epoch_is_logged_or_counted_twice_wherever_a_kill_lands(tmp_path, point):
     # `checkpointed`: after an epoch's checkpoint, before its log lines; `torn`: half-way
     # through writing them; a batch index: mid-epoch, before the checkpoint
-    args = ["run", *TINY, "--ratios", "0.5"]
-    run_cli([*args, "--save", str(tmp_path / "whole")])
-    killed = run_cli([*args, "--save", str(tmp_path / "cut")],
-                     env={**ENV, "EARLYBIRD_KILL_AT": point}, check=False)
-    assert killed.returncode == -9, killed.stderr[-500:]
-    run_cli([*args, "--save", str(tmp_path / "cut"), "--resume"])
+    whole_and_killed(tmp_path, point)
     timing = {"train_s", "eval_s", "swa_s"}
     logs = [[{k: v for k, v in r.items() if k not in timing}
              for r in eb.runs.RunDir(tmp_path / name).read_log()] for name in ("whole", "cut")]
