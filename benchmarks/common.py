@@ -24,7 +24,7 @@ if __package__ in (None, ""):                      # imported from a script in b
 
 from earlybird import distributed, io  # noqa: E402
 from earlybird.data import (Batches, ImageSet, folder_loaders, load_dataset,  # noqa: E402
-                            load_packed, subset)
+                            load_packed, read_archive, subset)
 from earlybird.distributed import Dist, barrier, dist_env, from_rank0  # noqa: E402,F401
 from earlybird.models import build_model  # noqa: E402
 from earlybird.recipe import Recipe  # noqa: E402
@@ -55,10 +55,14 @@ class Setting:
     num_classes: int = 10
     image_size: int = 32
     device: str = "cpu"
+    precision: str = "fp32"        # fp32 | bf16 (autocast on CUDA)
+    compile: bool = False          # torch.compile the training step
 
     def as_dict(self) -> dict[str, Any]:
+        """The setting as plain data; keys added after results were committed are left out at
+        their defaults, so older results and caches still match."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if k != "data"}
+                if k != "data" and not (k in LATER and v == LATER[k])}
 
     @property
     def recipe(self) -> Recipe:
@@ -77,7 +81,8 @@ class Data:
         self.steps_per_epoch = len(self.train)
 
 
-DATASETS = ("packed", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("packed", "archive", "cifar10", "cifar100", "imagenet", "synthetic")
+LATER = {"precision": "fp32", "compile": False}
 WORKERS = min(8, os.cpu_count() or 1)          # DataLoader processes per rank (ImageNet)
 
 
@@ -126,6 +131,8 @@ def load_data(setting: Setting, seed: int) -> Data:
         sets = {"train": fake(setting.train_images or 8), "test": fake(setting.test_images or 8)}
     elif setting.dataset == "packed":
         sets = load_packed(setting.data)
+    elif setting.dataset == "archive":                # train/<class>/*.jpg + test/ (.tar.gz)
+        sets = read_archive(setting.data)
     elif setting.dataset in ("cifar10", "cifar100"):
         train, test, _ = load_dataset(setting.dataset, setting.data)
         sets = {"train": train, "test": test}
@@ -134,9 +141,10 @@ def load_data(setting: Setting, seed: int) -> Data:
     # always the same images (seed 0): the packed file is sorted by class
     train = subset(sets["train"], setting.train_images, 0)
     test = subset(sets["test"], setting.test_images, 0)
+    device = device_of(setting)              # on a GPU the images stay there (earlybird.data)
     return Data(Batches(train, setting.batch_size // env.world, True, seed, drop_last=True,
-                        rank=env.rank, world_size=env.world),
-                Batches(test, 500, False, rank=env.rank, world_size=env.world))
+                        rank=env.rank, world_size=env.world, device=device),
+                Batches(test, 500, False, rank=env.rank, world_size=env.world, device=device))
 
 
 def _imagenet(setting: Setting, seed: int, env: Dist) -> Data:
@@ -159,7 +167,7 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
           regularize: Optional[Callable[[], None]] = None, check_every: Optional[int] = None,
           on_check: Optional[Callable[[int], bool]] = None,
           after_epoch: Optional[Callable[[int], None]] = None,
-          eval_every_epoch: bool = False, precision: str = "fp32",
+          eval_every_epoch: bool = False, precision: Optional[str] = None,
           weight_masks: Optional[dict[nn.Parameter, torch.Tensor]] = None) -> dict[str, Any]:
     """Epochs ``first .. last - 1`` of the setting's schedule through the library's
     :class:`~earlybird.training.Trainer`; returns the final test accuracy (and each epoch's
@@ -169,9 +177,9 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
     ``weight_masks``: unstructured tickets; under torchrun: data-parallel).
     """
     trainer = Trainer(model, setting.recipe, data.train, test=data.test,
-                      device=device_of(setting), precision=precision, regularize=regularize,
-                      weight_masks=weight_masks, check_every=check_every, on_check=on_check,
-                      epoch=first)
+                      device=device_of(setting), precision=precision or setting.precision,
+                      regularize=regularize, weight_masks=weight_masks, check_every=check_every,
+                      on_check=on_check, epoch=first, compile=setting.compile)
     try:
         return trainer.fit(last, eval_every_epoch=eval_every_epoch, after_epoch=None
                            if after_epoch is None else lambda record: after_epoch(record["epoch"]))

@@ -81,6 +81,10 @@ class Trainer:
         epoch, step: where training starts (step: default ``epoch * len(batches)``).
         layout: the memory format inputs are given to the model in (default: the faster one
             for this model and device, :func:`memory_format`).
+        compile: run the model through ``torch.compile`` (the model itself stays uncompiled:
+            prune and save it as usual).
+
+    On CUDA the Trainer turns on cuDNN's autotuner (``torch.backends.cudnn.benchmark``).
 
     Under torchrun the model trains inside DistributedDataParallel (each rank its shard of
     every batch) and after each epoch every rank takes rank 0's buffers, so all ranks hold the
@@ -96,7 +100,7 @@ class Trainer:
                  on_check: Optional[Callable[[int], bool]] = None,
                  progress: Optional[Progress] = None, stage: str = "train", epoch: int = 0,
                  step: Optional[int] = None,
-                 layout: Optional[torch.memory_format] = None) -> None:
+                 layout: Optional[torch.memory_format] = None, compile: bool = False) -> None:
         self.device = device or next(model.parameters()).device
         self.model = model.to(self.device)
         self.recipe, self.batches, self.test, self.precision = recipe, batches, test, precision
@@ -111,7 +115,11 @@ class Trainer:
             low = low_precision or LowPrecision()
             self.optimizer = low.optimizer(self.optimizer)
             self._hooks = low.quantize_activations(model)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.net = distributed.wrap(model, self.device)
+        if compile:
+            self.net = torch.compile(self.net)
         self.masks = {p: m.to(self.device, p.dtype) for p, m in (weight_masks or {}).items()}
         with torch.no_grad():
             for p, m in self.masks.items():

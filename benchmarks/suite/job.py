@@ -54,23 +54,24 @@ class Job:
         """The weights a shared run kept at an epoch boundary (``slim-e<t>.pt``)."""
         return safe_load(self.folder / f"{tag}-e{epoch}.pt", WEIGHTS)["state"]
 
-    def train(self, model: nn.Module, first: int, precision: str = "fp32",
+    def train(self, model: nn.Module, first: int, precision: Optional[str] = None,
               weight_masks: Optional[dict] = None, data: Optional[common.Data] = None,
               last: Optional[int] = None) -> dict:
-        """Train from epoch ``first`` to ``last`` (default: the schedule's end)."""
+        """Train from epoch ``first`` to ``last`` (default: the schedule's end) at ``precision``
+        (default: the setting's)."""
         torch.manual_seed(self.seed * 7919 + first)
         return common.train(model, self.st, data or self.data, first,
                             self.st.epochs if last is None else last,
                             precision=precision, weight_masks=weight_masks)
 
     def row(self, method: str, model: nn.Module, result: dict, dense: dict, *,
-            before: Sequence[dict] = (), precision: str = "fp32", select_s: float = 0.0,
+            before: Sequence[dict] = (), precision: Optional[str] = None, select_s: float = 0.0,
             **extra: Any) -> dict:
         """The row of a method whose final ``model`` trained as ``result``: its cost is the
         ``before`` parts (shared runs, earlier rounds) plus its own training (at the final
         model's FLOPs) plus ``select_s`` seconds spent choosing the ticket."""
         final = count_flops(model.cpu(), self.example)
-        cost = costs.total(*before, costs.own(final.flops, result, precision))
+        cost = costs.total(*before, costs.own(final.flops, result, precision or self.st.precision))
         cost["wall_s"] += select_s
         return {"method": method, "ratio": self.ratio, "seed": self.seed,
                 "test_acc": float(result["test_acc"]), **cost,

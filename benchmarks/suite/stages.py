@@ -95,7 +95,7 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32")
         save({"format": WEIGHTS, "state": cpu_state(model)}, folder / f"{tag}-e{epoch + 1}.pt")
 
     result = common.train(model, st, data, 0, st.epochs, regularize=pruner.regularize,
-                          after_epoch=after, precision=precision,
+                          after_epoch=after, precision=None if precision == "fp32" else precision,
                           check_every=spe // k if k > 1 else None, on_check=check)
     cost = count_flops(model.cpu(), common.example(st))
     masks = {f"{r:g}": pruner.history(r) for r in suite.ratios}
@@ -105,7 +105,8 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32")
     save({"format": SLIM, "steps": torch.tensor(pruner.iterations), "steps_per_epoch": spe,
           "masks": masks,
           "test_acc": result["test_acc"], "epoch_s": torch.tensor(result["epoch_s"]),
-          "images_per_epoch": result["images_per_epoch"], "precision": precision,
+          "images_per_epoch": result["images_per_epoch"],
+          "precision": st.precision if precision == "fp32" else precision,
           "flops": cost.flops, "params": cost.params}, path)
     return safe_load(path, SLIM)
 

@@ -60,8 +60,9 @@ def setup(cfg: RunConfig) -> RunEnv:
     per_rank = max(1, cfg.batch_size // env.world)
     if isinstance(train, ImageSet):
         train_b = Batches(train, per_rank, True, cfg.seed, info["mean"], info["std"],
-                          rank=env.rank, world_size=env.world)
-        test_b = Batches(test, cfg.test_batch_size, False, rank=env.rank, world_size=env.world)
+                          rank=env.rank, world_size=env.world, device=device)
+        test_b = Batches(test, cfg.test_batch_size, False, rank=env.rank, world_size=env.world,
+                         device=device)
     else:
         train_b, test_b = folder_loaders(train, test, per_rank, cfg.test_batch_size, cfg.seed,
                                          cfg.workers, env.rank, env.world)

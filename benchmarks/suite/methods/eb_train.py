@@ -22,9 +22,9 @@ def _eb(job: Job, method: str, shared: dict[str, dict], tag: str, rule: str) -> 
         result = job.train(small, 0)
     else:
         small = job.prune(dense_model, keep)
-        result = job.train(small, t, "q8" if method == "ll" else "fp32")
+        result = job.train(small, t, "q8" if method == "ll" else None)
     return job.row(method, small, result, slim, before=[search],
-                   precision="q8" if method == "ll" else "fp32", **extra)
+                   precision="q8" if method == "ll" else None, **extra)
 
 
 def _variant(name: str, description: str, tag: str, rule: str, colour: int) -> None:
