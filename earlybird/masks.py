@@ -100,6 +100,13 @@ class ChannelLayout:
     def layer_index(self) -> Tensor:
         return torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
 
+    @property
+    def segment_layer(self) -> Tensor:
+        """The layer index of each segment of ``segments``."""
+        n_seg = int(self.segments.max()) + 1
+        return torch.zeros(n_seg, dtype=torch.long).scatter_reduce_(
+            0, self.segments, self.layer_index, "amax", include_self=False)
+
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """Cut a flat ``[N]`` tensor into one tensor per layer name."""
         return dict(zip(self.names, torch.split(flat, list(self.sizes))))
@@ -110,7 +117,7 @@ def _cumsum_within(values: Tensor, segment: Tensor, num_segments: int) -> Tensor
     order = torch.sort(segment, stable=True).indices        # segments contiguous, order kept
     seg, vals = segment[order], values[order]
     inclusive = torch.cumsum(vals, 0)
-    start = torch.zeros(num_segments, dtype=inclusive.dtype).scatter_reduce_(
+    start = torch.zeros(num_segments, dtype=inclusive.dtype, device=values.device).scatter_reduce_(
         0, seg, inclusive - vals, "amin", include_self=False)
     out = torch.empty_like(inclusive)
     out[order] = inclusive - start[seg]
@@ -137,19 +144,17 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
     n = layout.num_channels
     if scores.shape != (n,):
         raise ValueError(f"expected {n} scores, got shape {tuple(scores.shape)}")
-    scores = scores.detach().to("cpu", torch.float64)
-    layer = layout.layer_index
     if layout.units is None:
-        unit_of = torch.arange(n)
-        unit_score, unit_size, unit_layer = scores, torch.ones(n, dtype=torch.long), layer
-    else:
-        unit_of = layout.units
-        n_units = int(unit_of.max()) + 1
-        unit_size = torch.bincount(unit_of, minlength=n_units)
-        unit_score = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
-        unit_score = unit_score / unit_size
-        unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
-            0, unit_of, layer, "amax", include_self=False)
+        return _masks_by_channel(scores.detach().double(), layout, ratios, caps, segment_caps)
+    scores = scores.detach().to("cpu", torch.float64)   # units need the host to fill a budget
+    layer = layout.layer_index
+    unit_of = layout.units
+    n_units = int(unit_of.max()) + 1
+    unit_size = torch.bincount(unit_of, minlength=n_units)
+    unit_score = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
+    unit_score = unit_score / unit_size
+    unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
+        0, unit_of, layer, "amax", include_self=False)
     order = torch.sort(unit_score, stable=True).indices        # ties: earlier position first
     if layout.segments is not None and segment_caps is not None:   # each segment's floor first
         unit_seg = torch.zeros(unit_size.numel(), dtype=torch.long).scatter_reduce_(
@@ -167,7 +172,7 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         take = int(torch.searchsorted(reach, budget, right=True))
         chosen = cand[:take].tolist()
         left = budget - (int(reach[take - 1]) if take else 0)
-        for u, s in zip(cand[take:].tolist(), cand_size[take:].tolist()):   # only with units
+        for u, s in zip(cand[take:].tolist(), cand_size[take:].tolist()):
             if left == 0:
                 break
             if s <= left:
@@ -176,6 +181,34 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         pruned_unit = torch.zeros(unit_size.numel(), dtype=torch.bool)
         pruned_unit[chosen] = True
         out[ratio] = ~pruned_unit[unit_of]
+    return out
+
+
+def _masks_by_channel(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
+                      caps: Sequence[int], segment_caps: Optional[Sequence[int]]
+                      ) -> dict[float, Tensor]:
+    """:func:`keep_masks` without pruning units, on ``scores``' device and without a host
+    synchronisation: channels the floors protect are moved behind the others instead of
+    being dropped (a boolean index would wait for the device)."""
+    device, n = scores.device, layout.num_channels
+    layer = layout.layer_index.to(device)
+    order = torch.sort(scores, stable=True).indices        # ties: earlier position first
+    ok = torch.ones(n, dtype=torch.long, device=device)
+    if layout.segments is not None and segment_caps is not None:   # each segment's floor first
+        seg = layout.segments.to(device)[order]
+        within = _cumsum_within(ok, seg, len(segment_caps))
+        ok = (within <= torch.tensor(list(segment_caps), dtype=torch.long, device=device)[seg]).long()
+    layer_sorted = layer[order]
+    ok = ok * (_cumsum_within(ok, layer_sorted, len(caps)) <= torch.tensor(
+        list(caps), dtype=torch.long, device=device)[layer_sorted]).long()
+    cand = order[torch.sort(1 - ok, stable=True).indices]  # eligible first, in pruning order
+    position = torch.arange(n, device=device)
+    eligible = ok.sum()
+    out = {}
+    for ratio in ratios:
+        take = torch.clamp(eligible, max=prune_budget(n, ratio))
+        pruned = torch.zeros(n, dtype=torch.bool, device=device)
+        out[ratio] = ~pruned.scatter_(0, cand, position < take)
     return out
 
 

@@ -13,9 +13,11 @@ from .config import EarlyBirdConfig, make_config
 from .criteria import Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
-from .graph import ChannelGraph, copy_model, find_classifier, prune_model, run_example
+from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, prune_model,
+                    resolve_layers, run_example, unwrap_model)
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
+from .offload import copy_to_cpu, plain_state
 
 __all__ = ["EarlyBirdPruner", "Ticket"]
 
@@ -80,10 +82,10 @@ class EarlyBirdPruner:
                  **settings: Any) -> None:
         self.config = make_config(config, ratios, **settings)
         min_channels, max_layer_ratio = self.config.min_channels, self.config.max_layer_ratio
-        self.model = _unwrap(model)
+        self.model = unwrap_model(model)
         self.example_inputs = example_inputs
         self._spec = input_spec(example_inputs)
-        ignored = _resolve(self.model, ignored_layers)
+        ignored = resolve_layers(self.model, ignored_layers)
         output = run_example(self.model, example_inputs)
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
@@ -94,6 +96,7 @@ class EarlyBirdPruner:
         self._check_feasible()
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
+        self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
         self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
         self.iterations: list[int] = []
         self.tickets: dict[float, Ticket] = {}
@@ -104,7 +107,7 @@ class EarlyBirdPruner:
         n, room = self.layout.num_channels, sum(self._caps)
         if self._seg_caps is not None:              # a layer also keeps a floor per segment
             seg_room = torch.zeros(len(self._caps), dtype=torch.long).index_add_(
-                0, _segment_layer(self.layout), torch.tensor(self._seg_caps, dtype=torch.long))
+                0, self.layout.segment_layer, torch.tensor(self._seg_caps, dtype=torch.long))
             room = sum(min(c, int(r)) for c, r in zip(self._caps, seg_room))
         for r in self.config.ratios:
             if prune_budget(n, r) > room:
@@ -134,13 +137,19 @@ class EarlyBirdPruner:
         Returns:
             The ratios whose ticket was drawn by this call (each ratio draws once).
         """
-        scores = self._scores()
+        scores = self.graph.scores()                      # on the model's device
         flat = keep_masks(scores, self.layout, self.config.ratios, self._caps, self._seg_caps)
+        rows = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
+        masks, rows, finite = self._fetch(flat, rows, scores)   # the check's one transfer
+        if not finite:
+            self._scores()                                   # names the layers, and raises
         check = len(self.iterations)
         self.iterations.append(check if iteration is None else int(iteration))
         drawn = []
-        for ratio, mask in flat.items():
-            self._record(ratio, mask)
+        for ratio, mask in masks.items():
+            self._masks[ratio].append(mask)
+            self._rows[ratio].append(rows[ratio])
+            self._recent[ratio] = [flat[ratio], *self._recent[ratio]][:self.config.window - 1]
             if ratio not in self.tickets and self._criterion(
                     Checks(self._rows[ratio], self.iterations, ratio), self.config.window,
                     self.config.epsilon, self.config.span):
@@ -148,8 +157,37 @@ class EarlyBirdPruner:
                 drawn.append(ratio)
         return drawn
 
+    def _distances_to_recent(self, ratio: float, mask: Tensor) -> Tensor:
+        """Distances of ``mask`` to the last ``window - 1`` masks, nearest first, computed where
+        the mask is (the recent masks are kept there)."""
+        if self._recent.get(ratio) is None:        # after load_state_dict: from the history
+            self._recent[ratio] = [m.to(mask.device) for m in
+                                   self._masks[ratio][-(self.config.window - 1):][::-1]]
+        recent = self._recent[ratio]
+        if not recent:
+            return torch.zeros(0, dtype=torch.float64, device=mask.device)
+        return (torch.stack(recent) != mask).double().mean(1)
+
+    @staticmethod
+    def _fetch(masks: dict[float, Tensor], rows: dict[float, Tensor],
+               scores: Tensor) -> tuple[dict[float, Tensor], dict[float, list[float]], bool]:
+        """Masks, distances and whether every score is finite, brought to the CPU in one copy."""
+        parts = [torch.isfinite(scores).all().double().view(1)]
+        parts += [masks[r].to(scores.device).double() for r in masks]
+        parts += [rows[r].to(scores.device) for r in rows]
+        packed = torch.cat(parts).cpu()
+        finite, at = bool(packed[0]), 1
+        host_masks, host_rows = {}, {}
+        for r, m in masks.items():
+            host_masks[r] = packed[at:at + m.numel()].bool()
+            at += m.numel()
+        for r, row in rows.items():
+            host_rows[r] = packed[at:at + row.numel()].tolist()
+            at += row.numel()
+        return host_masks, host_rows, finite
+
     def _scores(self) -> Tensor:
-        scores = self.graph.scores()
+        scores = self.graph.scores().cpu()
         bad = ~torch.isfinite(scores)
         if bad.any():
             layers = [n for n, b in self.layout.split(bad).items() if b.any()]
@@ -158,17 +196,17 @@ class EarlyBirdPruner:
         return scores
 
     def _record(self, ratio: float, mask: Tensor) -> None:
+        """Record a (CPU) mask and its distances to the ones before it (state loading)."""
         history = self._masks[ratio]
         earlier = history[-(self.config.window - 1):][::-1]
         row = (torch.stack(earlier) != mask).double().mean(1).tolist() if earlier else []
         history.append(mask)
         self._rows[ratio].append(row)
+        self._recent[ratio] = None
 
     def _draw(self, ratio: float, check: int) -> Ticket:
         mask = self._masks[ratio][check]
-        state = None
-        if self.config.keep_weights:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        state = copy_to_cpu(self.model.state_dict()) if self.config.keep_weights else None
         log.info("early-bird ticket p=%g drawn at check %d (iteration %d), distances %s", ratio,
                  check, self.iterations[check], [round(d, 4) for d in self._rows[ratio][check]])
         return Ticket(ratio, check, self.iterations[check], mask, self.layout.split(mask), state)
@@ -178,6 +216,7 @@ class EarlyBirdPruner:
         """The flat keep-mask ``step()`` would record now (layers in ``layout.names`` order)."""
         self._known(ratio, allow_any=True)
         return keep_masks(self._scores(), self.layout, [ratio], self._caps, self._seg_caps)[ratio]
+
 
     def keep_masks(self, scores: Tensor, ratio: float) -> dict[str, Tensor]:
         """Per-layer keep-masks for ``ratio`` from any one score per group channel (the
@@ -248,7 +287,7 @@ class EarlyBirdPruner:
             if width != int(mask.sum()):
                 raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
                                             f"ticket keeps {int(mask.sum())}")
-        _check_runs(small, self.example_inputs, ratio)
+        check_runs(small, self.example_inputs, ratio)
         attach_record(small, history, self._spec)
         if optimizer is None:
             return small
@@ -266,7 +305,8 @@ class EarlyBirdPruner:
             "ratios": list(self.config.ratios),
             "iterations": torch.tensor(self.iterations, dtype=torch.long),
             "masks": {str(r): self.history(r) for r in self.config.ratios},
-            "tickets": {str(r): {"check": t.check, **({"state": t.state} if t.state else {})}
+            "tickets": {str(r): {"check": t.check, **({"state": plain_state(t.state)} if t.state
+                                                         else {})}
                         for r, t in self.tickets.items()},
         }
 
@@ -291,49 +331,3 @@ class EarlyBirdPruner:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
                 self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
                                              self.layout.split(mask), saved.get("state"))
-
-
-def _segment_layer(layout: Any) -> Tensor:
-    """The layer index of each segment of ``layout.segments``."""
-    n_seg = int(layout.segments.max()) + 1
-    return torch.zeros(n_seg, dtype=torch.long).scatter_reduce_(
-        0, layout.segments, layout.layer_index, "amax", include_self=False)
-
-
-def _check_runs(small: nn.Module, example_inputs: Any, ratio: float) -> None:
-    """The pruned copy must still run on the example inputs; say why not in one line."""
-    try:
-        run_example(small, example_inputs)
-    except UnsupportedModelError as exc:
-        cause = exc.__cause__ or exc
-        raise UnsupportedModelError(
-            f"{type(small).__name__} pruned at ratio {ratio:g} no longer runs "
-            f"({type(cause).__name__}: {' '.join(str(cause).split())[:200]}): it computes with "
-            "channel counts kept outside its layers (a split size, a reshape constant) that "
-            "torch-pruning cannot update") from exc
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        raise UnsupportedModelError(
-            f"got a {type(model).__name__}; pass the wrapped model (`model.module`) and wrap the "
-            "pruned model again after pruning")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return getattr(model, "_orig_mod", model)     # torch.compile keeps the module here
-
-
-def _resolve(model: nn.Module, layers: Sequence[Union[nn.Module, str]]) -> list[nn.Module]:
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    out = []
-    for layer in layers:
-        if isinstance(layer, str):
-            try:
-                layer = model.get_submodule(layer)
-            except AttributeError:
-                raise ValueError(f"ignored_layers: the model has no module named {layer!r}") from None
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"ignored_layers takes modules or qualified names, got {layer!r}")
-        out.append(layer)
-    return out

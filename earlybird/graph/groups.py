@@ -240,6 +240,16 @@ class ChannelGraph:
             base += norm.module.weight.shape[0] if norm.filters else norm.module.weight.numel()
         self._src, self._dst = torch.tensor(src), torch.tensor(dst)
         self._count = torch.bincount(self._dst, minlength=self.layout.num_channels).double()
+        self._devices: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _indices_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """The gather/scatter indices and counts on ``device`` (copied there once)."""
+        if device.type == "cpu":
+            return self._src, self._dst, self._count
+        if device not in self._devices:
+            self._devices[device] = tuple(t.to(device) for t in (self._src, self._dst,
+                                                                 self._count))
+        return self._devices[device]
 
     def _flat_weights(self) -> Tensor:
         return torch.cat([n.values() for n in self.norms])
@@ -273,11 +283,12 @@ class ChannelGraph:
         return total.index_add_(0, self._dst, flat[self._src])
 
     def scores(self) -> Tensor:
-        """Mean ``|gamma|`` (or filter mean ``|w|``) per group channel, float64 ``[N]``, CPU."""
+        """Mean ``|gamma|`` (or filter mean ``|w|``) per group channel, float64 ``[N]``, on the
+        device the weights are on (no transfer)."""
         flat = self._flat_weights()
-        gathered = flat[self._src.to(flat.device)].abs().double().cpu()
-        total = torch.zeros(self.layout.num_channels, dtype=torch.float64)
-        return total.index_add_(0, self._dst, gathered) / self._count
+        src, dst, count = self._indices_on(flat.device)
+        total = torch.zeros(self.layout.num_channels, dtype=torch.float64, device=flat.device)
+        return total.index_add_(0, dst, flat[src].abs().double()) / count
 
 
 def _check_indices(norms: Sequence[ScoredLayer], names: Mapping[nn.Module, str],

@@ -8,13 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .trace import build_graph, kept_modes
+from .trace import build_graph, kept_modes, run_example
 
 if TYPE_CHECKING:                                  # pragma: no cover
     from .groups import ChannelGraph
 
 __all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_history",
-           "sync_attributes", "zero_pruned_channels"]
+           "sync_attributes", "zero_pruned_channels", "check_runs"]
 
 History = list  # [[root name, is_out_channel_pruning, [channel indices]], ...]
 
@@ -93,3 +93,16 @@ def zero_pruned_channels(channel_graph: ChannelGraph, keep: Tensor) -> None:
         norm.module.weight[hit] = 0
         if getattr(norm.module, "bias", None) is not None:
             norm.module.bias[hit] = 0
+
+
+def check_runs(small: nn.Module, example_inputs: Any, ratio: float) -> None:
+    """The pruned copy must still run on the example inputs; say why not in one line."""
+    try:
+        run_example(small, example_inputs)
+    except UnsupportedModelError as exc:
+        cause = exc.__cause__ or exc
+        raise UnsupportedModelError(
+            f"{type(small).__name__} pruned at ratio {ratio:g} no longer runs "
+            f"({type(cause).__name__}: {' '.join(str(cause).split())[:200]}): it computes with "
+            "channel counts kept outside its layers (a split size, a reshape constant) that "
+            "torch-pruning cannot update") from exc

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import torch
 import torch_pruning as tp
@@ -14,7 +14,7 @@ from ..errors import UnsupportedModelError
 log = logging.getLogger(__name__)
 
 __all__ = ["NORM_TYPES", "ROOT_TYPES", "kept_modes", "run_example", "run_inputs", "build_graph",
-           "find_classifier"]
+           "find_classifier", "unwrap_model", "resolve_layers"]
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -173,3 +173,31 @@ def find_classifier(model: nn.Module, output: Any) -> list[nn.Module]:
         if getattr(m, "out_features", getattr(m, "out_channels", None)) == output.shape[1]:
             return [m]
     return []
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module to trace: refuses DataParallel/DDP wrappers, reads through torch.compile."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise UnsupportedModelError(
+            f"got a {type(model).__name__}; pass the wrapped model (`model.module`) and wrap the "
+            "pruned model again after pruning")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return getattr(model, "_orig_mod", model)     # torch.compile keeps the module here
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[Union[nn.Module, str]]) -> list[nn.Module]:
+    """Modules or qualified names of ``model`` as modules; a wrong one is named."""
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        if isinstance(layer, str):
+            try:
+                layer = model.get_submodule(layer)
+            except AttributeError:
+                raise ValueError(f"ignored_layers: the model has no module named {layer!r}") from None
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"ignored_layers takes modules or qualified names, got {layer!r}")
+        out.append(layer)
+    return out
