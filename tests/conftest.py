@@ -96,6 +96,16 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
                     m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where CUDA is available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (a GPU machine): none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def x32() -> torch.Tensor:
     return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
