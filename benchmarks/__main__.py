@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks import common, suite as S
+from earlybird.recipe import default_schedule
 
 
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -36,18 +38,30 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     r.add_argument("--cache", type=Path, default=Path("runs/bench"), help="cache folder")
     r.add_argument("--out", type=Path, help="results folder (benchmarks/results/<setting>)")
     r.add_argument("--fresh", action="store_true", help="delete the setting's cache first")
+    r.add_argument("--epochs", type=int, help="a shorter schedule, the same shape (lr x0.1 at "
+                   "50 %% and 75 %%); e.g. what `fit` found")
     r.add_argument("--dry-run", action="store_true",
                    help="one optimizer step per epoch on tiny random inputs, on CPU, every "
                         "method; writes nothing under benchmarks/results")
+    f = sub.add_parser("fit", help="how many epochs of a setting fit in --minutes here "
+                       "(times an epoch of the dense and each pruned network)")
+    f.add_argument("setting")
+    f.add_argument("--minutes", type=float, required=True)
+    f.add_argument("--data", help="dataset location (overrides the setting's)")
     w = sub.add_parser("report", help="render a setting's results again from its results.json")
     w.add_argument("results", type=Path, help="a results folder, e.g. benchmarks/results/quick")
     d = sub.add_parser("dry-run", help="dry-run every setting (or those named)")
     d.add_argument("settings", nargs="*")
     d.add_argument("--cache", type=Path, default=Path("runs/bench-dry"))
     args = p.parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "fit"):
         if args.setting not in S.settings() and not args.setting.endswith(".json"):
             p.error(f"unknown setting {args.setting!r}; choose from {S.settings()}")
+    if args.command == "fit" and not args.minutes > 0:
+        p.error(f"--minutes must be > 0, got {args.minutes}")
+    if args.command == "run":
+        if args.epochs is not None and args.epochs < 2:
+            p.error(f"--epochs must be >= 2, got {args.epochs}")
         if args.jobs is not None and args.jobs < 1:
             p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.command == "dry-run":
@@ -59,7 +73,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def _select(suite: S.Suite, args: argparse.Namespace) -> S.Suite:
     for name in ("methods", "seeds", "ratios"):
-        wanted = getattr(args, name)
+        wanted = getattr(args, name, None)
         if wanted is None:
             continue
         known = getattr(suite, name)
@@ -71,6 +85,10 @@ def _select(suite: S.Suite, args: argparse.Namespace) -> S.Suite:
         if not Path(args.data).exists():
             raise ValueError(f"--data {args.data!r} does not exist")
         suite = replace(suite, setting=replace(suite.setting, data=args.data))
+    if getattr(args, "epochs", None) is not None:
+        n = args.epochs
+        suite = replace(suite, setting=replace(suite.setting, epochs=n,
+                                               schedule=tuple(default_schedule(n))))
     return suite
 
 
@@ -98,6 +116,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\nmethods:")
         for m, text in S.METHODS.items():
             print(f"  {m:16s} {text}")
+        return 0
+    if args.command == "fit":
+        from benchmarks.suite.fit import fit
+        try:
+            found = fit(_select(S.load_suite(args.setting), args), args.minutes)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(found))
         return 0
     if args.command == "report":
         try:

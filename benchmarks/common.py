@@ -7,6 +7,7 @@ class) and the full 10,000-image CIFAR-10 test set, packed from the CIFAR-10 JPE
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -57,6 +58,7 @@ class Setting:
     device: str = "cpu"
     precision: str = "fp32"        # fp32 | bf16 (autocast on CUDA)
     compile: bool = False          # torch.compile the training step
+    peak_tflops: float = 0.0       # the chip's rate, for the report's throughput table
 
     def as_dict(self) -> dict[str, Any]:
         """The setting as plain data; keys added after results were committed are left out at
@@ -82,7 +84,7 @@ class Data:
 
 
 DATASETS = ("packed", "archive", "cifar10", "cifar100", "imagenet", "synthetic")
-LATER = {"precision": "fp32", "compile": False}
+LATER = {"precision": "fp32", "compile": False, "peak_tflops": 0.0}
 WORKERS = min(8, os.cpu_count() or 1)          # DataLoader processes per rank (ImageNet)
 
 
@@ -129,13 +131,8 @@ def load_data(setting: Setting, seed: int) -> Data:
             return ImageSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
                             torch.randint(0, k, (n,), generator=g), [str(i) for i in range(k)])
         sets = {"train": fake(setting.train_images or 8), "test": fake(setting.test_images or 8)}
-    elif setting.dataset == "packed":
-        sets = load_packed(setting.data)
-    elif setting.dataset == "archive":                # train/<class>/*.jpg + test/ (.tar.gz)
-        sets = read_archive(setting.data)
-    elif setting.dataset in ("cifar10", "cifar100"):
-        train, test, _ = load_dataset(setting.dataset, setting.data)
-        sets = {"train": train, "test": test}
+    elif setting.dataset in ("packed", "archive", "cifar10", "cifar100"):
+        sets = _decoded(setting.dataset, setting.data)
     else:
         raise ValueError(f"unknown dataset {setting.dataset!r}; choose from {list(DATASETS)}")
     # always the same images (seed 0): the packed file is sorted by class
@@ -145,6 +142,18 @@ def load_data(setting: Setting, seed: int) -> Data:
     return Data(Batches(train, setting.batch_size // env.world, True, seed, drop_last=True,
                         rank=env.rank, world_size=env.world, device=device),
                 Batches(test, 500, False, rank=env.rank, world_size=env.world, device=device))
+
+
+@functools.lru_cache(maxsize=2)
+def _decoded(dataset: str, path: str) -> dict[str, ImageSet]:
+    """The decoded images of a dataset file, once per process (every job of a setting reads
+    the same; decoding the 60,000 JPEGs of CIFAR-10 takes seconds)."""
+    if dataset == "packed":
+        return load_packed(path)
+    if dataset == "archive":                          # train/<class>/*.jpg + test/ (.tar.gz)
+        return read_archive(path)
+    train, test, _ = load_dataset(dataset, path)
+    return {"train": train, "test": test}
 
 
 def _imagenet(setting: Setting, seed: int, env: Dist) -> Data:

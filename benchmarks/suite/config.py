@@ -98,7 +98,7 @@ def suite_from_dict(raw: dict[str, Any], name: str, source: str = "config") -> S
     st = {k: v for k, v in raw.items() if k in {f.name for f in fields(Setting)}}
     if "schedule" in st:
         st["schedule"] = tuple(st["schedule"])
-    if st.get("dataset", "packed") == "packed" and "data" in st:
+    if st.get("dataset", "packed") in ("packed", "archive") and "data" in st:
         st["data"] = str((common.ROOT.parent / st["data"]).resolve())
     try:
         setting = Setting(**st)

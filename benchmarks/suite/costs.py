@@ -13,7 +13,7 @@ from __future__ import annotations
 from earlybird.energy import estimate_joules
 from earlybird.flops import training_flops
 
-KEYS = ("train_flops", "energy_j", "wall_s")
+KEYS = ("train_flops", "energy_j", "wall_s", "train_images")
 
 
 def part(record: dict, epochs: float, precision: str = "fp32") -> dict[str, float]:
@@ -21,14 +21,16 @@ def part(record: dict, epochs: float, precision: str = "fp32") -> dict[str, floa
     flops = training_flops(float(record["flops"]), int(record["images_per_epoch"])) * epochs
     secs = [float(s) for s in record["epoch_s"]]
     return {"train_flops": flops, "energy_j": estimate_joules(flops, precision),
-            "wall_s": sum(secs[:int(epochs)])}
+            "wall_s": sum(secs[:int(epochs)]),
+            "train_images": int(record["images_per_epoch"]) * epochs}
 
 
 def own(flops: int, result: dict, precision: str = "fp32") -> dict[str, float]:
     """Cost of a training run of a model of ``flops`` (a ``common.train`` result)."""
     total = training_flops(flops, result["images_per_epoch"]) * len(result["epoch_s"])
     return {"train_flops": total, "energy_j": estimate_joules(total, precision),
-            "wall_s": result["train_s"]}
+            "wall_s": result["train_s"],
+            "train_images": result["images_per_epoch"] * len(result["epoch_s"])}
 
 
 def total(*parts: dict[str, float]) -> dict[str, float]:

@@ -38,7 +38,7 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         for k in ("train_flops", "energy_j", "wall_s", "params", "flops", "dense_flops",
                   "dense_params"):
             entry[k] = statistics.mean(r[k] for r in found)
-        for k in ("draw_epoch", "draw_at", "sparsity", "epoch_s"):
+        for k in ("draw_epoch", "draw_at", "sparsity", "epoch_s", "train_images"):
             if all(r.get(k) is not None for r in found):
                 entry[k] = statistics.mean(r[k] for r in found)
         if "sparsity" in entry:         # the masked weights' zeros counted out (ShrinkBench)
@@ -188,8 +188,29 @@ def markdown(suite: Suite, summary: dict, meta: dict) -> str:
         lines.append("- **missed: " + "; ".join(missed) + "**" if missed else "- all met")
     if summary.get("claims"):
         lines += claims_markdown(summary["claims"])
+    if st.peak_tflops:
+        lines += throughput(summary, st.peak_tflops)
     lines += common.provenance(meta)
     return "\n".join(lines)
+
+
+def throughput(summary: dict, peak_tflops: float) -> list[str]:
+    """Images per second and the share of the chip's rate each method reached (its training
+    FLOPs count multiply-adds, so the chip's rate is met at 2 FLOPs per multiply-add)."""
+    lines = ["", "## Throughput", "",
+             f"Training images per second and the arithmetic rate reached (2 FLOPs per "
+             f"multiply-add) against the chip's {peak_tflops:g} TFLOP/s, over each method's "
+             "measured training time.", "",
+             "| ratio | method | images / s | TFLOP/s reached | share of the chip's rate |",
+             "| ---: | --- | ---: | ---: | ---: |"]
+    for e in summary["table"]:
+        if "train_images" not in e or not e["wall_s"]:
+            continue
+        rate = 2 * e["train_flops"] / e["wall_s"] / 1e12
+        ratio = "-" if e["ratio"] is None else f"{e['ratio']:g}"
+        lines.append(f"| {ratio} | {e['method']} | {e['train_images'] / e['wall_s']:,.0f} | "
+                     f"{rate:.1f} | {100 * rate / peak_tflops:.1f} % |")
+    return lines
 
 
 def rewrite_results(out: Path) -> dict:
