@@ -83,7 +83,7 @@ class Data:
         self.steps_per_epoch = len(self.train)
 
 
-DATASETS = ("packed", "archive", "cifar10", "cifar100", "imagenet", "synthetic")
+DATASETS = ("packed", "cifar10", "cifar100", "imagenet", "synthetic", "archive")
 LATER = {"precision": "fp32", "compile": False, "peak_tflops": 0.0}
 WORKERS = min(8, os.cpu_count() or 1)          # DataLoader processes per rank (ImageNet)
 

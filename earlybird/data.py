@@ -212,4 +212,10 @@ def folder_loaders(train: Any, test: Any, batch_size: int, test_batch_size: int,
     return train_l, DataLoader(shard, test_batch_size, **keep)
 
 
-from .batches import Batches  # noqa: E402 - defined beside, on top of ImageSet
+
+def __getattr__(name: str) -> Any:
+    """``earlybird.data.Batches`` lives in :mod:`earlybird.batches` (imported on first use)."""
+    if name == "Batches":
+        from .batches import Batches
+        return Batches
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
