@@ -13,8 +13,8 @@ from .config import EarlyBirdConfig, make_config
 from .criteria import Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
-from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, prune_model,
-                    resolve_layers, run_example, unwrap_model)
+from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
+                    prune_model, resolve_layers, run_example, unwrap_model)
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 from .offload import copy_to_cpu, plain_state
@@ -281,6 +281,7 @@ class EarlyBirdPruner:
         if ticket is not None and ticket.state is not None and optimizer is None:
             small.load_state_dict(ticket.state)
         history = prune_model(small, self.example_inputs, keep)
+        small = small.to(memory_format=memory_format_of(self.model))   # channels_last stays
         for name, mask in keep.items():
             layer = small.get_submodule(name)
             width = getattr(layer, "out_channels", getattr(layer, "out_features", None))

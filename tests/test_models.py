@@ -184,3 +184,43 @@ def test_torchvision_vit_keeps_its_hidden_dim_in_step_and_round_trips(tmp_path):
     assert again.hidden_dim == small.hidden_dim
     with torch.no_grad():
         assert torch.equal(again(x), small(x))
+
+
+def test_a_frozen_stem_is_traced_pruned_and_left_frozen():
+    model = torchvision.models.resnet18(num_classes=10)
+    frozen = list(model.conv1.parameters()) + list(model.bn1.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+    x = torch.randn(1, 3, 32, 32)
+    pruner = eb.EarlyBirdPruner(model, x, ratios=[0.5])
+    assert pruner.layout.names[0] == "conv1"              # the stem's residual group is traced
+    randomize_norms(model)
+    small = pruner.prune(0.5, force=True).eval()
+    assert small(x).shape == (1, 10)
+    assert small.conv1.out_channels == small.layer1[0].conv2.out_channels < 64
+    assert [p.requires_grad for p in (*small.conv1.parameters(), *small.bn1.parameters())] == \
+        [False] * 3 and all(p.requires_grad for p in small.layer1.parameters())
+    # the slimming penalty never changes a frozen scale, even one with a gradient
+    model.bn1.weight.grad = torch.zeros(64)
+    model.layer1[0].bn1.weight.grad = torch.zeros(64)
+    pruner.regularize()
+    assert not model.bn1.weight.grad.any() and model.layer1[0].bn1.weight.grad.abs().min() > 0
+
+
+def test_frozen_batchnorm_is_refused_with_the_reason():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    model = torchvision.models.resnet18(num_classes=10, norm_layer=FrozenBatchNorm2d)
+    with pytest.raises(eb.UnsupportedModelError, match=r"FrozenBatchNorm2d \(20 layers, e.g. "
+                       r"'bn1'\): its fixed scales are buffers"):
+        eb.EarlyBirdPruner(model, torch.randn(1, 3, 32, 32))
+
+
+def test_a_channels_last_model_is_pruned_channels_last():
+    model = torchvision.models.resnet18(num_classes=10).to(memory_format=torch.channels_last)
+    randomize_norms(model)
+    x = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    small = eb.EarlyBirdPruner(model, x, ratios=[0.5]).prune(0.5, force=True)
+    assert small.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not small.conv1.weight.is_contiguous()
+    plain = eb.EarlyBirdPruner(torchvision.models.resnet18(num_classes=10), x, ratios=[0.5])
+    assert plain.prune(0.5, force=True).conv1.weight.is_contiguous()

@@ -112,6 +112,15 @@ class ChannelGraph:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
+        frozen_norms = [n for n, m in model.named_modules()
+                        if type(m).__name__ == "FrozenBatchNorm2d"]
+        if frozen_norms:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} normalises with FrozenBatchNorm2d ({len(frozen_norms)} "
+                f"layers, e.g. {frozen_norms[0]!r}): its fixed scales are buffers that "
+                "torch-pruning does not prune, so its channels cannot be removed; build the "
+                "model with nn.BatchNorm2d and freeze those (requires_grad=False), which "
+                "earlybird traces and leaves unchanged")
         self.graph = build_graph(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}

@@ -21,7 +21,7 @@ def add_penalty_grad(graph: Any, strength: float, penalty: str) -> None:
     if penalty == "l1":
         for norm in graph.norms:
             w = norm.module.weight
-            if w.grad is not None:
+            if w.grad is not None and w.requires_grad:       # frozen layers stay as they are
                 w.grad.add_(torch.sign(w), alpha=strength)
         return
     flat = graph._flat_weights()
@@ -32,14 +32,14 @@ def add_penalty_grad(graph: Any, strength: float, penalty: str) -> None:
     grad[src] = strength * flat[src] / sq[dst].sqrt().clamp_min(1e-12)
     for norm, g in zip(graph.norms, torch.split(grad, [n.module.weight.numel() for n in graph.norms])):
         w = norm.module.weight
-        if w.grad is not None:
+        if w.grad is not None and w.requires_grad:
             w.grad.add_(g.view_as(w))
 
 
 def _filter_penalty_grad(graph: Any, strength: float, penalty: str) -> None:
     for norm in graph.norms:
         w = norm.module.weight
-        if w.grad is None:
+        if w.grad is None or not w.requires_grad:
             continue
         rows = graph._filter_rows.get(norm.module)
         if rows is None or rows.device != w.device:

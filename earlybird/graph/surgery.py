@@ -8,13 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .trace import build_graph, kept_modes, run_example
+from .trace import all_trainable, build_graph, kept_modes, run_example
 
 if TYPE_CHECKING:                                  # pragma: no cover
     from .groups import ChannelGraph
 
 __all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_history",
-           "sync_attributes", "zero_pruned_channels", "check_runs"]
+           "sync_attributes", "zero_pruned_channels", "check_runs", "memory_format_of"]
 
 History = list  # [[root name, is_out_channel_pruning, [channel indices]], ...]
 
@@ -38,7 +38,14 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
 
     Returns torch-pruning's pruning history as plain lists (names, bools, ints).
     """
-    graph = build_graph(model, example_inputs)
+    with all_trainable(model):          # torch-pruning's new parameters keep frozen ones frozen
+        graph = build_graph(model, example_inputs)
+        _prune_groups(model, graph, keep)
+    sync_attributes(model)
+    return plain_history(graph.pruning_history())
+
+
+def _prune_groups(model: nn.Module, graph: Any, keep: Mapping[str, Tensor]) -> None:
     with kept_modes(model):
         for name, mask in keep.items():
             idxs = (~mask.bool()).nonzero().flatten().tolist()
@@ -51,8 +58,15 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
                 raise UnsupportedModelError(f"pruning {len(idxs)} channels of {name!r} would empty "
                                             "a layer coupled to it")
             group.prune()
-    sync_attributes(model)
-    return plain_history(graph.pruning_history())
+
+
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    """``channels_last`` if the model's conv weights are laid out so, else contiguous."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if all(w.is_contiguous(memory_format=torch.channels_last) for w in weights) and any(
+            not w.is_contiguous() for w in weights):     # (a 1x1 conv's weight is both)
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def plain_history(history: Iterable) -> History:
@@ -62,8 +76,8 @@ def plain_history(history: Iterable) -> History:
 
 def replay_history(model: nn.Module, example_inputs: Any, history: History) -> nn.Module:
     """Rebuild a pruned architecture on a fresh dense ``model`` from its pruning history."""
-    graph = build_graph(model, example_inputs)
-    with kept_modes(model):
+    with all_trainable(model), kept_modes(model):
+        graph = build_graph(model, example_inputs)
         try:
             graph.load_pruning_history([list(h) for h in history])
         except (AttributeError, ValueError, IndexError, AssertionError) as exc:

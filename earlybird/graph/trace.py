@@ -14,7 +14,7 @@ from ..errors import UnsupportedModelError
 log = logging.getLogger(__name__)
 
 __all__ = ["NORM_TYPES", "ROOT_TYPES", "kept_modes", "run_example", "run_inputs", "build_graph",
-           "find_classifier", "unwrap_model", "resolve_layers"]
+           "find_classifier", "unwrap_model", "resolve_layers", "all_trainable"]
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -42,6 +42,22 @@ def run_example(model: nn.Module, example_inputs: Any) -> Any:
                 f"example_inputs do not run through the model: {type(exc).__name__}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def all_trainable(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad while inside (torch-pruning traces through autograd, so a
+    frozen layer, ``requires_grad=False``, would be left out of the graph); put back after."""
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    for n in frozen:
+        model.get_parameter(n).requires_grad_(True)
+    try:
+        yield
+    finally:                # by name: pruning replaces the parameters inside
+        params = dict(model.named_parameters())
+        for n in frozen:
+            if n in params:
+                params[n].requires_grad_(False)
+
+
 def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """Trace ``model`` once with ``example_inputs``; a failure names the model.
 
@@ -53,7 +69,13 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     is refused: torch-pruning cannot see which channels that layer connects.
     Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
     its input channels from the groups that feed it (e.g. the head from the last stage's group).
+    Frozen layers are traced like the others (:func:`all_trainable`).
     """
+    with all_trainable(model):
+        return _build_graph(model, example_inputs)
+
+
+def _build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     graph = _trace(model, example_inputs, train=False)
     missed = _untraced(model, graph)
     if not missed:
