@@ -14,9 +14,11 @@ and equal to it whenever the remaining budget can be filled.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -184,6 +186,17 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _constants(layout: ChannelLayout, caps: tuple[int, ...], segment_caps: Optional[tuple[int, ...]],
+               device: torch.device) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """The layout's layer index, segments and floors on ``device``, copied there once (a copy
+    from host memory makes the host wait for the device)."""
+    def there(values: Any) -> Optional[Tensor]:
+        return None if values is None else torch.as_tensor(values, dtype=torch.long).to(device)
+    return there(layout.layer_index), there(list(caps)), there(layout.segments), there(
+        None if segment_caps is None else list(segment_caps))
+
+
 def _masks_by_channel(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
                       caps: Sequence[int], segment_caps: Optional[Sequence[int]]
                       ) -> dict[float, Tensor]:
@@ -191,16 +204,16 @@ def _masks_by_channel(scores: Tensor, layout: ChannelLayout, ratios: Sequence[fl
     synchronisation: channels the floors protect are moved behind the others instead of
     being dropped (a boolean index would wait for the device)."""
     device, n = scores.device, layout.num_channels
-    layer = layout.layer_index.to(device)
+    layer, cap, segments, seg_cap = _constants(layout, tuple(caps), None if segment_caps is None
+                                               else tuple(segment_caps), device)
     order = torch.sort(scores, stable=True).indices        # ties: earlier position first
     ok = torch.ones(n, dtype=torch.long, device=device)
-    if layout.segments is not None and segment_caps is not None:   # each segment's floor first
-        seg = layout.segments.to(device)[order]
-        within = _cumsum_within(ok, seg, len(segment_caps))
-        ok = (within <= torch.tensor(list(segment_caps), dtype=torch.long, device=device)[seg]).long()
+    if segments is not None and seg_cap is not None:      # each segment's floor first
+        seg = segments[order]
+        within = _cumsum_within(ok, seg, len(seg_cap))
+        ok = (within <= seg_cap[seg]).long()
     layer_sorted = layer[order]
-    ok = ok * (_cumsum_within(ok, layer_sorted, len(caps)) <= torch.tensor(
-        list(caps), dtype=torch.long, device=device)[layer_sorted]).long()
+    ok = ok * (_cumsum_within(ok, layer_sorted, len(caps)) <= cap[layer_sorted]).long()
     cand = order[torch.sort(1 - ok, stable=True).indices]  # eligible first, in pruning order
     position = torch.arange(n, device=device)
     eligible = ok.sum()

@@ -161,8 +161,9 @@ class EarlyBirdPruner:
         """Distances of ``mask`` to the last ``window - 1`` masks, nearest first, computed where
         the mask is (the recent masks are kept there)."""
         if self._recent.get(ratio) is None:        # after load_state_dict: from the history
-            self._recent[ratio] = [m.to(mask.device) for m in
-                                   self._masks[ratio][-(self.config.window - 1):][::-1]]
+            self._recent[ratio] = self._masks[ratio][-(self.config.window - 1):][::-1]
+        if self._recent[ratio] and self._recent[ratio][0].device != mask.device:
+            self._recent[ratio] = [m.to(mask.device) for m in self._recent[ratio]]  # model moved
         recent = self._recent[ratio]
         if not recent:
             return torch.zeros(0, dtype=torch.float64, device=mask.device)
@@ -172,9 +173,10 @@ class EarlyBirdPruner:
     def _fetch(masks: dict[float, Tensor], rows: dict[float, Tensor],
                scores: Tensor) -> tuple[dict[float, Tensor], dict[float, list[float]], bool]:
         """Masks, distances and whether every score is finite, brought to the CPU in one copy."""
-        parts = [torch.isfinite(scores).all().double().view(1)]
-        parts += [masks[r].to(scores.device).double() for r in masks]
-        parts += [rows[r].to(scores.device) for r in rows]
+        device = next(iter(masks.values())).device       # where the masks were drawn
+        parts = [torch.isfinite(scores).all().double().view(1).to(device)]
+        parts += [masks[r].double() for r in masks]
+        parts += [rows[r].to(device) for r in rows]
         packed = torch.cat(parts).cpu()
         finite, at = bool(packed[0]), 1
         host_masks, host_rows = {}, {}

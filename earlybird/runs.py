@@ -100,11 +100,12 @@ class RunDir:
         return [json.loads(line) for line in lines[:-1] if line.strip()]
 
     def reconcile_log(self, records: Sequence[dict[str, Any]]) -> None:
-        """Make ``records`` (the last ones a checkpoint holds) the log's last records.
+        """Make sure the log holds ``records`` (the last ones a checkpoint holds), once.
 
-        Cuts a torn last line, then appends the part of ``records`` the log does not end
-        with: the log already ends with a prefix of them, or with none when a kill landed
-        between the checkpoint and the append.
+        Cuts a torn last line, then appends those of ``records`` the log does not hold: none
+        when they were written (they may be followed by a later stage's), all or the last of
+        them when a kill landed between the checkpoint and the append. Every record names its
+        stage and its epoch or check, so none is the same as another.
         """
         if self.log.is_file():
             raw = self.log.read_bytes()
@@ -113,8 +114,5 @@ class RunDir:
                     fh.truncate(raw.rfind(b"\n") + 1)
                     fh.flush()
                     os.fsync(fh.fileno())
-        have = self.read_log()
-        want = [json.loads(json.dumps(r, sort_keys=True)) for r in records]
-        done = next(j for j in range(len(want), -1, -1)
-                    if j == 0 or have[-j:] == want[:j])
-        self.append_log(want[done:])
+        have = {json.dumps(r, sort_keys=True) for r in self.read_log()}
+        self.append_log([r for r in records if json.dumps(r, sort_keys=True) not in have])

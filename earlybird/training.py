@@ -51,9 +51,9 @@ def memory_format(model: nn.Module, device: torch.device) -> torch.memory_format
     >>> memory_format(torch.nn.Conv2d(16, 27, 3), torch.device("cpu"))
     torch.contiguous_format
     """
-    if device.type == "cuda":
-        return torch.channels_last
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if device.type == "cuda":
+        return torch.channels_last if convs else torch.contiguous_format
     even = all(c % 8 == 0 for m in convs for c in (m.out_channels, m.in_channels)
                if not (m.in_channels == c and c <= 4))             # the image's 1-4 channels
     return torch.channels_last if convs and even else torch.contiguous_format
@@ -109,6 +109,8 @@ class Trainer:
         self.epoch = epoch
         self.step = epoch * len(batches) if step is None else step
         self.layout = layout or memory_format(model, self.device)
+        if self.device.type == "cuda" and self.layout == torch.channels_last:
+            model.to(memory_format=torch.channels_last)   # weights too: no re-layout per conv
         self.optimizer: torch.optim.Optimizer = recipe.optimizer(model, epoch)
         self._hooks: list = []
         if precision == "q8":
@@ -166,7 +168,7 @@ class Trainer:
         for b, (x, y) in enumerate(batches):
             if kill and kill == (self.stage, epoch, str(b)):
                 os.kill(os.getpid(), signal.SIGKILL)
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+            x = _laid_out(x.to(self.device, non_blocking=True), self.layout)
             y = y.to(self.device, non_blocking=True)
             with autocast(self.precision, self.device):
                 out = self.net(x)
@@ -268,8 +270,13 @@ def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device
     correct, seen = 0, 0
     for x, y in batches:
         with autocast(precision, device):
-            out = model(x.to(device).contiguous(memory_format=layout))
+            out = model(_laid_out(x.to(device), layout))
         correct += int((out.argmax(1) == y.to(device)).sum())
         seen += len(y)
     stats = distributed.all_sum({"correct": correct, "seen": seen})
     return 100 * stats["correct"] / max(stats["seen"], 1), int(stats["seen"])
+
+
+def _laid_out(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """``x`` in ``layout`` where that applies (channels_last: image batches, 4-D)."""
+    return x.contiguous(memory_format=layout) if x.dim() == 4 else x

@@ -212,9 +212,9 @@ def test_same_seed_same_tickets_and_weights(tmp_path):
     assert a["sha256"] == b["sha256"]
 
 
-def whole_and_killed(tmp_path, point: str) -> None:
+def whole_and_killed(tmp_path, point: str, *extra: str) -> None:
     """``run`` into ``whole``, and into ``cut`` killed at ``point`` then resumed."""
-    args = ["run", *TINY, "--ratios", "0.5"]
+    args = ["run", *TINY, "--ratios", "0.5", *extra]
     run_cli([*args, "--save", str(tmp_path / "whole")])
     killed = run_cli([*args, "--save", str(tmp_path / "cut")],
                      env={**ENV, "EARLYBIRD_KILL_AT": point}, check=False)
@@ -253,11 +253,13 @@ def test_a_ticket_drawn_at_the_end_is_reported_not_finetuned(tmp_path, capsys):
 
 @pytest.mark.parametrize("point", ["search:1:checkpointed", "search:1:torn", "search:1:1",
                                    "retrain-0.5-finetune:3:checkpointed",
-                                   "retrain-0.5-finetune:2:torn"])
+                                   "retrain-0.5-finetune:2:torn", "search:4:checkpointed",
+                                   "search:4:torn"])
 def test_no_epoch_is_logged_or_counted_twice_wherever_a_kill_lands(tmp_path, point):
     # `checkpointed`: after an epoch's checkpoint, before its log lines; `torn`: half-way
-    # through writing them; a batch index: mid-epoch, before the checkpoint
-    whole_and_killed(tmp_path, point)
+    # through writing them; a batch index: mid-epoch, before the checkpoint; epoch 4: the
+    # search's last checkpoint (its final check), after which the stage counts as done
+    whole_and_killed(tmp_path, point, "--full")
     timing = {"train_s", "eval_s", "swa_s"}
     logs = [[{k: v for k, v in r.items() if k not in timing}
              for r in eb.runs.RunDir(tmp_path / name).read_log()] for name in ("whole", "cut")]

@@ -41,6 +41,8 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         for k in ("draw_epoch", "draw_at", "sparsity", "epoch_s", "train_images"):
             if all(r.get(k) is not None for r in found):
                 entry[k] = statistics.mean(r[k] for r in found)
+        if suite.claims and all("drawn" in r for r in found):     # how many seeds drew it
+            entry["drawn"] = sum(bool(r["drawn"]) for r in found)
         if "sparsity" in entry:         # the masked weights' zeros counted out (ShrinkBench)
             if prunable is None:
                 prunable = sum(w.numel() for w in prunable_weights(

@@ -36,8 +36,25 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
     return row
 
 
+def _check_after(suite: Suite) -> None:
+    """A method may start from the rows of per-ratio methods only, and not in a circle."""
+    for name in suite.methods:
+        seen, todo = {name}, list(get(name).after)
+        while todo:
+            other = todo.pop()
+            if other == name:
+                raise ValueError(f"method {name!r} runs after itself (through {sorted(seen)})")
+            if not get(other).per_ratio:
+                raise ValueError(f"method {name!r} runs after {other!r}, which has no rows per "
+                                 "ratio")
+            if other not in seen:
+                seen.add(other)
+                todo += list(get(other).after)
+
+
 def plan(suite: Suite) -> list[tuple[str, Optional[float], int]]:
     """Every (method, ratio, seed) job of a setting; the dense baseline once per seed."""
+    _check_after(suite)
     jobs = []
     for seed in suite.seeds:
         for method in suite.methods:
@@ -115,7 +132,10 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
                 pending[pool.submit(run_method, suite, job[2], job[0], job[1],
                                     folders[job[2]])] = job
             if not pending:
-                wait([f for f in stage_jobs.values() if not f.done()], return_when=FIRST_COMPLETED)
+                running = [f for f in stage_jobs.values() if not f.done()]
+                if not running:                          # nothing left that could free a job
+                    raise RuntimeError(f"jobs {waiting} wait for methods that never ran")
+                wait(running, return_when=FIRST_COMPLETED)
                 continue
             done, _ = wait(list(pending) + [f for f in stage_jobs.values() if not f.done()],
                            return_when=FIRST_COMPLETED)

@@ -45,7 +45,8 @@ class Stage:
     """A named stage of the run in ``env`` (``search``, ``train``, ``retrain-0.5-finetune``).
 
     Building it reads the stage's checkpoint when resuming and refuses to overwrite a started
-    stage or to mix settings in one run folder; nothing is written then.
+    stage or to mix settings in one run folder; resuming, it completes the log from the
+    checkpoint (what a kill right after the checkpoint kept out of it).
     """
 
     def __init__(self, env: RunEnv, name: str, resume: bool) -> None:
@@ -62,6 +63,8 @@ class Stage:
                                  f"({', '.join(diff)}); use the same settings or another "
                                  "--save folder")
         self._pending: list[dict[str, Any]] = []
+        if self.ckpt is not None and env.main:    # a kill may have landed before its log lines
+            env.dir.reconcile_log(self.ckpt.get("log", []))
 
     @property
     def done(self) -> bool:
@@ -105,8 +108,6 @@ class Stage:
             best, test_acc = float(ckpt["best_acc"]), float(ckpt["test_acc"])
             if swa is not None and "swa" in ckpt:
                 swa.load_state_dict(ckpt["swa"])
-            if env.main:
-                env.dir.reconcile_log(ckpt.get("log", []))
         if env.main and env.dir.read_config() is None:
             env.dir.write_config(cfg.as_dict())
 
