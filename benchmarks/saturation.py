@@ -136,19 +136,29 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, nargs="+", default=list(EPOCHS),
                    help="values of T (each with 2T among them to be judged)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--limit", nargs="+", default=[], metavar="CANDIDATE=T",
+                   help="train CANDIDATE for at most T epochs (its longer runs are left out)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (2)")
     p.add_argument("--cache", type=Path, default=Path("runs/bench"))
     p.add_argument("--out", type=Path, default=common.ROOT / "results" / "saturation")
     args = p.parse_args(argv)
     if args.jobs < 1 or any(t < 4 for t in args.epochs):
         p.error("need --jobs >= 1 and every --epochs >= 4")
+    try:
+        args.limit = {c: int(t) for c, t in (item.split("=") for item in args.limit)}
+    except ValueError:
+        p.error(f"--limit takes CANDIDATE=T, got {args.limit}")
+    bad = sorted(set(args.limit) - set(CANDIDATES))
+    if bad:
+        p.error(f"--limit: unknown candidates {bad}; choose from {list(CANDIDATES)}")
     return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse(argv)
     seeds, epochs = tuple(args.seeds), tuple(sorted(set(args.epochs)))
-    todo = [(c, t, s) for c in args.candidates for t in epochs for s in seeds]
+    todo = [(c, t, s) for c in args.candidates for t in epochs for s in seeds
+            if t <= args.limit.get(c, t)]
     todo.sort(key=lambda j: -j[1])                      # longest first: the pool stays busy
     started = time.perf_counter()
     pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"),
