@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
-from .trace import NORM_TYPES, ROOT_TYPES, build_graph
+from .trace import NORM_TYPES, ROOT_TYPES, build_graph, refuse_frozen_norms
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,7 @@ class ChannelGraph:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
-        frozen_norms = [n for n, m in model.named_modules()
-                        if type(m).__name__ == "FrozenBatchNorm2d"]
-        if frozen_norms:
-            raise UnsupportedModelError(
-                f"{type(model).__name__} normalises with FrozenBatchNorm2d ({len(frozen_norms)} "
-                f"layers, e.g. {frozen_norms[0]!r}): its fixed scales are buffers that "
-                "torch-pruning does not prune, so its channels cannot be removed; build the "
-                "model with nn.BatchNorm2d and freeze those (requires_grad=False), which "
-                "earlybird traces and leaves unchanged")
+        refuse_frozen_norms(model)
         self.graph = build_graph(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}

@@ -14,7 +14,8 @@ from ..errors import UnsupportedModelError
 log = logging.getLogger(__name__)
 
 __all__ = ["NORM_TYPES", "ROOT_TYPES", "kept_modes", "run_example", "run_inputs", "build_graph",
-           "find_classifier", "unwrap_model", "resolve_layers", "all_trainable"]
+           "find_classifier", "unwrap_model", "resolve_layers", "all_trainable",
+           "refuse_frozen_norms"]
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -223,3 +224,14 @@ def resolve_layers(model: nn.Module, layers: Sequence[Union[nn.Module, str]]) ->
             raise TypeError(f"ignored_layers takes modules or qualified names, got {layer!r}")
         out.append(layer)
     return out
+
+
+def refuse_frozen_norms(model: nn.Module) -> None:
+    """Refuse torchvision's FrozenBatchNorm2d, naming why: its fixed scales are buffers."""
+    frozen = [n for n, m in model.named_modules() if type(m).__name__ == "FrozenBatchNorm2d"]
+    if frozen:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} normalises with FrozenBatchNorm2d ({len(frozen)} layers, "
+            f"e.g. {frozen[0]!r}): its fixed scales are buffers that torch-pruning does not "
+            "prune, so its channels cannot be removed; build the model with nn.BatchNorm2d and "
+            "freeze those (requires_grad=False), which earlybird traces and leaves unchanged")
