@@ -1,6 +1,12 @@
 """Tiny models for the tests: each names the coupling it exercises."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -109,3 +115,24 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def x32() -> torch.Tensor:
     return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def torchrun(*args: str, cwd=None, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 <args>`` on CPU (gloo), one OpenMP thread a rank.
+
+    ``--standalone`` takes a free port for the rendezvous, so two runs on one machine (two CI
+    jobs, a test beside a user's job) never join each other's process group.
+    """
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", *args], capture_output=True, text=True,
+                          cwd=cwd or root, env=env, timeout=timeout)
+
+
+def failure(out: subprocess.CompletedProcess) -> str:
+    """What a failed run printed, warnings dropped: every rank's own lines before the launcher's."""
+    glog_warning = re.compile(r"^(\[rank\d+\]:)?W\d{4} ")       # W1201 20:53:06.239 ...
+    lines = [line for line in out.stderr.splitlines()
+             if not glog_warning.match(line) and "Warning" not in line]
+    return "\n".join(lines)[-6000:]

@@ -12,6 +12,7 @@ import earlybird as eb
 from earlybird.cli import main
 from earlybird.io import PRUNED_FORMAT
 from earlybird.runs import CHECKPOINT_FORMAT
+from conftest import failure, torchrun
 
 BASE = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--train-images", "256",
         "--test-images", "128", "--batch-size", "64", "--test-batch-size", "128",
@@ -139,10 +140,8 @@ def test_killed_search_resumes_to_the_same_ticket_and_weights(tmp_path):
 
 def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
     save = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "earlybird", "run", "--save", str(save), *TINY]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = torchrun("-m", "earlybird", "run", "--save", str(save), *TINY)
+    assert out.returncode == 0, failure(out)
     assert out.stdout.count("ratio  drawn") == 1           # only rank 0 prints
     search = torch.load(save / "search.pt", weights_only=True)
     assert search["step"] == 4 * search["epoch"]           # 128 images per rank, 32 per batch

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import failure, torchrun
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
@@ -22,11 +24,8 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     if code.startswith("# run with: torchrun"):
         script = tmp_path / "snippet.py"
         script.write_text(code)
-        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                              "2", "--master_port", "29533", str(script)], capture_output=True,
-                             text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1",
-                                                              "PYTHONPATH": str(README.parent)})
-        assert out.returncode == 0, out.stderr[-3000:]
+        out = torchrun(str(script), cwd=tmp_path)
+        assert out.returncode == 0, failure(out)
         assert (tmp_path / "ddp-small.pt").is_file()
         return
     if "import lightning" in code:

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 import earlybird as eb  # noqa: E402
 from benchmarks import __main__ as cli, common, suite as S  # noqa: E402
 from benchmarks.suite import methods  # noqa: E402
-from conftest import TinyResidual, TinyVGG  # noqa: E402
+from conftest import TinyResidual, TinyVGG, failure, torchrun  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- selection rules
@@ -307,17 +307,11 @@ DDP_CONFIG = {"description": "two gloo ranks", "arch": "vgg", "depth": 11, "widt
 def test_torchrun_trains_every_method_data_parallel_and_rank0_writes(tmp_path):
     # two gloo ranks on CPU, as torchrun runs the ImageNet settings on GPUs; ll covers q8,
     # whose stochastic rounding differs per process (the ranks must still draw one ticket)
-    import subprocess
     config = tmp_path / "ddp.json"
     config.write_text(json.dumps(DDP_CONFIG))
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29531", "-m", "benchmarks", "run", str(config), "--cache",
-         str(tmp_path / "cache"), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=root, timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(root)})
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = torchrun("-m", "benchmarks", "run", str(config), "--cache", str(tmp_path / "cache"),
+                   "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, failure(out)
     assert out.stdout.count("seed 0:") == 8                 # one progress line per job, rank 0 only
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     meta = result["meta"]
