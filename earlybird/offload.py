@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CopyingState", "copy_to_cpu", "plain_state"]
+__all__ = ["CopyingState", "copy_to_cpu", "plain_state", "fetch_check"]
 
 
 class CopyingState(dict):
@@ -103,3 +103,23 @@ def copy_to_cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
         event.record(torch.cuda.current_stream(device))
         done.append(event)
     return CopyingState(out, done)
+
+
+def fetch_check(masks: dict[float, Tensor], rows: dict[float, Tensor],
+                scores: Tensor) -> tuple[dict[float, Tensor], dict[float, list[float]], bool]:
+    """A pruner check's masks, distances and whether every score is finite, brought to the CPU
+    in one copy (one synchronisation per check)."""
+    device = next(iter(masks.values())).device       # where the masks were drawn
+    parts = [torch.isfinite(scores).all().double().view(1).to(device)]
+    parts += [masks[r].double() for r in masks]
+    parts += [rows[r].to(device) for r in rows]
+    packed = torch.cat(parts).cpu()
+    finite, at = bool(packed[0]), 1
+    host_masks, host_rows = {}, {}
+    for r, m in masks.items():
+        host_masks[r] = packed[at:at + m.numel()].bool()
+        at += m.numel()
+    for r, row in rows.items():
+        host_rows[r] = packed[at:at + row.numel()].tolist()
+        at += row.numel()
+    return host_masks, host_rows, finite

@@ -17,7 +17,7 @@ from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memor
                     prune_model, resolve_layers, run_example, unwrap_model)
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
-from .offload import copy_to_cpu, plain_state
+from .offload import copy_to_cpu, fetch_check, plain_state
 
 __all__ = ["EarlyBirdPruner", "Ticket"]
 
@@ -64,6 +64,9 @@ class EarlyBirdPruner:
             ``criterion="reference"``, ...), applied over ``config``.
         ignored_layers: modules or qualified names never pruned (their output channels).
         prune_head: allow pruning the classifier's output (off: the head is kept whole).
+        strict: refuse a model if pruning some channel group would break it. Off (default),
+            such groups are found when the pruner is built (on copies, by group testing), left
+            out with one warning, and listed in ``pruner.excluded`` (``{layer: reason}``).
 
     >>> import torch, torchvision, earlybird as eb
     >>> model = torchvision.models.resnet18(num_classes=10)
@@ -79,7 +82,7 @@ class EarlyBirdPruner:
                  ratios: Optional[Sequence[float]] = None, *,
                  config: Optional[EarlyBirdConfig] = None,
                  ignored_layers: Sequence[Union[nn.Module, str]] = (), prune_head: bool = False,
-                 **settings: Any) -> None:
+                 strict: bool = False, **settings: Any) -> None:
         self.config = make_config(config, ratios, **settings)
         min_channels, max_layer_ratio = self.config.min_channels, self.config.max_layer_ratio
         self.model = unwrap_model(model)
@@ -89,8 +92,8 @@ class EarlyBirdPruner:
         output = run_example(self.model, example_inputs)
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
-        self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score)
-        self.layout = self.graph.layout
+        self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict)
+        self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
         self._check_feasible()
@@ -140,7 +143,7 @@ class EarlyBirdPruner:
         scores = self.graph.scores()                      # on the model's device
         flat = keep_masks(scores, self.layout, self.config.ratios, self._caps, self._seg_caps)
         rows = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
-        masks, rows, finite = self._fetch(flat, rows, scores)   # the check's one transfer
+        masks, rows, finite = fetch_check(flat, rows, scores)   # the check's one transfer
         if not finite:
             self._scores()                                   # names the layers, and raises
         check = len(self.iterations)
@@ -168,25 +171,6 @@ class EarlyBirdPruner:
         if not recent:
             return torch.zeros(0, dtype=torch.float64, device=mask.device)
         return (torch.stack(recent) != mask).double().mean(1)
-
-    @staticmethod
-    def _fetch(masks: dict[float, Tensor], rows: dict[float, Tensor],
-               scores: Tensor) -> tuple[dict[float, Tensor], dict[float, list[float]], bool]:
-        """Masks, distances and whether every score is finite, brought to the CPU in one copy."""
-        device = next(iter(masks.values())).device       # where the masks were drawn
-        parts = [torch.isfinite(scores).all().double().view(1).to(device)]
-        parts += [masks[r].double() for r in masks]
-        parts += [rows[r].to(device) for r in rows]
-        packed = torch.cat(parts).cpu()
-        finite, at = bool(packed[0]), 1
-        host_masks, host_rows = {}, {}
-        for r, m in masks.items():
-            host_masks[r] = packed[at:at + m.numel()].bool()
-            at += m.numel()
-        for r, row in rows.items():
-            host_rows[r] = packed[at:at + row.numel()].tolist()
-            at += row.numel()
-        return host_masks, host_rows, finite
 
     def _scores(self) -> Tensor:
         scores = self.graph.scores().cpu()

@@ -371,10 +371,17 @@ class FunctionalLinear(nn.Module):
         return self.head(x)
 
 
-def test_weights_used_through_functions_are_refused_by_name(x32):
+def test_weights_used_through_functions_are_refused_by_name_under_strict(x32):
     with pytest.raises(eb.UnsupportedModelError,
                        match=r"FunctionalLinear uses the weights of 1 layer\(s\) through plain "
                              r"functions .* \(e.g. proj\); torch-pruning cannot follow"):
+        eb.EarlyBirdPruner(FunctionalLinear(), x32, strict=True)
+    # without strict the group feeding proj is found to break and left out; it was the only
+    # one, so the model is still refused, with the reason
+    with pytest.raises(eb.UnsupportedModelError,
+                       match=r"FunctionalLinear: 1 channel group\(s\) left out, pruning them would "
+                             r"break the model: 'conv' \(RuntimeError: .*\); only 0 of 6 scored "
+                             r"channels \(0%\) would be left to prune, under the 10% worth"):
         eb.EarlyBirdPruner(FunctionalLinear(), x32)
 
 
@@ -405,10 +412,11 @@ class SplitByAttribute(nn.Module):
         return self.head(torch.cat([self.conv_a(a), self.conv_b(b)], 1).mean((2, 3)))
 
 
-def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason(x32):
+def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason_under_strict(x32):
     model = SplitByAttribute()
     set_scales(model, [0.1, 0.2, 0.9, 0.9, 0.3, 0.4, 0.9, 0.9])   # prunes 2 from each part
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], strict=True)
+    assert pruner.excluded == {}
     with pytest.raises(eb.UnsupportedModelError, match=r"SplitByAttribute pruned at ratio 0.5 no "
                        r"longer runs \(\w+: .*\): it computes with channel counts kept"):
         pruner.prune(0.5, force=True)
@@ -417,35 +425,90 @@ def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason(x32):
 
 def test_failures_in_the_group_search_are_our_error(x32, monkeypatch):
     import torch_pruning as tp
+    search = tp.DependencyGraph.get_pruning_group
 
-    def explode(self, *args, **kwargs):
-        raise MemoryError
-        yield                                              # a generator, like the original
-    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", explode)
-    with pytest.raises(eb.UnsupportedModelError, match="torch-pruning ran out of memory mapping "
-                       "the channels of TinyVGG"):
-        eb.EarlyBirdPruner(TinyVGG(), x32)
+    def explode(self, root, *args, **kwargs):
+        if root is model.features[3]:
+            raise MemoryError
+        return search(self, root, *args, **kwargs)
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", explode)
+    model = TinyVGG()
+    with pytest.raises(eb.UnsupportedModelError, match=r"TinyVGG: layer 'features.3': "
+                       "torch-pruning ran out of memory mapping its channels through reshapes"):
+        eb.EarlyBirdPruner(model, x32, strict=True)
+    pruner = eb.EarlyBirdPruner(model, x32)                # the others are pruned
+    assert pruner.layout.names == ("features.0", "features.6")
+    assert pruner.excluded == {"features.3": "torch-pruning ran out of memory mapping its "
+                               "channels through reshapes and permutes (window partitions blow "
+                               "its index lists up)"}
 
-    def divide(self, *args, **kwargs):
+    def divide(self, root, *args, **kwargs):
         raise ZeroDivisionError("integer division or modulo by zero")
-        yield
-    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", divide)
-    with pytest.raises(eb.UnsupportedModelError, match="torch-pruning could not group the channels "
-                       "of TinyVGG: ZeroDivisionError: integer division"):
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", divide)
+    with pytest.raises(eb.UnsupportedModelError, match=r"TinyVGG: 3 channel group\(s\) left "
+                       r"out, .*'features.0' \(torch-pruning could not group its channels: "
+                       r"ZeroDivisionError: integer division or modulo by zero\)"):
         eb.EarlyBirdPruner(TinyVGG(), x32)
 
 
-def test_channel_indices_past_a_layer_are_refused_when_the_pruner_is_built():
+def test_the_group_search_is_bounded_in_time(x32, monkeypatch):
+    import time
+    import torch_pruning as tp
+    from earlybird.graph import search as S
+    monkeypatch.setattr(S, "GROUP_SECONDS", 0.2)
+    monkeypatch.setattr(S, "SEARCH_SECONDS", 1.0)
+    search = tp.DependencyGraph.get_pruning_group
+    slow = []
+
+    def stuck(self, root, *args, **kwargs):
+        if root in slow:
+            time.sleep(30)                                 # a search that blows up
+        return search(self, root, *args, **kwargs)
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", stuck)
+    model = TinyVGG()
+    slow.append(model.features[3])
+    started = time.monotonic()
+    pruner = eb.EarlyBirdPruner(model, x32)
+    assert time.monotonic() - started < 5
+    assert pruner.excluded == {"features.3": "torch-pruning's search of its channels ran past "
+                               "0.2 s (reshapes and permutes)"}
+    assert pruner.layout.names == ("features.0", "features.6")
+    slow[:] = [model.features[0], model.features[3], model.features[6]]
+    monkeypatch.setattr(S, "GROUP_SECONDS", 0.6)          # 0.6 s, then the 0.4 s left
+    started = time.monotonic()
+    with pytest.raises(eb.UnsupportedModelError, match=r"torch-pruning's channel search of "
+                       r"TinyVGG ran past 1 s after 0 groups \(2 left out\); its reshapes"):
+        eb.EarlyBirdPruner(model, x32)
+    assert time.monotonic() - started < 5
+
+
+def test_channel_indices_past_a_layer_are_left_out_or_refused_under_strict():
     # timm's dual-path networks: torch-pruning maps the slices and concatenations of a DPN
     # block to channel indices past the end of the BatchNorms (found by the zoo on dpn48b,
     # where it crashed step() with an IndexError). This small DPN shows it in 3 layers.
     from timm.models.dpn import DPN
     model = DPN(k_sec=(1, 3, 1, 1), inc_sec=(4, 8, 8, 16), num_init_features=8, k_r=16,
                 groups=4, b=True, small=True, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
     with pytest.raises(eb.UnsupportedModelError, match=r"torch-pruning maps channels of DPN past "
                        r"the end of 1 layer\(s\) \(e.g. channel 263 of 'features.conv3_2.c1x1_a.bn'"
                        r", which has 152\): its channel coupling does not fit"):
-        eb.EarlyBirdPruner(model, torch.randn(1, 3, 32, 32))
+        eb.EarlyBirdPruner(model, x, strict=True)
+    pruner = eb.EarlyBirdPruner(model, x)
+    # the group with wrong indices, and the three whose one-channel cut breaks a residual add
+    assert pruner.excluded["features.conv3_3.c1x1_c2"] == (
+        "torch-pruning maps its channels past the end of 'features.conv3_2.c1x1_a.bn' "
+        "(channel 256 of 152)")
+    assert sorted(pruner.excluded) == ["features.conv2_1.c1x1_c2", "features.conv3_3.c1x1_c2",
+                                       "features.conv4_1.c1x1_c2", "features.conv5_1.c1x1_c2"]
+    assert all(pruner.excluded[n].startswith("RuntimeError: The size of tensor a")
+               for n in pruner.excluded if n != "features.conv3_3.c1x1_c2")
+    assert not set(pruner.excluded) & set(pruner.layout.names)
+    assert (pruner.layout.num_channels, len(pruner.layout.names)) == (616, 13)
+    small = pruner.prune(0.5, force=True)
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # all scales 1: ties go by position; the grouped convs' units fit 307 of the 308 budget
+    assert sum(int(m.sum()) for m in pruner.masks(0.5).values()) == 616 - 307
 
 
 class CachesFromParameters(TinyVGG):

@@ -17,6 +17,9 @@ from earlybird.errors import EarlyBirdError
 from earlybird.flops import count_flops
 
 
+MIN_FLOPS_CUT = 0.15       # a pass cuts the FLOPs by at least this at the report ratio
+
+
 class SweepFailure(Exception):
     """A check of the sweep itself failed (no-op pruning, wrong output, dense model changed)."""
 
@@ -89,7 +92,8 @@ def run_model(source: str, name: str, ratios: tuple[float, ...] = RATIOS, seed: 
     """Sweep one model; never raises for the model's own failures (they become its status).
 
     Returns a row: ``status``, ``params_before``/``flops_before``, ``params_after``/
-    ``flops_after`` keyed by ratio (as str), ``seconds``, ``input``, and for a failure the
+    ``flops_after`` keyed by ratio (as str), ``seconds``, ``input``, ``excluded`` (groups the
+    pruner left out) and ``prunable`` (the share of scored channels left), and for a failure the
     ``stage``/``ratio`` it happened at, ``error`` type and ``frames`` (key traceback frames).
     """
     torch.manual_seed(seed)
@@ -112,6 +116,7 @@ def run_model(source: str, name: str, ratios: tuple[float, ...] = RATIOS, seed: 
         pruner = eb.EarlyBirdPruner(model, x, ratios=ratios)
         row["channels"], row["groups"] = pruner.layout.num_channels, len(pruner.layout.sizes)
         row["score"] = pruner.graph.score
+        row["excluded"], row["prunable"] = len(pruner.excluded), pruner.graph.prunable_share
         stage = "step()"
         for _ in range(2):
             perturb_scores(pruner)
@@ -142,7 +147,11 @@ def run_model(source: str, name: str, ratios: tuple[float, ...] = RATIOS, seed: 
             small = None
             gc.collect()
         ratio = None
-        row["status"] = "pass"
+        reported = row["flops_after"].get(str(report_ratio))
+        cut = 1.0 if reported is None else 1 - reported / dense.flops
+        row["status"] = "pass" if cut >= MIN_FLOPS_CUT else (
+            f"unsupported: p={report_ratio} cuts FLOPs by only {cut:.1%}, under the "
+            f"{MIN_FLOPS_CUT:.0%} a pass needs")
     except ModelTimeout as exc:
         row.update(status=f"FAIL: ModelTimeout: {exc} [{_where(ratio, stage)}]", stage=stage,
                    ratio=ratio, error="ModelTimeout")

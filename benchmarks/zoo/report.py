@@ -30,13 +30,15 @@ def _cell(text: str) -> str:
 
 def table(rows: list[dict], ratio: float = REPORT_RATIO) -> str:
     key = str(ratio)
-    lines = [f"| source | model | input | score | status | params before | params after p={ratio} | "
-             f"FLOPs before | FLOPs after p={ratio} | seconds |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| source | model | input | score | status | prunable | excluded | params before | "
+             f"params after p={ratio} | FLOPs before | FLOPs after p={ratio} | seconds |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         inp = f"{r['input']}x{r['input']}" if r.get("input") else "-"
+        share = f"{100 * r['prunable']:.0f} %" if r.get("prunable") is not None else "-"
         lines.append(
             f"| {r['source']} | {r['model']} | {inp} | {r.get('score') or '-'} | {_cell(r['status'])} | "
+            f"{share} | {r.get('excluded', '-')} | "
             f"{_num(r['params_before'])} | {_num(r['params_after'].get(key))} | "
             f"{_num(r['flops_before'])} | {_num(r['flops_after'].get(key))} | {r['seconds']:.1f} |")
     return "\n".join(lines)
@@ -70,7 +72,10 @@ def summary(rows: list[dict], meta: dict) -> str:
              "FLOP, batch 1) must be strictly below the dense model's. Status: `pass`, "
              "`unsupported: ...` (earlybird's own error), or `FAIL: ...` (anything else, a no-op, "
              "a wrong output). Models with no norm layer at all are scored by their filters' mean "
-             "|w| (`score` column: `weight`; the others `norm`). Seconds cover the whole model: "
+             "|w| (`score` column: `weight`; the others `norm`). `prunable`: the share of the "
+             "scored channels the pruner kept prunable, `excluded`: the channel groups it left out "
+             "because pruning them broke the model (`-`: rows swept before exclusion existed). "
+             "A pass also needs p=0.5 to cut the FLOPs by at least 15 %. Seconds cover the whole model: "
              "building, FLOP counts, the pruner, three prunes with forward/backward, each model in "
              "its own subprocess.", ""]
     lines += ["| source | models | pass | unsupported | FAIL | pass rate | target |",

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
+from .exclusion import exclusions, refuse_past_the_end, report
+from .search import search_groups
 from .trace import NORM_TYPES, ROOT_TYPES, build_graph, refuse_frozen_norms
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,21 @@ class _UnionFind:
 
 
 def _grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[list[int]]:
-    """Per root channel, the smallest root channel it must be pruned with (grouped convs)."""
+    """Per root channel, the smallest root channel it must be pruned with: the same position
+    in every conv group of a grouped conv, and in every head of an ``nn.MultiheadAttention``
+    whose embedding the group is (so every head keeps the same ``head_dim``)."""
     uf = None
     for item in group:
         conv = item.dep.target.module
-        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
+        if isinstance(conv, nn.MultiheadAttention) and conv.num_heads > 1:
+            block = conv.head_dim
+        elif not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
             continue
-        if conv.groups == conv.in_channels == conv.out_channels:
+        elif conv.groups == conv.in_channels == conv.out_channels:
             continue                                    # depthwise: channels stay independent
-        out = graph.is_out_channel_pruning_fn(item.dep.handler)
-        block = (conv.out_channels if out else conv.in_channels) // conv.groups
+        else:
+            out = graph.is_out_channel_pruning_fn(item.dep.handler)
+            block = (conv.out_channels if out else conv.in_channels) // conv.groups
         first: dict[int, int] = {}
         uf = uf or _UnionFind(size)
         for idx, root in zip(item.idxs, item.root_idxs):
@@ -105,29 +112,22 @@ class ChannelGraph:
         layout: the scored group channels laid out flat (:class:`~earlybird.ChannelLayout`).
         norms: the :class:`ScoredLayer` list (norm layers, or filters for ``score="weight"``).
         score: ``"norm"`` or ``"weight"``: what ranks the channels.
+        excluded: ``{group root: why}``, the groups left out as their pruning would break the
+            model (``strict=True`` refuses instead); ``prunable_share``: the share left.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
-                 ignored: Sequence[nn.Module] = (), score: str = "auto") -> None:
+                 ignored: Sequence[nn.Module] = (), score: str = "auto",
+                 strict: bool = False) -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
         refuse_frozen_norms(model)
-        self.graph = build_graph(model, example_inputs)
+        self.graph = build_graph(model, example_inputs, strict=strict)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}
-        try:
-            groups = [self._rooted_first(g, order) for g in self.graph.get_all_groups(
-                ignored_layers=list(ignored), root_module_types=ROOT_TYPES)]
-        except MemoryError:
-            raise UnsupportedModelError(
-                f"torch-pruning ran out of memory mapping the channels of {type(model).__name__} "
-                "through its reshapes and permutes (window partitions blow its index lists "
-                "up); this model cannot be pruned by channel groups") from None
-        except Exception as exc:  # noqa: BLE001 - torch-pruning's internals, named once
-            raise UnsupportedModelError(
-                f"torch-pruning could not group the channels of {type(model).__name__}: "
-                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from exc
+        groups, failed = search_groups(self.graph, model, ignored, ROOT_TYPES, strict)
+        groups = [self._rooted_first(g, order) for g in groups]
         groups.sort(key=lambda g: order[g[0].dep.target.module])
         self.score = "weight" if score == "weight" else "norm"
         found = self._collect(groups, names)
@@ -137,6 +137,15 @@ class ChannelGraph:
                         type(model).__name__)
             self.score = "weight"
             found = self._collect(groups, names)
+        self.excluded: dict[str, str] = failed if strict else {**failed, **exclusions(
+            model, example_inputs, found, names, self.graph)}
+        self.prunable_share = 1.0
+        if self.excluded:
+            scored = sum(found[1]) + sum(_width(model.get_submodule(n)) for n in failed)
+            found = self._collect([g for g in groups if names[g[0].dep.target.module]
+                                   not in self.excluded], names)
+            report(model, self.excluded, sum(found[1]), scored)
+            self.prunable_share = sum(found[1]) / scored
         layer_names, sizes, units, segments, norms = found
         if not sizes:
             what = ("is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score "
@@ -153,7 +162,8 @@ class ChannelGraph:
                                     torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
                                     seg_t if split else None)
         self.norms = list(norms.values())
-        _check_indices(self.norms, names, model)
+        if strict:
+            refuse_past_the_end(self.norms, names, model)
         self._filter_rows: dict[nn.Module, Tensor] = {}
         self._index_tensors()
 
@@ -222,7 +232,11 @@ class ChannelGraph:
         pruner = self.graph.get_pruner_of_module(first)
         if pruner.get_out_channels(first) != size:
             return group
-        return self.graph.get_pruning_group(first, pruner.prune_out_channels, list(range(size)))
+        try:
+            return self.graph.get_pruning_group(first, pruner.prune_out_channels,
+                                                list(range(size)))
+        except Exception:  # noqa: BLE001 - the group as torch-pruning rooted it still holds
+            return group
 
     @staticmethod
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:
@@ -292,17 +306,5 @@ class ChannelGraph:
         return total.index_add_(0, dst, flat[src].abs().double()) / count
 
 
-def _check_indices(norms: Sequence[ScoredLayer], names: Mapping[nn.Module, str],
-                   model: nn.Module) -> None:
-    """Refuse a model whose groups name channels past the end of a scored layer: torch-pruning
-    walked a dual-path block's slices and concatenations (timm's DPN) into wrong indices, and
-    scoring or pruning by them would fail or cut the wrong channels."""
-    bad = [(names[n.module], max(n.src), len(n.values())) for n in norms
-           if max(n.src) >= len(n.values())]
-    if bad:
-        name, index, size = bad[0]
-        raise UnsupportedModelError(
-            f"torch-pruning maps channels of {type(model).__name__} past the end of {len(bad)} "
-            f"layer(s) (e.g. channel {index} of {name!r}, which has {size}): its channel "
-            "coupling does not fit this model's slicing and concatenation (dual-path blocks), "
-            "so pruning would cut the wrong channels")
+def _width(layer: nn.Module) -> int:
+    return int(getattr(layer, "out_channels", getattr(layer, "out_features", 0)))

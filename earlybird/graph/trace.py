@@ -59,7 +59,8 @@ def all_trainable(model: nn.Module) -> Iterator[None]:
                 params[n].requires_grad_(False)
 
 
-def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+def build_graph(model: nn.Module, example_inputs: Any, strict: bool = False
+                ) -> tp.DependencyGraph:
     """Trace ``model`` once with ``example_inputs``; a failure names the model.
 
     The trace runs in eval mode. Layers that only run in training (Inception's and GoogLeNet's
@@ -67,22 +68,23 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     such layers exist the model is traced again in training mode on the example batch doubled
     (BatchNorm needs two samples), its BatchNorm statistics restored. A model that uses a
     layer's weights without calling the layer (torchvision's Swin: ``F.linear(x, qkv.weight)``)
-    is refused: torch-pruning cannot see which channels that layer connects.
+    is refused with ``strict=True``: torch-pruning cannot see which channels that layer
+    connects (otherwise the groups feeding it are found to break, :mod:`.exclusion`).
     Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
     its input channels from the groups that feed it (e.g. the head from the last stage's group).
     Frozen layers are traced like the others (:func:`all_trainable`).
     """
     with all_trainable(model):
-        return _build_graph(model, example_inputs)
+        return _build_graph(model, example_inputs, strict)
 
 
-def _build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
+def _build_graph(model: nn.Module, example_inputs: Any, strict: bool) -> tp.DependencyGraph:
     graph = _trace(model, example_inputs, train=False)
     missed = _untraced(model, graph)
     if not missed:
         return graph
     called, functional = _probe(model, example_inputs, missed)
-    if functional:
+    if functional and strict:
         raise UnsupportedModelError(
             f"{type(model).__name__} uses the weights of {len(functional)} layer(s) through "
             f"plain functions instead of calling the modules (e.g. {', '.join(functional[:3])}); "
