@@ -24,8 +24,8 @@ from .trace import run_example
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_PRUNABLE", "trial_cuts", "trial", "breaking_groups", "past_the_end", "describe",
-           "exclusions", "report", "refuse_past_the_end"]
+__all__ = ["MIN_PRUNABLE", "out_width", "trial_cuts", "trial", "breaking_groups", "past_the_end",
+           "describe",           "exclusions", "report", "refuse_past_the_end"]
 
 MIN_PRUNABLE = 0.1       # a model with less of its scored channels left prunable is refused
 
@@ -57,7 +57,8 @@ def trial_cuts(names: Sequence[str], sizes: Sequence[int], units: Sequence[int],
     return cuts
 
 
-def _out_width(layer: nn.Module) -> int:
+def out_width(layer: nn.Module) -> int:
+    """A conv's ``out_channels`` or a linear's ``out_features``."""
     return int(getattr(layer, "out_channels", getattr(layer, "out_features", 0)))
 
 
@@ -80,14 +81,14 @@ def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
     small = copy_model(model)
     keep = {}
     for name, idxs in cuts.items():
-        mask = torch.ones(_out_width(small.get_submodule(name)), dtype=torch.bool)
+        mask = torch.ones(out_width(small.get_submodule(name)), dtype=torch.bool)
         mask[list(idxs)] = False
         keep[name] = mask
     try:
         before = _silenced(small, zeros, example_inputs) if zeros else None
         prune_model(small, example_inputs, keep)
         for name, mask in keep.items():
-            width = _out_width(small.get_submodule(name))
+            width = out_width(small.get_submodule(name))
             if width != int(mask.sum()):
                 return f"pruning left {width} channels where {int(mask.sum())} were kept"
         after = run_example(small, example_inputs)

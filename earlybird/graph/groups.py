@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
-from .exclusion import exclusions, refuse_past_the_end, report
+from .exclusion import exclusions, out_width, refuse_past_the_end, report
 from .search import search_groups
 from .trace import NORM_TYPES, ROOT_TYPES, build_graph, refuse_frozen_norms
 
@@ -141,7 +141,7 @@ class ChannelGraph:
             model, example_inputs, found, names, self.graph)}
         self.prunable_share = 1.0
         if self.excluded:
-            scored = sum(found[1]) + sum(_width(model.get_submodule(n)) for n in failed)
+            scored = sum(found[1]) + sum(out_width(model.get_submodule(n)) for n in failed)
             found = self._collect([g for g in groups if names[g[0].dep.target.module]
                                    not in self.excluded], names)
             report(model, self.excluded, sum(found[1]), scored)
@@ -304,7 +304,3 @@ class ChannelGraph:
         src, dst, count = self._indices_on(flat.device)
         total = torch.zeros(self.layout.num_channels, dtype=torch.float64, device=flat.device)
         return total.index_add_(0, dst, flat[src].abs().double()) / count
-
-
-def _width(layer: nn.Module) -> int:
-    return int(getattr(layer, "out_channels", getattr(layer, "out_features", 0)))
