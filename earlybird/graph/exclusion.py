@@ -25,7 +25,7 @@ from .trace import run_example
 log = logging.getLogger(__name__)
 
 __all__ = ["MIN_PRUNABLE", "out_width", "trial_cuts", "trial", "breaking_groups", "past_the_end",
-           "describe",           "exclusions", "report", "refuse_past_the_end"]
+           "describe", "exclusions", "report", "refuse_past_the_end"]
 
 MIN_PRUNABLE = 0.1       # a model with less of its scored channels left prunable is refused
 
