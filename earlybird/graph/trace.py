@@ -10,6 +10,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from .tolerant import Graph
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _trace(model: nn.Module, example_inputs: Any, train: bool) -> tp.DependencyG
                or "num_batches_tracked" in k} if train else {}
     with kept_modes(model), torch.enable_grad():
         try:
-            return tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward,
+            return Graph().build_dependency(model, example_inputs, forward_fn=forward,
                                                          verbose=False)
         except Exception as exc:  # noqa: BLE001
             raise UnsupportedModelError(

@@ -1,0 +1,114 @@
+"""torch-pruning's dependency graph, made to survive the graphs it cannot map exactly.
+
+torch-pruning 1.6 infers how channel indices travel through every concatenation, split and
+reshape it traced. On some graphs that inference fails the whole trace (ShuffleNetV2's channel
+shuffle, Swin's and TNT's concatenations), and on graphs with cycles of reshapes (window
+partitions) one group search multiplies its index lists on every turn and runs for minutes.
+:class:`Graph` is torch-pruning's ``DependencyGraph`` with three local changes, active only
+inside its own calls: each node's mapping is inferred on its own, a node it cannot size keeps
+the identity mapping; indices no tensor of the model can have are dropped; and an operation is
+recognised as already in a group by its set of indices. Groups through such a node may still
+couple the wrong channels: :mod:`.exclusion` finds those and leaves them out.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterator
+
+import torch_pruning as tp
+from torch_pruning.dependency import graph as _graph_module
+from torch_pruning.dependency import index_mapping as _index_mapping
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Graph", "tolerant_index_mapping"]
+
+_UPDATES = {
+    tp.ops.OPTYPE.CONCAT: _index_mapping.update_concat_index_mapping,
+    tp.ops.OPTYPE.SPLIT: _index_mapping.update_split_index_mapping,
+    tp.ops.OPTYPE.RESHAPE: _index_mapping.update_reshape_index_mapping,
+    tp.ops.OPTYPE.UNBIND: _index_mapping.update_unbind_index_mapping,
+    tp.ops.OPTYPE.EXPAND: _index_mapping.update_expand_index_mapping,
+    tp.ops.OPTYPE.SLICE: _index_mapping.update_slice_index_mapping,
+}
+
+
+class _Capped:
+    """An index mapping that drops indices no tensor of the model can have: at or past
+    ``bound``, the largest size of any of its parameters. A flatten mapping multiplies each
+    index by its stride; through a cycle of reshapes (window partitions) torch-pruning
+    multiplied them again on every turn (1 channel became 2 million indices in Swin-T)."""
+
+    def __init__(self, mapping: Callable, bound: int) -> None:
+        self.mapping, self.bound = mapping, bound
+
+    def __call__(self, idxs: Any) -> list:
+        return [i for i in self.mapping(idxs) if i.idx < self.bound]
+
+
+def _update_each(graph: tp.DependencyGraph) -> None:
+    """torch-pruning's ``update_index_mapping``, one node at a time: a node whose channel
+    mapping it cannot infer keeps the identity mapping instead of failing the whole trace.
+    Every mapping it sets is then :class:`_Capped`."""
+    bound = getattr(graph, "index_bound", None)
+    if bound is None:
+        bound = graph.index_bound = max((max(p.shape) for p in graph.model.parameters()
+                                         if p.dim()), default=1)
+    for node in list(graph.module2node.values()):
+        update = _UPDATES.get(node.type)
+        if update is not None:
+            try:
+                update(graph, node)
+            except (ZeroDivisionError, TypeError) as exc:
+                log.debug("no channel mapping through %s (%s: %s)", node.name,
+                          type(exc).__name__, exc)
+        for dep in node.dependencies:
+            dep.index_mapping = [m if m is None or isinstance(m, _Capped) else _Capped(m, bound)
+                                 for m in dep.index_mapping]
+
+
+class _Group(_graph_module.Group):
+    """torch-pruning's ``Group``, where an operation already in the group is recognised by its
+    set of indices, not their order. torch-pruning compares index lists in order, and a reshape
+    mapping returns them in ``set`` order, so on a graph with reshape cycles (Swin's and
+    MaxViT's window partitions, relative-position tables) the same channels came back again and
+    again in another order and one group search ran for minutes."""
+
+    def has_pruning_op(self, dep: Any, idxs: Any) -> bool:
+        wanted = None
+        for item in self._group:
+            if item.dep.target == dep.target and item.dep.handler == dep.handler:
+                wanted = frozenset(idxs) if wanted is None else wanted
+                if len(item.idxs) == len(wanted) and frozenset(item.idxs) == wanted:
+                    return True
+        return False
+
+
+@contextlib.contextmanager
+def tolerant_index_mapping() -> Iterator[None]:
+    """While inside, torch-pruning infers the channel mapping of each concatenation, split and
+    reshape on its own (:func:`_update_each`). torch-pruning 1.6 fails the whole trace on one
+    it cannot size: ShuffleNetV2's channel shuffle (``ZeroDivisionError``), Swin's and TNT's
+    concatenations of unknown widths (``TypeError``). Groups through such a node may couple the
+    wrong channels; the exclusion trials (:mod:`.exclusion`) find and leave out those."""
+    saved = _index_mapping.update_index_mapping, _graph_module.Group
+    _index_mapping.update_index_mapping, _graph_module.Group = _update_each, _Group
+    try:
+        yield
+    finally:
+        _index_mapping.update_index_mapping, _graph_module.Group = saved
+
+
+class Graph(tp.DependencyGraph):
+    """torch-pruning's ``DependencyGraph``, its channel mappings inferred node by node
+    (:func:`tolerant_index_mapping`) whenever it infers them: at the trace and before each
+    group it builds."""
+
+    def build_dependency(self, *args: Any, **kwargs: Any) -> "Graph":
+        with tolerant_index_mapping():
+            return super().build_dependency(*args, **kwargs)
+
+    def get_pruning_group(self, *args: Any, **kwargs: Any) -> Any:
+        with tolerant_index_mapping():
+            return super().get_pruning_group(*args, **kwargs)
