@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import torch
 import torch_pruning as tp
+from torch import nn
+from torch.nn import functional as F
 from torch_pruning.dependency import graph as _graph_module
 from torch_pruning.dependency import index_mapping as _index_mapping
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Graph", "tolerant_index_mapping"]
+__all__ = ["Graph", "tolerant_index_mapping", "linear_calls", "out_params", "with_out_params"]
 
 _UPDATES = {
     tp.ops.OPTYPE.CONCAT: _index_mapping.update_concat_index_mapping,
@@ -100,15 +103,81 @@ def tolerant_index_mapping() -> Iterator[None]:
         _index_mapping.update_index_mapping, _graph_module.Group = saved
 
 
+def out_params(layer: nn.Module) -> list[str]:
+    """Parameters of a conv or linear layer besides ``weight`` and ``bias`` with one entry per
+    output channel (timm's ``ScaledStdConv2d.gain``, shape ``[out, 1, 1, 1]``), which
+    torch-pruning's own pruners leave unpruned."""
+    width = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+    return [n for n, p in layer.named_parameters(recurse=False)
+            if n not in ("weight", "bias") and p.dim() and p.shape[0] == width]
+
+
+def with_out_params(base: Any, names: Sequence[str]) -> Any:
+    """torch-pruning's pruner ``base`` for one layer, that also prunes the parameters ``names``
+    along their first dimension when it prunes the layer's output channels."""
+    class Pruner(type(base)):
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            keep = sorted(set(range(self.get_out_channels(layer))) - set(idxs))
+            layer = super().prune_out_channels(layer, idxs)
+            for name in names:
+                setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), keep, 0))
+            return layer
+    return Pruner()
+
+
 class Graph(tp.DependencyGraph):
     """torch-pruning's ``DependencyGraph``, its channel mappings inferred node by node
     (:func:`tolerant_index_mapping`) whenever it infers them: at the trace and before each
-    group it builds."""
+    group it builds; layers with per-channel parameters of their own (:func:`out_params`) get
+    pruners that prune those too."""
 
-    def build_dependency(self, *args: Any, **kwargs: Any) -> "Graph":
+    def build_dependency(self, model: nn.Module, *args: Any, **kwargs: Any) -> "Graph":
+        extra = {type(m): (m, out_params(m)) for m in model.modules()
+                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+        pruners = {t: with_out_params(tp.pruner.function.PrunerBox[tp.ops.module2type(m)], names)
+                   for t, (m, names) in extra.items() if names}
+        if pruners:
+            kwargs["customized_pruners"] = {**pruners, **(kwargs.get("customized_pruners") or {})}
         with tolerant_index_mapping():
-            return super().build_dependency(*args, **kwargs)
+            return super().build_dependency(model, *args, **kwargs)
 
     def get_pruning_group(self, *args: Any, **kwargs: Any) -> Any:
         with tolerant_index_mapping():
             return super().get_pruning_group(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def linear_calls(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """While inside, ``F.linear(x, layer.weight, bias)`` for one of ``layers`` is computed as
+    ``layer(x)`` plus the difference of the biases (detached), so a trace records it as a call
+    of the layer. Models that use a layer's weight with a bias of their own (timm's BEiT, EVA
+    and Swin-V2 concatenate ``q_bias`` and ``v_bias``; torchvision's Swin passes the weights to
+    a function) are then traced with the layer reading its input channels; the output is the
+    same as without. Calls inside the layer's own ``forward`` pass through unchanged."""
+    owners = {id(m.weight): m for m in layers if isinstance(m, nn.Linear)}
+    if not owners:
+        yield
+        return
+    original, active = F.linear, set()
+
+    def linear(input: torch.Tensor, weight: torch.Tensor,
+               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        layer = owners.get(id(weight))
+        if layer is None or layer in active:
+            return original(input, weight, bias)
+        active.add(layer)
+        try:
+            out = layer(input)
+        finally:
+            active.discard(layer)
+        own = layer.bias if layer.bias is not None else 0
+        given = bias if bias is not None else 0
+        if isinstance(given, torch.Tensor) or isinstance(own, torch.Tensor):
+            out = out + (given - own).detach()
+        return out
+
+    F.linear = linear
+    try:
+        yield
+    finally:
+        F.linear = original

@@ -10,7 +10,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .tolerant import Graph
+from .tolerant import Graph, linear_calls
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,10 @@ def build_graph(model: nn.Module, example_inputs: Any, strict: bool = False
     auxiliary classifiers) would be left out of the graph, and pruning would break them, so if
     such layers exist the model is traced again in training mode on the example batch doubled
     (BatchNorm needs two samples), its BatchNorm statistics restored. A model that uses a
-    layer's weights without calling the layer (torchvision's Swin: ``F.linear(x, qkv.weight)``)
-    is refused with ``strict=True``: torch-pruning cannot see which channels that layer
-    connects (otherwise the groups feeding it are found to break, :mod:`.exclusion`).
+    layer's weights without calling the layer (torchvision's Swin, timm's BEiT, EVA and
+    Swin-V2: ``F.linear(x, qkv.weight, bias)``) is traced with those calls made through the
+    layer (:func:`~.tolerant.linear_calls`), so torch-pruning sees which channels it connects;
+    ``strict=True`` refuses such a model instead.
     Ignored layers are not passed to the tracer: a layer left out of the graph would also drop
     its input channels from the groups that feed it (e.g. the head from the last stage's group).
     Frozen layers are traced like the others (:func:`all_trainable`).
@@ -93,7 +94,11 @@ def _build_graph(model: nn.Module, example_inputs: Any, strict: bool) -> tp.Depe
     if called:
         log.debug("layers that run only in training mode, tracing in training mode: %s",
                   called[:5])
-        graph = _trace(model, example_inputs, train=True)
+    if functional:
+        log.debug("layers used through F.linear, traced as calls: %s", functional[:5])
+    if called or functional:
+        graph = _trace(model, example_inputs, train=bool(called),
+                       through=[model.get_submodule(n) for n in functional])
     return graph
 
 
@@ -135,7 +140,8 @@ def _probe(model: nn.Module, example_inputs: Any,
     return [n for n in names if n in called], functional
 
 
-def _trace(model: nn.Module, example_inputs: Any, train: bool) -> tp.DependencyGraph:
+def _trace(model: nn.Module, example_inputs: Any, train: bool,
+           through: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
     forward = None
     if train:
         def forward(m: nn.Module, inputs: Any) -> Any:
@@ -143,7 +149,7 @@ def _trace(model: nn.Module, example_inputs: Any, train: bool) -> tp.DependencyG
             return run_inputs(m, _doubled(inputs))
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
                or "num_batches_tracked" in k} if train else {}
-    with kept_modes(model), torch.enable_grad():
+    with kept_modes(model), torch.enable_grad(), linear_calls(through):
         try:
             return Graph().build_dependency(model, example_inputs, forward_fn=forward,
                                                          verbose=False)
