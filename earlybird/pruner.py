@@ -266,7 +266,7 @@ class EarlyBirdPruner:
         small = copy_model(self.model)
         if ticket is not None and ticket.state is not None and optimizer is None:
             small.load_state_dict(ticket.state)
-        history = prune_model(small, self.example_inputs, keep)
+        history = prune_model(small, self.example_inputs, keep, self.graph.ties)
         small = small.to(memory_format=memory_format_of(self.model))   # channels_last stays
         for name, mask in keep.items():
             layer = small.get_submodule(name)

@@ -71,13 +71,14 @@ Zeros = Mapping[str, Sequence[int]]       # {layer: output channels to set to ze
 
 
 def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
-          zeros: Optional[Zeros] = None) -> Optional[str]:
+          zeros: Optional[Zeros] = None, ties: Optional[Mapping] = None) -> Optional[str]:
     """Why pruning ``cuts`` from a copy of ``model`` breaks it, or None: it cannot be pruned, a
     root does not shrink by its cut, or the copy no longer runs on the inputs. With ``zeros``
     (the filters and BatchNorm channels that make the cut channels zero, with their biases,
     set to zero first) pruning must also leave the copy's output unchanged: a channel that
     contributes nothing is removed, so any change means torch-pruning cut other channels than
-    it reported (e.g. on the wrong side of a split by a stored size)."""
+    it reported (e.g. on the wrong side of a split by a stored size). ``ties``: embeddings
+    pruned with their attention heads (:mod:`.heads`)."""
     small = copy_model(model)
     keep = {}
     for name, idxs in cuts.items():
@@ -86,7 +87,7 @@ def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
         keep[name] = mask
     try:
         before = _silenced(small, zeros, example_inputs) if zeros else None
-        prune_model(small, example_inputs, keep)
+        prune_model(small, example_inputs, keep, ties)
         for name, mask in keep.items():
             width = out_width(small.get_submodule(name))
             if width != int(mask.sum()):

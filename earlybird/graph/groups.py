@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
+from .heads import tie_excluded, tied_units
+from .units import grouped_units
 from .exclusion import exclusions, out_width, refuse_past_the_end, report
 from .search import search_groups
 from .trace import NORM_TYPES, ROOT_TYPES, build_graph, refuse_frozen_norms
@@ -28,49 +29,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ChannelGraph", "ScoredLayer", "coupled", "SCORES"]
 
 SCORES = ("auto", "norm", "weight")
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
-def _grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[list[int]]:
-    """Per root channel, the smallest root channel it must be pruned with: the same position
-    in every conv group of a grouped conv, and in every head of an ``nn.MultiheadAttention``
-    whose embedding the group is (so every head keeps the same ``head_dim``)."""
-    uf = None
-    for item in group:
-        conv = item.dep.target.module
-        if isinstance(conv, nn.MultiheadAttention) and conv.num_heads > 1:
-            block = conv.head_dim
-        elif not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
-            continue
-        elif conv.groups == conv.in_channels == conv.out_channels:
-            continue                                    # depthwise: channels stay independent
-        else:
-            out = graph.is_out_channel_pruning_fn(item.dep.handler)
-            block = (conv.out_channels if out else conv.in_channels) // conv.groups
-        first: dict[int, int] = {}
-        uf = uf or _UnionFind(size)
-        for idx, root in zip(item.idxs, item.root_idxs):
-            pos = int(idx) % block
-            if pos in first:
-                uf.union(first[pos], int(root))
-            else:
-                first[pos] = int(root)
-    return None if uf is None else [uf.find(i) for i in range(size)]
 
 
 def coupled(group: Any, size: int, accept: Any) -> Optional[dict[nn.Module, set]]:
@@ -114,6 +72,8 @@ class ChannelGraph:
         score: ``"norm"`` or ``"weight"``: what ranks the channels.
         excluded: ``{group root: why}``, the groups left out as their pruning would break the
             model (``strict=True`` refuses instead); ``prunable_share``: the share left.
+        ties: ``{group root: tie}``, embeddings pruned with their attention heads
+            (:mod:`.heads`), for :func:`~.surgery.prune_model`.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
@@ -139,12 +99,16 @@ class ChannelGraph:
             found = self._collect(groups, names)
         self.excluded: dict[str, str] = failed if strict else {**failed, **exclusions(
             model, example_inputs, found, names, self.graph)}
+        self.ties = {} if strict else tie_excluded(model, example_inputs, self.graph, groups,
+                                                   self.excluded, names)
+        self.excluded = {n: why for n, why in self.excluded.items() if n not in self.ties}
         self.prunable_share = 1.0
-        if self.excluded:
+        if self.excluded or self.ties:                   # (ties change the units)
             scored = sum(found[1]) + sum(out_width(model.get_submodule(n)) for n in failed)
             found = self._collect([g for g in groups if names[g[0].dep.target.module]
                                    not in self.excluded], names)
-            report(model, self.excluded, sum(found[1]), scored)
+            if self.excluded:
+                report(model, self.excluded, sum(found[1]), scored)
             self.prunable_share = sum(found[1]) / scored
         layer_names, sizes, units, segments, norms = found
         if not sizes:
@@ -188,7 +152,9 @@ class ChannelGraph:
                 for idx, root_idx in sorted(pairs):
                     entry.src.append(idx)
                     entry.dst.append(offset + root_idx)
-            unit = _grouped_units(self.graph, group, size) or list(range(size))
+            tie = getattr(self, "ties", {}).get(names[root])
+            unit = (tied_units(tie) if tie else grouped_units(self.graph, group, size)
+                    or list(range(size)))
             units.extend(offset + u for u in unit)
             local = self._segments(group, size)
             segments.extend(first + s for s in local)

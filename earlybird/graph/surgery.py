@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from .heads import prune_heads, replay_heads, sync_head_dims
 from .trace import all_trainable, build_graph, kept_modes, run_example
 
 if TYPE_CHECKING:                                  # pragma: no cover
@@ -16,7 +17,8 @@ if TYPE_CHECKING:                                  # pragma: no cover
 __all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_history",
            "sync_attributes", "zero_pruned_channels", "check_runs", "memory_format_of"]
 
-History = list  # [[root name, is_out_channel_pruning, [channel indices]], ...]
+History = list  # [[root name, is_out_channel_pruning, [channel indices]] or
+#                  [attention name, "heads", {width, heads, producers, proj, dims}], ...]
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -33,19 +35,29 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor]) -> History:
+def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor],
+                ties: Optional[Mapping[str, Any]] = None) -> History:
     """Physically remove every channel whose keep-mask is False, group by group, in place.
 
+    ``ties`` (a :class:`~.groups.ChannelGraph`'s ``ties``): embeddings whose attention layers
+    lose one dimension per head for every unit they lose (:mod:`.heads`).
     Returns torch-pruning's pruning history as plain lists (names, bools, ints).
     """
     with all_trainable(model):          # torch-pruning's new parameters keep frozen ones frozen
         graph = build_graph(model, example_inputs)
-        _prune_groups(model, graph, keep)
+        heads = _prune_groups(model, graph, keep, ties or {})
     sync_attributes(model)
-    return plain_history(graph.pruning_history())
+    history = plain_history(graph.pruning_history())
+    for at, entry in reversed(heads):
+        history.insert(at, entry)
+    return history
 
 
-def _prune_groups(model: nn.Module, graph: Any, keep: Mapping[str, Tensor]) -> None:
+def _prune_groups(model: nn.Module, graph: Any, keep: Mapping[str, Tensor],
+                  ties: Mapping[str, Any]) -> list[tuple[int, list]]:
+    """Prune each group of ``keep``; returns the head cuts of tied embeddings, each with the
+    length of torch-pruning's history when it was made."""
+    heads: list[tuple[int, list]] = []
     with kept_modes(model):
         for name, mask in keep.items():
             idxs = (~mask.bool()).nonzero().flatten().tolist()
@@ -58,6 +70,10 @@ def _prune_groups(model: nn.Module, graph: Any, keep: Mapping[str, Tensor]) -> N
                 raise UnsupportedModelError(f"pruning {len(idxs)} channels of {name!r} would empty "
                                             "a layer coupled to it")
             group.prune()
+            if name in ties:
+                heads.extend((len(graph.pruning_history()), e)
+                             for e in prune_heads(model, ties[name], len(idxs)))
+    return heads
 
 
 def memory_format_of(model: nn.Module) -> torch.memory_format:
@@ -79,8 +95,17 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
     with all_trainable(model), kept_modes(model):
         graph = build_graph(model, example_inputs)
         try:
-            graph.load_pruning_history([list(h) for h in history])
-        except (AttributeError, ValueError, IndexError, AssertionError) as exc:
+            chunk: list = []
+            for entry in [*history, None]:
+                if entry is not None and entry[1] != "heads":
+                    chunk.append(list(entry))
+                    continue
+                graph.load_pruning_history(chunk)
+                chunk = []
+                if entry is not None:
+                    replay_heads(model, entry[0], entry[2])
+        except (AttributeError, ValueError, IndexError, AssertionError, KeyError,
+                RuntimeError) as exc:
             raise UnsupportedModelError(
                 f"the pruning history does not fit this model ({type(exc).__name__}: {exc}); "
                 "build the model with the same constructor and arguments as the pruned one") from exc
@@ -90,7 +115,9 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
 
 def sync_attributes(model: nn.Module) -> None:
     """Widths some models keep as plain attributes beside their layers, set to the pruned
-    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``)."""
+    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``, timm's
+    attention layers their heads with ``head_dim``)."""
+    sync_head_dims(model)
     for m in model.modules():
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):

@@ -1,0 +1,164 @@
+"""Embeddings tied to attention heads: pruned so that every head keeps the same width.
+
+Many attention layers compute their head width from the width of their input:
+``qkv(x).reshape(B, N, 3, num_heads, C // num_heads)`` (timm's CaiT, CoaT, DaViT, PVT,
+torchvision's Swin) or ``(attn @ v).transpose(1, 2).reshape(B, N, C)`` (BEiT, EVA). Pruning
+such an embedding alone breaks the model. :func:`find_ties` finds, for an embedding group
+whose pruning broke the model, the attention layers reading it (a module with an integer
+``num_heads`` whose child linear layers read the group: ``qkv``, or ``q`` and ``kv``, or ``q``,
+``k`` and ``v``). The group is then pruned in units of ``num_heads`` channels (the same position
+in each ``C // num_heads`` slice, as ``nn.MultiheadAttention``'s embedding is), and for every unit
+removed, :func:`prune_heads` removes one head dimension from every head of those layers: the
+same position in every head, the one whose query, key and value weights have the smallest
+norm, with torch-pruning's layer pruners on the producers' outputs and ``proj``'s inputs.
+torch-pruning's own group of a ``qkv`` layer cannot be used: through ``qkv[0], qkv[1], qkv[2]``
+(Swin) or a talking-heads mix (CaiT) it maps the cut onto relative-position tables and onto
+``proj`` three times over. These cuts enter the pruning history as ``[name, "heads", spec]``
+entries, replayed in order (:func:`replay_heads`). Heads keep equal sizes and
+``heads x head_dim`` stays the embedding width; a ``head_dim`` attribute is updated
+(:func:`sync_head_dims`), the attention scale is left as trained.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+__all__ = ["Tie", "find_ties", "tie_excluded", "tied_units", "prune_heads", "replay_heads",
+           "sync_head_dims"]
+
+Tie = dict   # {"heads": int, "width": int, "attentions": {attention name: [producer names]}}
+
+
+def find_ties(model: nn.Module, graph: Any, group: Any, names: Mapping[nn.Module, str]
+              ) -> Optional[Tie]:
+    """The attention layers reading the embedding ``group`` (torch-pruning's group of all its
+    channels), or None when none does or their head counts differ. A producer is a child linear
+    layer of the attention that reads the group and makes a whole number (1 to 3) of
+    embedding-wide projections: ``qkv``; ``q`` and ``kv``; ``q``, ``k`` and ``v``."""
+    size = len(group[0].idxs)
+    found: dict[str, list[str]] = {}
+    heads = set()
+    for item in group:
+        layer = item.dep.target.module
+        if not isinstance(layer, nn.Linear) or graph.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        parent_name, _, child = names[layer].rpartition(".")
+        parent = model.get_submodule(parent_name)
+        count = getattr(parent, "num_heads", None)
+        if (isinstance(parent, nn.MultiheadAttention) or not isinstance(count, int)
+                or count < 1 or size % count or layer.in_features != size
+                or layer.out_features % size or layer.out_features // size > 3):
+            continue
+        found.setdefault(parent_name, []).append(child)
+        heads.add(count)
+    if not found or len(heads) != 1:
+        return None
+    return {"heads": heads.pop(), "width": size, "attentions": found}
+
+
+def tied_units(tie: Tie) -> list[int]:
+    """Per channel of a tied embedding, the first channel of its unit: the same position in
+    each of the ``heads`` slices."""
+    block = tie["width"] // tie["heads"]
+    return [i % block for i in range(tie["width"])]
+
+
+def tie_excluded(model: nn.Module, example_inputs: Any, graph: Any, groups: Sequence[Any],
+                 excluded: Mapping[str, str], names: Mapping[nn.Module, str]) -> dict[str, Tie]:
+    """Of the ``excluded`` groups, those read by attention layers whose pruning works when tied
+    to their heads (a trial cutting the first and last unit, one head dimension each):
+    ``{group root: tie}``."""
+    from .exclusion import trial                                  # (exclusion imports surgery)
+    ties: dict[str, Tie] = {}
+    for group in groups:
+        name = names[group[0].dep.target.module]
+        tie = find_ties(model, graph, group, names) if name in excluded else None
+        if tie is None:
+            continue
+        block = tie["width"] // tie["heads"]
+        ends = {0, block - 1} if block > 2 else {0}
+        cut = [i for i, u in enumerate(tied_units(tie)) if u in ends] if block > 1 else []
+        if cut and trial(model, example_inputs, {name: cut}, ties={name: tie}) is None:
+            ties[name] = tie
+    return ties
+
+
+def _weakest_dims(layers: Sequence[nn.Linear], width: int, heads: int, count: int) -> list[int]:
+    """The ``count`` head dimensions with the smallest row norm summed over the heads and the
+    producers' projections (the same positions in every head, so a norm shared by the heads
+    still fits)."""
+    head_dim = width // heads
+    norm = torch.zeros(head_dim, dtype=torch.float64)
+    for layer in layers:
+        rows = layer.weight.detach().double().reshape(-1, heads, head_dim, layer.in_features)
+        norm += rows.norm(dim=-1).sum((0, 1)).cpu()
+    return sorted(int(d) for d in norm.argsort(stable=True)[:count])
+
+
+def _proj(attention: nn.Module, producers: Sequence[str], width: int) -> Optional[str]:
+    """The layer reading the heads' output: ``proj``, else the one other ``width``-input
+    linear child."""
+    if isinstance(getattr(attention, "proj", None), nn.Linear):
+        return "proj"
+    others = [n for n, c in attention.named_children() if isinstance(c, nn.Linear)
+              and n not in producers and c.in_features == width]
+    return others[0] if len(others) == 1 else None
+
+
+def prune_heads(model: nn.Module, tie: Tie, removed: int) -> list[list]:
+    """Remove ``removed // heads`` dimensions from every head of the attentions of ``tie``,
+    after their embedding lost ``removed`` channels; returns the history entries
+    (:func:`replay_heads`), one per attention: ``[name, "heads", spec]``."""
+    heads, width = tie["heads"], tie["width"]
+    count = removed // heads
+    entries = []
+    for name, producers in tie["attentions"].items() if count else ():
+        attention = model.get_submodule(name)
+        proj = _proj(attention, producers, width)
+        if proj is None:
+            raise ValueError(f"{name!r} has no single layer reading its heads' output")
+        dims = _weakest_dims([attention.get_submodule(p) for p in producers], width, heads, count)
+        spec = {"width": width, "heads": heads, "producers": list(producers), "proj": proj,
+                "dims": dims}
+        replay_heads(model, name, spec)
+        entries.append([name, "heads", spec])
+    return entries
+
+
+def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
+    """Cut head dimensions ``spec["dims"]`` from every head of attention ``name``: the
+    producers' output channels, the biases the attention keeps for them (``q_bias``,
+    ``v_bias``, ``k_bias``), and ``proj``'s input channels, with torch-pruning's layer pruners."""
+    attention = model.get_submodule(name)
+    width, heads, dims = spec["width"], spec["heads"], spec["dims"]
+    head_dim = width // heads
+    inner = [k * head_dim + d for k in range(heads) for d in dims]
+    for p in spec["producers"]:
+        layer = attention.get_submodule(p)
+        idxs = [s * width + i for s in range(layer.out_features // width) for i in inner]
+        tp.prune_linear_out_channels(layer, idxs)
+    keep = sorted(set(range(width)) - set(inner))
+    for key, value in list(vars(attention)["_parameters"].items()) + list(
+            vars(attention)["_buffers"].items()):
+        if value is not None and value.dim() == 1 and value.shape[0] == width:
+            pruned = value.detach()[keep].clone()
+            setattr(attention, key, nn.Parameter(pruned, value.requires_grad)
+                    if isinstance(value, nn.Parameter) else pruned)
+    tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
+
+
+def sync_head_dims(model: nn.Module) -> None:
+    """Set ``head_dim`` of attention layers to the width their ``qkv`` or ``q`` now gives."""
+    for m in model.modules():
+        heads, head_dim = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+        if not (isinstance(heads, int) and isinstance(head_dim, int)) or isinstance(
+                m, nn.MultiheadAttention):
+            continue
+        qkv, q = getattr(m, "qkv", None), getattr(m, "q", None)
+        if isinstance(qkv, nn.Linear) and qkv.out_features % (3 * heads) == 0:
+            m.head_dim = qkv.out_features // (3 * heads)
+        elif isinstance(q, nn.Linear) and q.out_features % heads == 0:
+            m.head_dim = q.out_features // heads
