@@ -8,11 +8,10 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 from torch_pruning._helpers import _HybridIndex as H
-from torch_pruning.dependency import Group
 
 import earlybird as eb
 from earlybird.graph.search import _bounded
-from earlybird.graph.tolerant import _Capped, _Group, linear_calls, out_params
+from earlybird.graph.tolerant import _Capped, linear_calls, out_params
 from earlybird.graph.trace import build_graph
 from conftest import randomize_norms
 
@@ -44,21 +43,45 @@ def test_capped_mapping_drops_indices_no_tensor_can_have():
     assert capped([H(0, 0), H(1, 3)]) == [H(0, 0), H(1, 0), H(2, 0), H(3, 0), H(4, 3), H(5, 3)]
 
 
-def test_a_group_knows_an_operation_by_its_index_set_not_its_order():
-    dep = object.__new__(tp.dependency.Dependency)
-    dep.target, dep.handler = "node", "fn"
-    plain, ours = Group(), _Group()
-    for g in (plain, ours):
-        g.add_dep(dep, [H(3, 0), H(1, 1)])
-    assert plain.has_pruning_op(dep, [H(1, 1), H(3, 0)]) is False     # torch-pruning's own
-    assert ours.has_pruning_op(dep, [H(1, 1), H(3, 0)]) is True
-    assert ours.has_pruning_op(dep, [H(1, 1)]) is False
-    assert ours.has_pruning_op(dep, [H(1, 0), H(3, 0)]) is False
+class PatchMerge(nn.Module):
+    """Swin's patch merging on a channels-last map: four row/column slices concatenated on the
+    channels, then a LayerNorm and a linear layer over the four copies."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 6)
+        self.norm, self.reduction = nn.LayerNorm(24), nn.Linear(24, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.embed(x.permute(0, 2, 3, 1))                    # [B, H, W, 6]
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.head(self.reduction(self.norm(x)).mean((1, 2)))
+
+
+def norm_channels(graph, model, cut):
+    group = graph.get_pruning_group(model.embed, graph.get_pruner_of_module(model.embed)
+                                    .prune_out_channels, cut)
+    return sorted(int(i) for item in group if item.dep.target.module is model.norm
+                  for i in item.idxs)
+
+
+def test_a_slice_of_the_rows_of_a_channels_last_map_passes_the_channels_unchanged(x32):
+    model = PatchMerge()
+    assert norm_channels(build_graph(model, x32), model, [2]) == [2, 8, 14, 20]
+    plain = tp.DependencyGraph().build_dependency(model, x32)      # takes dim 1 for channels
+    assert norm_channels(plain, model, [2]) != [2, 8, 14, 20]
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    assert pruner.excluded == {}
+    small = pruner.prune(0.5, force=True)
+    assert small.norm.normalized_shape == (4 * small.embed.out_features,)
+    assert small.reduction.in_features == 4 * small.embed.out_features
+    assert small(x32).shape == (2, 2)
 
 
 def test_swin_group_search_ends_with_every_index_inside_its_layer():
-    # before the cap and the set comparison, this one-channel group of Swin-T's last MLP ran
-    # for more than 5 minutes (its index lists grew 32-fold per turn of a reshape cycle)
+    # before the cap, this one-channel group of Swin-T's last MLP ran for more than 5 minutes
+    # (its index lists grew 32-fold per turn of a reshape cycle)
     model = torchvision.models.swin_t(num_classes=10)
     graph = build_graph(model, torch.randn(1, 3, 64, 64))
     layer = model.features[7][1].mlp[3]

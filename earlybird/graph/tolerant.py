@@ -4,10 +4,10 @@ torch-pruning 1.6 infers how channel indices travel through every concatenation,
 reshape it traced. On some graphs that inference fails the whole trace (ShuffleNetV2's channel
 shuffle, Swin's and TNT's concatenations), and on graphs with cycles of reshapes (window
 partitions) one group search multiplies its index lists on every turn and runs for minutes.
-:class:`Graph` is torch-pruning's ``DependencyGraph`` with three local changes, active only
-inside its own calls: each node's mapping is inferred on its own, a node it cannot size keeps
-the identity mapping; indices no tensor of the model can have are dropped; and an operation is
-recognised as already in a group by its set of indices. Groups through such a node may still
+:class:`Graph` is torch-pruning's ``DependencyGraph`` with local changes, active only inside
+its own calls: each node's mapping is inferred on its own, a node it cannot size keeps
+the identity mapping; a slice of the rows of a channels-last map keeps it too; and indices no
+tensor of the model can have are dropped. Groups through such a node may still
 couple the wrong channels: :mod:`.exclusion` finds those and leaves them out.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
-from torch_pruning.dependency import graph as _graph_module
 from torch_pruning.dependency import index_mapping as _index_mapping
+from torch_pruning.dependency import shape_infer as _shape_infer
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,32 @@ _UPDATES = {
 }
 
 
+def _spatial_slice(graph: tp.DependencyGraph, node: Any) -> bool:
+    """A slice of dimension 1 of a channels-last 4-D tensor (``x[:, 0::2]`` on the rows of a
+    ``[B, H, W, C]`` map, as Swin's patch merging takes): torch-pruning takes dimension 1 for
+    the channels and would map the channels through the slice; it selects rows, so channels
+    pass unchanged. Channels-last: the last size is the input's inferred channel count and
+    the second is not."""
+    grad_fn = node.grad_fn
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    if node.type != tp.ops.OPTYPE.SLICE or sizes is None or len(sizes) != 4 or getattr(
+            grad_fn, "_saved_dim", None) != 1:
+        return False
+    for source in node.inputs:
+        channels = _shape_infer.infer_out_channels_recursively(graph, source, [0])
+        if channels is not None:
+            return int(sizes[-1]) == channels != int(sizes[1])
+    return False
+
+
 class _Capped:
     """An index mapping that drops indices no tensor of the model can have: at or past
     ``bound``, the largest size of any of its parameters. A flatten mapping multiplies each
     index by its stride; through a cycle of reshapes (window partitions) torch-pruning
-    multiplied them again on every turn (1 channel became 2 million indices in Swin-T)."""
+    multiplied them again on every turn (1 channel became 2 million indices in Swin-T).
+    The order torch-pruning gives is kept: downstream mappings (SKNet's split attention) read
+    indices by position, so sorting them, or recognising an operation by its set of indices,
+    changed which channels are coupled."""
 
     def __init__(self, mapping: Callable, bound: int) -> None:
         self.mapping, self.bound = mapping, bound
@@ -60,7 +81,7 @@ def _update_each(graph: tp.DependencyGraph) -> None:
                                          if p.dim()), default=1)
     for node in list(graph.module2node.values()):
         update = _UPDATES.get(node.type)
-        if update is not None:
+        if update is not None and not _spatial_slice(graph, node):
             try:
                 update(graph, node)
             except (ZeroDivisionError, TypeError) as exc:
@@ -71,23 +92,6 @@ def _update_each(graph: tp.DependencyGraph) -> None:
                                  for m in dep.index_mapping]
 
 
-class _Group(_graph_module.Group):
-    """torch-pruning's ``Group``, where an operation already in the group is recognised by its
-    set of indices, not their order. torch-pruning compares index lists in order, and a reshape
-    mapping returns them in ``set`` order, so on a graph with reshape cycles (Swin's and
-    MaxViT's window partitions, relative-position tables) the same channels came back again and
-    again in another order and one group search ran for minutes."""
-
-    def has_pruning_op(self, dep: Any, idxs: Any) -> bool:
-        wanted = None
-        for item in self._group:
-            if item.dep.target == dep.target and item.dep.handler == dep.handler:
-                wanted = frozenset(idxs) if wanted is None else wanted
-                if len(item.idxs) == len(wanted) and frozenset(item.idxs) == wanted:
-                    return True
-        return False
-
-
 @contextlib.contextmanager
 def tolerant_index_mapping() -> Iterator[None]:
     """While inside, torch-pruning infers the channel mapping of each concatenation, split and
@@ -95,12 +99,12 @@ def tolerant_index_mapping() -> Iterator[None]:
     it cannot size: ShuffleNetV2's channel shuffle (``ZeroDivisionError``), Swin's and TNT's
     concatenations of unknown widths (``TypeError``). Groups through such a node may couple the
     wrong channels; the exclusion trials (:mod:`.exclusion`) find and leave out those."""
-    saved = _index_mapping.update_index_mapping, _graph_module.Group
-    _index_mapping.update_index_mapping, _graph_module.Group = _update_each, _Group
+    saved = _index_mapping.update_index_mapping
+    _index_mapping.update_index_mapping = _update_each
     try:
         yield
     finally:
-        _index_mapping.update_index_mapping, _graph_module.Group = saved
+        _index_mapping.update_index_mapping = saved
 
 
 def out_params(layer: nn.Module) -> list[str]:
