@@ -15,8 +15,8 @@ torch-pruning's own group of a ``qkv`` layer cannot be used: through ``qkv[0], q
 (Swin) or a talking-heads mix (CaiT) it maps the cut onto relative-position tables and onto
 ``proj`` three times over. These cuts enter the pruning history as ``[name, "heads", spec]``
 entries, replayed in order (:func:`replay_heads`). Heads keep equal sizes and
-``heads x head_dim`` stays the embedding width; a ``head_dim`` attribute is updated
-(:func:`sync_head_dims`), the attention scale is left as trained.
+``heads x head_dim`` stays the embedding width; a ``head_dim`` attribute is updated, the
+attention scale is left as trained.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["Tie", "find_ties", "tie_excluded", "tied_units", "prune_heads", "replay_heads",
-           "sync_head_dims"]
+__all__ = ["Tie", "find_ties", "tie_excluded", "tied_units", "prune_heads", "replay_heads"]
 
 Tie = dict   # {"heads": int, "width": int, "attentions": {attention name: [producer names]}}
 
@@ -131,7 +130,8 @@ def prune_heads(model: nn.Module, tie: Tie, removed: int) -> list[list]:
 def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
     """Cut head dimensions ``spec["dims"]`` from every head of attention ``name``: the
     producers' output channels, the biases the attention keeps for them (``q_bias``,
-    ``v_bias``, ``k_bias``), and ``proj``'s input channels, with torch-pruning's layer pruners."""
+    ``v_bias``, ``k_bias``), and ``proj``'s input channels, with torch-pruning's layer pruners;
+    ``head_dim``, where the attention keeps one, follows."""
     attention = model.get_submodule(name)
     width, heads, dims = spec["width"], spec["heads"], spec["dims"]
     head_dim = width // heads
@@ -148,17 +148,5 @@ def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
             setattr(attention, key, nn.Parameter(pruned, value.requires_grad)
                     if isinstance(value, nn.Parameter) else pruned)
     tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
-
-
-def sync_head_dims(model: nn.Module) -> None:
-    """Set ``head_dim`` of attention layers to the width their ``qkv`` or ``q`` now gives."""
-    for m in model.modules():
-        heads, head_dim = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
-        if not (isinstance(heads, int) and isinstance(head_dim, int)) or isinstance(
-                m, nn.MultiheadAttention):
-            continue
-        qkv, q = getattr(m, "qkv", None), getattr(m, "q", None)
-        if isinstance(qkv, nn.Linear) and qkv.out_features % (3 * heads) == 0:
-            m.head_dim = qkv.out_features // (3 * heads)
-        elif isinstance(q, nn.Linear) and q.out_features % heads == 0:
-            m.head_dim = q.out_features // heads
+    if isinstance(getattr(attention, "head_dim", None), int):
+        attention.head_dim = head_dim - len(dims)

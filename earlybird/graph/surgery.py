@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .heads import prune_heads, replay_heads, sync_head_dims
+from .heads import prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
 
 if TYPE_CHECKING:                                  # pragma: no cover
@@ -115,9 +115,7 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
 
 def sync_attributes(model: nn.Module) -> None:
     """Widths some models keep as plain attributes beside their layers, set to the pruned
-    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``, timm's
-    attention layers their heads with ``head_dim``)."""
-    sync_head_dims(model)
+    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``)."""
     for m in model.modules():
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
