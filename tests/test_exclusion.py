@@ -3,12 +3,13 @@ out; ``strict=True`` refuses instead."""
 import logging
 import re
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import earlybird as eb
-from earlybird.graph.exclusion import breaking_groups, trial
+from earlybird.graph.exclusion import breaking_groups, out_of_memory, trial
 from conftest import randomize_norms, set_scales
 
 
@@ -99,6 +100,25 @@ def test_a_trial_prunes_a_copy_and_names_the_failure(x32):
     assert trial(model, x32, {"conv1": [0, 1]}) is None
     assert trial(model, x32, {"conv1": [0], "conv2": [7]}).startswith("RuntimeError: ")
     assert model.conv1.out_channels == 6 and model.conv2.out_channels == 8
+
+
+class Hungry(SplitTail):
+    """Runs out of memory once it is pruned (the CPU allocator's error, as a trial of a
+    630M-parameter ViT-H/14 in an 11 GiB worker hit)."""
+
+    def forward(self, x):
+        if self.conv1.out_channels < 6:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                               "DefaultCPUAllocator: can't allocate memory")
+        return super().forward(x)
+
+
+def test_running_out_of_memory_in_a_trial_is_raised_not_taken_for_a_breaking_group(x32):
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        trial(Hungry(), x32, {"conv1": [0]})
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        eb.EarlyBirdPruner(Hungry(), x32)
+    assert out_of_memory(MemoryError()) and not out_of_memory(RuntimeError("shape mismatch"))
 
 
 def test_a_trial_with_the_cut_silenced_catches_channels_cut_on_the_wrong_side(x32):

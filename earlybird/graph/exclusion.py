@@ -24,7 +24,7 @@ from .trace import run_example
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_PRUNABLE", "out_width", "trial_cuts", "trial", "breaking_groups", "past_the_end",
+__all__ = ["MIN_PRUNABLE", "out_width", "out_of_memory", "trial_cuts", "trial", "breaking_groups", "past_the_end",
            "describe", "exclusions", "report", "refuse_past_the_end"]
 
 MIN_PRUNABLE = 0.1       # a model with less of its scored channels left prunable is refused
@@ -70,6 +70,13 @@ def _why(exc: BaseException) -> str:
 Zeros = Mapping[str, Sequence[int]]       # {layer: output channels to set to zero}
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A failure to allocate memory (``MemoryError``, the CPU allocator's or CUDA's error)."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "DefaultCPUAllocator" in text or "alloc_cpu" in text or "out of memory" in text))
+
+
 def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
           zeros: Optional[Zeros] = None, ties: Optional[Mapping] = None) -> Optional[str]:
     """Why pruning ``cuts`` from a copy of ``model`` breaks it, or None: it cannot be pruned, a
@@ -78,7 +85,8 @@ def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
     set to zero first) pruning must also leave the copy's output unchanged: a channel that
     contributes nothing is removed, so any change means torch-pruning cut other channels than
     it reported (e.g. on the wrong side of a split by a stored size). ``ties``: embeddings
-    pruned with their attention heads (:mod:`.heads`)."""
+    pruned with their attention heads (:mod:`.heads`). Running out of memory is raised, not
+    taken for a breaking group."""
     small = copy_model(model)
     keep = {}
     for name, idxs in cuts.items():
@@ -94,6 +102,9 @@ def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
                 return f"pruning left {width} channels where {int(mask.sum())} were kept"
         after = run_example(small, example_inputs)
     except Exception as exc:  # noqa: BLE001 - any failure of the pruned copy breaks the group
+        cause = exc.__cause__ or exc
+        if out_of_memory(cause):
+            raise cause                              # the machine's limit, not the group's
         return _why(exc)
     finally:
         del small
