@@ -169,3 +169,36 @@ def test_a_layers_own_per_channel_parameters_are_pruned_with_it(x32, tmp_path):
     again = eb.load_pruned(tmp_path / "small.pt", GainNet())
     assert again.conv1.gain.shape == small.conv1.gain.shape
     assert torch.equal(again.eval()(x32), small.eval()(x32))
+
+
+class Scale(nn.Module):
+    """timm's MetaFormer ``Scale``: a per-channel scale viewed through a stored shape."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.scale, self.shape = nn.Parameter(torch.linspace(0.5, 1.5, dim)), (dim, 1, 1)
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.scale = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), Scale(6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.scale(self.bn(self.conv(x))).relu().mean((2, 3)))
+
+
+def test_a_shape_kept_beside_a_scale_follows_the_pruned_width(x32):
+    model = Scaled()
+    randomize_norms(model)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    assert pruner.excluded == {}                 # the trial's exact-output check passed too
+    small = pruner.prune(0.5, force=True)
+    kept = pruner.masks(0.5)["conv"].nonzero().flatten()
+    assert small.scale.shape == (3, 1, 1) and small.conv.out_channels == 3
+    assert torch.equal(small.scale.scale, model.scale.scale.detach()[kept])
+    assert small(x32).shape == (2, 2)

@@ -62,7 +62,9 @@ def run_isolated(source: str, name: str, timeout: int, memory_gb: float,
             row["memory_gb"] = memory_gb
             return row
         tail = " ".join(proc.stderr.strip().splitlines()[-3:])[-300:]
-        oom = proc.returncode == -signal.SIGKILL or "MemoryError" in tail or "alloc" in tail
+        # under an address-space cap a failed allocation can also end in a segfault
+        oom = (proc.returncode == -signal.SIGKILL or "MemoryError" in tail or "alloc" in tail
+               or (proc.returncode == -signal.SIGSEGV and bool(memory_gb)))
         why = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
                else f"exit code {proc.returncode}")
         row = _dead_row(source, name, f"worker {why}: {tail}", "WorkerDied", start)

@@ -115,8 +115,15 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
 
 def sync_attributes(model: nn.Module) -> None:
     """Widths some models keep as plain attributes beside their layers, set to the pruned
-    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``)."""
+    widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``; timm's
+    MetaFormer scales by ``scale.view(self.shape)``)."""
     for m in model.modules():
+        own = list(m.parameters(recurse=False))
+        shape = getattr(m, "shape", None)          # timm's Scale: scale.view(self.shape)
+        if (len(own) == 1 and own[0].dim() == 1 and isinstance(shape, tuple) and shape
+                and all(isinstance(d, int) for d in shape) and set(shape[1:]) <= {1}
+                and shape[0] != own[0].numel()):
+            m.shape = (own[0].numel(), *shape[1:])
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
             m.hidden_dim = proj.out_channels
