@@ -202,3 +202,32 @@ def test_a_shape_kept_beside_a_scale_follows_the_pruned_width(x32):
     assert small.scale.shape == (3, 1, 1) and small.conv.out_channels == 3
     assert torch.equal(small.scale.scale, model.scale.scale.detach()[kept])
     assert small(x32).shape == (2, 2)
+
+
+class MergeByReshape(nn.Module):
+    """timm's Swin patch merging: a channels-last map's 2x2 neighbourhoods flattened into the
+    channels, ``[B, H/2, 2, W/2, 2, C] -> [B, H/2, W/2, 4 C]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 6)
+        self.norm, self.reduction = nn.LayerNorm(24), nn.Linear(24, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.embed(x.permute(0, 2, 3, 1))                     # [B, 8, 8, 6]
+        B, H, W, C = x.shape
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.head(self.reduction(self.norm(x)).mean((1, 2)))
+
+
+def test_a_flatten_of_a_channels_last_maps_each_channel_to_every_copy(x32):
+    model = MergeByReshape()
+    assert norm_channels(build_graph(model, x32), model, [2]) == [2, 8, 14, 20]
+    plain = tp.DependencyGraph().build_dependency(model, x32)
+    assert norm_channels(plain, model, [2]) != [2, 8, 14, 20]
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    assert pruner.excluded == {}
+    small = pruner.prune(0.5, force=True)
+    assert small.reduction.in_features == 4 * small.embed.out_features
+    assert small(x32).shape == (2, 2)

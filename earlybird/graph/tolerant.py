@@ -6,7 +6,8 @@ shuffle, Swin's and TNT's concatenations), and on graphs with cycles of reshapes
 partitions) one group search multiplies its index lists on every turn and runs for minutes.
 :class:`Graph` is torch-pruning's ``DependencyGraph`` with local changes, active only inside
 its own calls: each node's mapping is inferred on its own, a node it cannot size keeps
-the identity mapping; a slice of the rows of a channels-last map keeps it too; and indices no
+the identity mapping; a slice of the rows of a channels-last map keeps it too; a flatten of
+a channels-last tensor's trailing dimensions maps the channels as they lie; and indices no
 tensor of the model can have are dropped. Groups through such a node may still
 couple the wrong channels: :mod:`.exclusion` finds those and leaves them out.
 """
@@ -71,6 +72,49 @@ class _Capped:
         return [i for i in self.mapping(idxs) if i.idx < self.bound]
 
 
+class _LastDimFlatten:
+    """A flatten of the trailing dimensions of a channels-last tensor (``[..., 2, 2, C]`` to
+    ``[..., 4 C]``, timm's Swin patch merging): channel ``i`` becomes ``k * C + i`` for every
+    ``k < stride``, and back ``j`` becomes ``j % C``. torch-pruning's flatten maps channel ``i``
+    to ``i * stride + k``, which holds only when the channels are the slowest dimension."""
+
+    def __init__(self, stride: int, channels: int, reverse: bool) -> None:
+        self.stride, self.channels, self.reverse = stride, channels, reverse
+
+    def __call__(self, idxs: Any) -> list:
+        hybrid = type(idxs[0]) if idxs else None
+        if self.reverse:
+            return list(dict.fromkeys(hybrid(i.idx % self.channels, i.root_idx) for i in idxs))
+        return [hybrid(k * self.channels + i.idx, i.root_idx)
+                for k in range(self.stride) for i in idxs]
+
+
+def _channels_last_flatten(graph: tp.DependencyGraph, node: Any) -> None:
+    """Map reshape ``node`` with :class:`_LastDimFlatten` where it flattens a channels-last
+    input (its last size is the input's inferred channel count ``C``, its second is not) into
+    ``stride * C`` channels (the inferred input width of what reads it). torch-pruning maps
+    such a flatten channel-major, or not at all."""
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    if node.type != tp.ops.OPTYPE.RESHAPE or sizes is None or len(sizes) < 3:
+        return
+    out = None
+    for reader in node.outputs:
+        out = _shape_infer.infer_in_channels_recursively(graph, reader, [0])
+        if out:
+            break
+    for source in node.inputs:
+        channels = _shape_infer.infer_out_channels_recursively(graph, source, [0])
+        if not (channels and out and int(sizes[-1]) == channels != int(sizes[1])
+                and out % channels == 0 and out > channels):
+            continue
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _LastDimFlatten(out // channels, channels, reverse=False)
+        for dep in node.dependencies:
+            if dep.target is source:
+                dep.index_mapping[0] = _LastDimFlatten(out // channels, channels, reverse=True)
+
+
 def _update_each(graph: tp.DependencyGraph) -> None:
     """torch-pruning's ``update_index_mapping``, one node at a time: a node whose channel
     mapping it cannot infer keeps the identity mapping instead of failing the whole trace.
@@ -84,6 +128,7 @@ def _update_each(graph: tp.DependencyGraph) -> None:
         if update is not None and not _spatial_slice(graph, node):
             try:
                 update(graph, node)
+                _channels_last_flatten(graph, node)
             except (ZeroDivisionError, TypeError) as exc:
                 log.debug("no channel mapping through %s (%s: %s)", node.name,
                           type(exc).__name__, exc)
