@@ -54,9 +54,12 @@ class PatchMerge(nn.Module):
         self.head = nn.Linear(4, 2)
 
     def forward(self, x):
-        x = self.embed(x.permute(0, 2, 3, 1))                    # [B, H, W, 6]
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        x = self.merge(self.embed(x.permute(0, 2, 3, 1)))       # [B, H, W, 6] -> [.., 24]
         return self.head(self.reduction(self.norm(x)).mean((1, 2)))
+
+    @staticmethod
+    def merge(x):
+        return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
 
 
 def norm_channels(graph, model, cut):
@@ -204,21 +207,14 @@ def test_a_shape_kept_beside_a_scale_follows_the_pruned_width(x32):
     assert small(x32).shape == (2, 2)
 
 
-class MergeByReshape(nn.Module):
+class MergeByReshape(PatchMerge):
     """timm's Swin patch merging: a channels-last map's 2x2 neighbourhoods flattened into the
     channels, ``[B, H/2, 2, W/2, 2, C] -> [B, H/2, W/2, 4 C]``."""
 
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Linear(3, 6)
-        self.norm, self.reduction = nn.LayerNorm(24), nn.Linear(24, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        x = self.embed(x.permute(0, 2, 3, 1))                     # [B, 8, 8, 6]
+    @staticmethod
+    def merge(x):
         B, H, W, C = x.shape
-        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
-        return self.head(self.reduction(self.norm(x)).mean((1, 2)))
+        return x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
 
 
 def test_a_flatten_of_a_channels_last_maps_each_channel_to_every_copy(x32):
