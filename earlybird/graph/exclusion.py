@@ -24,8 +24,8 @@ from .trace import run_example
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_PRUNABLE", "out_width", "out_of_memory", "trial_cuts", "trial", "breaking_groups", "past_the_end",
-           "describe", "exclusions", "report", "refuse_past_the_end"]
+__all__ = ["MIN_PRUNABLE", "out_width", "out_of_memory", "trial_cuts", "trial", "breaking_groups",
+           "past_the_end", "describe", "exclusions", "report", "refuse_past_the_end"]
 
 MIN_PRUNABLE = 0.1       # a model with less of its scored channels left prunable is refused
 

@@ -90,6 +90,7 @@ class ChannelGraph:
         groups = [self._rooted_first(g, order) for g in groups]
         groups.sort(key=lambda g: order[g[0].dep.target.module])
         self.score = "weight" if score == "weight" else "norm"
+        self.ties: dict[str, Any] = {}                   # found after exclusion, below
         found = self._collect(groups, names)
         if not found[1] and score == "auto":
             log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
@@ -152,7 +153,7 @@ class ChannelGraph:
                 for idx, root_idx in sorted(pairs):
                     entry.src.append(idx)
                     entry.dst.append(offset + root_idx)
-            tie = getattr(self, "ties", {}).get(names[root])
+            tie = self.ties.get(names[root])
             unit = (tied_units(tie) if tie else grouped_units(self.graph, group, size)
                     or list(range(size)))
             units.extend(offset + u for u in unit)

@@ -49,11 +49,14 @@ def _spatial_slice(graph: tp.DependencyGraph, node: Any) -> bool:
     if node.type != tp.ops.OPTYPE.SLICE or sizes is None or len(sizes) != 4 or getattr(
             grad_fn, "_saved_dim", None) != 1:
         return False
-    for source in node.inputs:
-        channels = _shape_infer.infer_out_channels_recursively(graph, source, [0])
-        if channels is not None:
-            return int(sizes[-1]) == channels != int(sizes[1])
-    return False
+    return any(_channels_last(graph, source, sizes) for source in node.inputs)
+
+
+def _channels_last(graph: tp.DependencyGraph, source: Any, sizes: Any) -> Optional[int]:
+    """The channel count of ``source`` if a tensor of ``sizes`` read from it is channels-last:
+    its last size is the inferred count and its second is not; else None."""
+    channels = _shape_infer.infer_out_channels_recursively(graph, source, [0])
+    return channels if channels and int(sizes[-1]) == channels != int(sizes[1]) else None
 
 
 class _Capped:
@@ -103,9 +106,8 @@ def _channels_last_flatten(graph: tp.DependencyGraph, node: Any) -> None:
         if out:
             break
     for source in node.inputs:
-        channels = _shape_infer.infer_out_channels_recursively(graph, source, [0])
-        if not (channels and out and int(sizes[-1]) == channels != int(sizes[1])
-                and out % channels == 0 and out > channels):
+        channels = _channels_last(graph, source, sizes)
+        if not (channels and out and out % channels == 0 and out > channels):
             continue
         for dep in source.dependencies:
             if dep.target is node:
