@@ -278,7 +278,8 @@ def test_report_renders_stored_results_again_and_keeps_their_meta(tmp_path, caps
 
 @pytest.mark.parametrize("name", ["vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
                                   "preresnet101-cifar100", "resnet18-imagenet",
-                                  "resnet50-imagenet", "mini", "vgg16-cifar10-fast"])
+                                  "resnet50-imagenet", "mini", "vgg16-cifar10-fast",
+                                  "converged"])
 def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_path):
     # the GPU settings cannot train here; their dry run trains every method one optimizer step
     # per epoch on random 32 px images of the setting's classes, through the same code
