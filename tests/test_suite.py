@@ -210,6 +210,26 @@ def test_a_dry_run_trains_every_method_and_rows_carry_their_costs(tmp_path):
     assert calls == [] and again == rows
 
 
+def test_parallel_resume_reruns_no_stage_of_a_seed_whose_rows_are_cached(tmp_path):
+    # a cache whose stage files were lost (only the JSON rows are committed): the two-worker
+    # run recomputes the stages only of the seed with a row missing, and returns every row
+    suite = replace(_tiny(tmp_path, ("dense", "eb")), seeds=(0, 1))
+    rows = S.run(suite, tmp_path, 1, progress=lambda line: None)
+    root = tmp_path / suite.name
+    for f in root.glob("seed*/*.pt"):
+        f.unlink()
+    (root / "seed1" / "eb-p0.3.json").unlink()
+    lines: list[str] = []
+    again = S.run(suite, tmp_path, 2, progress=lines.append)
+    assert sorted(p.name for p in (root / "seed0").glob("*.pt")) == []
+    assert {p.name for p in (root / "seed1").glob("*.pt")} >= {"slim.pt", "slim-e0.pt"}
+    assert "dense.pt" not in {p.name for p in (root / "seed1").glob("*.pt")}
+    key = lambda r: (r["method"], r["ratio"] or 0, r["seed"])
+    assert sorted(map(key, again)) == sorted(map(key, rows)) and len(lines) == len(rows) == 4
+    assert [r for r in again if key(r) != ("eb", 0.3, 1)] == [
+        r for r in rows if key(r) != ("eb", 0.3, 1)]
+
+
 def test_a_cache_made_with_other_settings_is_refused(tmp_path):
     suite = _tiny(tmp_path, ("dense",))
     S.run(suite, tmp_path, 1, progress=lambda line: None)

@@ -24,7 +24,7 @@ from benchmarks.suite.stages import STAGES
 
 def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], folder: Path) -> dict:
     """One (method, ratio, seed) row, cached as JSON in ``folder``."""
-    path = folder / (f"{method}.json" if ratio is None else f"{method}-p{ratio:g}.json")
+    path = row_path(folder, method, ratio)
     if path.exists():
         return json.loads(path.read_text())
     spec = get(method)
@@ -34,6 +34,11 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
         common.write_json(path, row)
     common.barrier()
     return row
+
+
+def row_path(folder: Path, method: str, ratio: Optional[float]) -> Path:
+    """Where the cache keeps a (method, ratio) row of one seed."""
+    return folder / (f"{method}.json" if ratio is None else f"{method}-p{ratio:g}.json")
 
 
 def _check_after(suite: Suite) -> None:
@@ -106,17 +111,23 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
             rows.append(run_method(suite, seed, method, ratio, folders[seed]))
             _report(progress, started, rows[-1], len(rows), len(todo))
         return rows
-    # stages first (each once per seed, in parallel), then the methods as their stages finish
+    # cached rows first; then the stages the other jobs need (each once per seed, in
+    # parallel; none for a seed whose rows are all cached), then the methods as they can
+    finished: set[tuple] = set()
+    for job in todo:
+        if row_path(folders[job[2]], job[0], job[1]).exists():
+            rows.append(run_method(suite, job[2], job[0], job[1], folders[job[2]]))
+            finished.add(job)
+            _report(progress, started, rows[-1], len(rows), len(todo))
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
                                initializer=common.init_worker, initargs=(threads,))
     stage_jobs: dict[tuple[str, int], Future] = {}
-    for method, _, seed in todo:
+    for method, _, seed in (j for j in todo if j not in finished):
         for stage in get(method).needs:
             if (stage, seed) not in stage_jobs:
                 stage_jobs[(stage, seed)] = pool.submit(_stage, stage, suite, seed, folders[seed])
-    waiting = list(todo)
+    waiting = [j for j in todo if j not in finished]
     pending: dict[Future, tuple] = {}
-    finished: set[tuple] = set()
 
     def ready_to_run(job: tuple) -> bool:
         method, ratio, seed = job
