@@ -121,12 +121,12 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
             _report(progress, started, rows[-1], len(rows), len(todo))
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
                                initializer=common.init_worker, initargs=(threads,))
+    waiting = [j for j in todo if j not in finished]
     stage_jobs: dict[tuple[str, int], Future] = {}
-    for method, _, seed in (j for j in todo if j not in finished):
+    for method, _, seed in waiting:
         for stage in get(method).needs:
             if (stage, seed) not in stage_jobs:
                 stage_jobs[(stage, seed)] = pool.submit(_stage, stage, suite, seed, folders[seed])
-    waiting = [j for j in todo if j not in finished]
     pending: dict[Future, tuple] = {}
 
     def ready_to_run(job: tuple) -> bool:
