@@ -38,6 +38,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     r.add_argument("--cache", type=Path, default=Path("runs/bench"), help="cache folder")
     r.add_argument("--out", type=Path, help="results folder (benchmarks/results/<setting>)")
     r.add_argument("--fresh", action="store_true", help="delete the setting's cache first")
+    r.add_argument("--mix-cpus", action="store_true", help="compute in a cache that another "
+                   "CPU model computed in (results are not bit-identical across CPU models)")
     r.add_argument("--epochs", type=int, help="a shorter schedule, the same shape (lr x0.1 at "
                    "50 %% and 75 %%); e.g. what `fit` found")
     r.add_argument("--dry-run", action="store_true",
@@ -160,7 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     jobs = 1 if env.world > 1 else (args.jobs or suite.jobs)
     started = time.perf_counter()
     try:
-        rows = S.run(suite, args.cache, jobs, progress=say)
+        rows = S.run(suite, args.cache, jobs, progress=say, mix_cpus=args.mix_cpus)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

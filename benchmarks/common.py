@@ -253,6 +253,24 @@ def machine(jobs: int, world: int = 1) -> str:
             f"{platform.machine()}, torch {torch.__version__}")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def host() -> dict[str, Any]:
+    """Where a result is computed: the CPU model, torch's version and this process's torch
+    threads (results are not bit-identical across CPU models)."""
+    return {"cpu": cpu_model(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

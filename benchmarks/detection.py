@@ -16,7 +16,9 @@ run started again reruns nothing done. Results: ``--out`` (default
 ``detection.png`` (retrain accuracy vs draw epoch, each rule's detection point marked).
 
 Run: ``python benchmarks/detection.py`` (3 seeds, 20 epochs, VGG-11 at width 0.25 on 25,000
-training and 10,000 test images; about 2.5 hours on 2 cores with ``--jobs 2``).
+training and 10,000 test images; about 2.5 hours on 2 cores with ``--jobs 2``). With
+``--setting NAME`` the same study runs on a suite setting's own slimming run, beside its rows
+(:mod:`benchmarks.suite.drawpoints`).
 """
 from __future__ import annotations
 
@@ -272,6 +274,9 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    if "--setting" in (sys.argv[1:] if argv is None else argv):   # the study on a suite setting
+        from benchmarks.suite import drawpoints
+        return drawpoints.main(argv)
     args = _parse(argv)
     setting = replace(Setting(), epochs=args.epochs, width=args.width, s=args.s,
                       schedule=(args.epochs // 2, (args.epochs * 3) // 4),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from earlybird.criteria import Checks, get_criterion
+from earlybird.criteria import COUNTING, Checks, get_criterion
+from earlybird.masks import ChannelLayout
 
 # name: (criterion, checks per epoch it sees, window, epsilon, span in epochs of steps or None)
 RULES: dict[str, tuple[str, int, int, float, Optional[float]]] = {
@@ -21,38 +22,64 @@ RULES: dict[str, tuple[str, int, int, float, Optional[float]]] = {
 }
 
 
+# the draw-point study's variants (benchmarks/suite/drawpoints.py), same layout; ``epi``'s
+# epsilon is 1 - tau, its threshold on the indicator
+VARIANTS: dict[str, tuple[str, int, int, float, Optional[float]]] = {
+    "plateau eps=0.05": ("plateau", 4, 5, 0.05, 2.0),
+    "plateau eps=0.02": ("plateau", 4, 5, 0.02, 2.0),
+    "plateau span=4": ("plateau", 4, 5, 0.1, 4.0),
+    "plateau span=8": ("plateau", 4, 5, 0.1, 8.0),
+    "epi": ("epi", 1, 5, 0.02, None),
+    "epi tau=0.99": ("epi", 1, 5, 0.01, None),
+}
+
+
 def rule_spec(rule: str) -> tuple[str, int, int, float, Optional[float]]:
     """A rule of :data:`RULES`, or ``"<criterion> @<k>/epoch"``: that criterion seeing ``k``
-    checks per epoch, window 5, epsilon 0.1 (the plateau rule: span 2 epochs of steps).
+    checks per epoch, window 5, epsilon 0.1 (the plateau rule: span 2 epochs of steps; the epi
+    rule: epsilon 0.02).
 
     >>> rule_spec("plateau @4/epoch"), rule_spec("reference")
     (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None))
     """
-    if rule in RULES:
-        return RULES[rule]
+    if rule in RULES or rule in VARIANTS:
+        return RULES.get(rule) or VARIANTS[rule]
     criterion, _, every = rule.partition(" @")
     if not every.endswith("/epoch") or not every[:-6].isdigit() or criterion not in (
-            "reference", "fifo", "normalized", "plateau"):
-        raise ValueError(f"unknown rule {rule!r}; use one of {list(RULES)} or "
+            "reference", "fifo", "normalized", "plateau", "epi"):
+        raise ValueError(f"unknown rule {rule!r}; use one of {[*RULES, *VARIANTS]} or "
                          "'<criterion> @<k>/epoch'")
-    return (criterion, int(every[:-6]), 5, 0.1, 2.0 if criterion == "plateau" else None)
+    return (criterion, int(every[:-6]), 5, 0.02 if criterion == "epi" else 0.1,
+            2.0 if criterion == "plateau" else None)
 
 
 def detect(record: dict, ratio: float, rule: str) -> Optional[int]:
-    """The optimizer step at which ``rule`` draws the ticket of ``ratio``, or None."""
+    """The optimizer step at which ``rule`` draws the ticket of ``ratio``, or None (the
+    ``epi`` rule reads the record's layer ``sizes``)."""
     criterion, per_epoch, window, epsilon, span_epochs = rule_spec(rule)
     spe = int(record["steps_per_epoch"])
     every = spe // per_epoch
+    if every < 1 or spe % per_epoch:
+        raise ValueError(f"rule {rule!r} checks {per_epoch} times per epoch, which does not "
+                         f"divide the record's {spe} steps per epoch")
     steps = [int(s) for s in record["steps"]]
     picked = [i for i, s in enumerate(steps) if s % every == 0]
     masks = record["masks"][f"{ratio:g}"][picked]
     steps = [steps[i] for i in picked]
     span = None if span_epochs is None else int(span_epochs * spe)
     fn = get_criterion(criterion)
+    counts = None
+    if criterion in COUNTING:
+        if "sizes" not in record:
+            raise ValueError(f"rule {rule!r} needs the layer sizes of the record ('sizes')")
+        layout = ChannelLayout(tuple(map(str, range(len(record["sizes"])))),
+                               tuple(int(n) for n in record["sizes"]))
+        counts = [layout.counts(m) for m in masks]
     rows: list[list[float]] = []
     for t in range(len(steps)):
         rows.append([(masks[t] != masks[t - j]).double().mean().item()
                      for j in range(1, window) if t - j >= 0])
-        if fn(Checks(rows, steps[:t + 1], ratio), window, epsilon, span):
+        if fn(Checks(rows, steps[:t + 1], ratio, None if counts is None else counts[:t + 1]),
+              window, epsilon, span):
             return steps[t]
     return None

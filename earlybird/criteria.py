@@ -17,6 +17,12 @@ as ``rule(checks, window, epsilon, span)`` and returns True when the newest mask
   times its own early level (the largest such mean so far). Neither the distance's absolute
   size nor the number of steps per epoch enters; ``span`` is counted in the steps passed to
   ``step()`` (``None``: the last ``window - 1`` checks).
+- ``epi``: the early pruning indicator of "When to Prune" (Shen et al., CVPR 2022). It compares
+  how many channels each layer keeps, not which: the similarity of two checks is
+  ``1 - mean_l |n_l - m_l| / (n_l + m_l)`` over the layers, the indicator the mean similarity of
+  the newest check to the ``window`` before it, and the ticket is drawn when the indicator is
+  above ``1 - epsilon`` and above each of its ``window`` previous values. It needs the kept
+  channels per layer (:attr:`Checks.counts`).
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from typing import Callable, Optional, Sequence
 from .distance import max_distance
 
 __all__ = ["Checks", "Criterion", "reference_rule", "fifo_rule", "normalized_rule",
-           "plateau_rule", "CRITERIA", "get_criterion"]
+           "plateau_rule", "epi_rule", "layer_similarity", "CRITERIA", "COUNTING",
+           "get_criterion"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class Checks:
         rows: per check, the distances to up to ``window - 1`` earlier masks, nearest first.
         steps: per check, the counter it was recorded with (non-decreasing).
         ratio: the pruning ratio of these masks.
+        counts: per check, the channels each layer keeps (only the ``epi`` rule reads them).
 
     >>> Checks([[], [0.2]], [0, 10], 0.5).consecutive
     [0.2]
@@ -45,10 +53,14 @@ class Checks:
     rows: Sequence[Sequence[float]]
     steps: Sequence[int]
     ratio: float = 0.5
+    counts: Optional[Sequence[Sequence[int]]] = None
 
     def __post_init__(self) -> None:
         if len(self.rows) != len(self.steps):
             raise ValueError(f"{len(self.rows)} rows of distances for {len(self.steps)} steps")
+        if self.counts is not None and len(self.counts) != len(self.steps):
+            raise ValueError(f"{len(self.counts)} rows of kept channels for {len(self.steps)} "
+                             "steps")
 
     @property
     def consecutive(self) -> list[float]:
@@ -155,8 +167,52 @@ def _gap(steps: Sequence[int]) -> int:
     return steps[1] - steps[0] if len(steps) > 1 else 0
 
 
+def layer_similarity(a: Sequence[int], b: Sequence[int]) -> float:
+    """``1 - mean_l |a_l - b_l| / (a_l + b_l)``: how alike two checks' kept channels per layer
+    are (1 for the same counts; layers empty in both count as alike).
+
+    >>> layer_similarity([4, 2], [4, 6])
+    0.75
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"kept channels of {len(a)} and {len(b)} layers cannot be compared")
+    return 1.0 - sum(abs(x - y) / (x + y) for x, y in zip(a, b) if x + y) / len(a)
+
+
+def epi_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] = None) -> bool:
+    """The early pruning indicator ("When to Prune", Shen et al., CVPR 2022).
+
+    ``EPI(t)`` is the mean :func:`layer_similarity` of check ``t``'s kept channels per layer to
+    those of the ``window`` checks before it; the newest check draws the ticket when ``EPI``
+    there is above ``1 - epsilon`` and above each of the ``window`` values before it (so it
+    needs ``2 * window + 1`` checks). Layer counts that settle, window 2, epsilon 0.1: the
+    indicator is 0.80, 0.90, 0.95, 0.98, 1.0, 1.0 from the third check on; it is true while it
+    still rises above 0.9, and false once it stays level:
+
+    >>> counts = [[2, 9], [4, 9], [6, 8], [7, 8], [8, 8], [8, 8], [8, 8], [8, 8]]
+    >>> [epi_rule(Checks([[]] * (t + 1), list(range(t + 1)), counts=counts[:t + 1]), 2, 0.1)
+    ...  for t in range(len(counts))]
+    [False, False, False, False, True, True, True, False]
+    """
+    counts = checks.counts
+    if counts is None:
+        raise ValueError("the epi rule needs the kept channels per layer (Checks.counts)")
+    newest = len(counts) - 1
+    if newest < 2 * window:
+        return False
+
+    def epi(t: int) -> float:
+        return sum(layer_similarity(counts[t], counts[t - j]) for j in range(1, window + 1)) \
+            / window
+
+    now = epi(newest)
+    return now > 1.0 - epsilon and all(now > epi(newest - j) for j in range(1, window + 1))
+
+
 CRITERIA: dict[str, Criterion] = {"reference": reference_rule, "fifo": fifo_rule,
-                                  "normalized": normalized_rule, "plateau": plateau_rule}
+                                  "normalized": normalized_rule, "plateau": plateau_rule,
+                                  "epi": epi_rule}
+COUNTING = frozenset({"epi"})          # rules that read Checks.counts
 
 
 def get_criterion(name: str) -> Criterion:

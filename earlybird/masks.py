@@ -113,6 +113,14 @@ class ChannelLayout:
         """Cut a flat ``[N]`` tensor into one tensor per layer name."""
         return dict(zip(self.names, torch.split(flat, list(self.sizes))))
 
+    def counts(self, mask: Tensor) -> list[int]:
+        """The channels a flat ``[N]`` keep-mask keeps in each layer.
+
+        >>> ChannelLayout(("a", "b"), (2, 3)).counts(torch.tensor([1, 0, 1, 1, 0]).bool())
+        [1, 2]
+        """
+        return [int(part.sum()) for part in torch.split(mask, list(self.sizes))]
+
 
 def _cumsum_within(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     """Inclusive cumulative sum of non-negative ``values`` within each segment, in given order."""

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .carry import carry_optimizer, carry_scheduler
 from .config import EarlyBirdConfig, make_config
-from .criteria import Checks, get_criterion
+from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
 from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
@@ -101,6 +101,9 @@ class EarlyBirdPruner:
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
         self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
+        # kept channels per layer at each check, for the rules that compare them (epi)
+        self._counts: Optional[dict[float, list[list[int]]]] = (
+            {r: [] for r in self.config.ratios} if self.config.criterion in COUNTING else None)
         self.iterations: list[int] = []
         self.tickets: dict[float, Ticket] = {}
         log.info("earlybird: %d prunable channels in %d groups, ratios %s",
@@ -153,12 +156,20 @@ class EarlyBirdPruner:
             self._masks[ratio].append(mask)
             self._rows[ratio].append(rows[ratio])
             self._recent[ratio] = [flat[ratio], *self._recent[ratio]][:self.config.window - 1]
+            counts = self._count(ratio, mask)
             if ratio not in self.tickets and self._criterion(
-                    Checks(self._rows[ratio], self.iterations, ratio), self.config.window,
+                    Checks(self._rows[ratio], self.iterations, ratio, counts), self.config.window,
                     self.config.epsilon, self.config.span):
                 self.tickets[ratio] = self._draw(ratio, check)
                 drawn.append(ratio)
         return drawn
+
+    def _count(self, ratio: float, mask: Tensor) -> Optional[list[list[int]]]:
+        """Record the kept channels per layer of a (CPU) mask where the rule reads them."""
+        if self._counts is None:
+            return None
+        self._counts[ratio].append(self.layout.counts(mask))
+        return self._counts[ratio]
 
     def _distances_to_recent(self, ratio: float, mask: Tensor) -> Tensor:
         """Distances of ``mask`` to the last ``window - 1`` masks, nearest first, computed where
@@ -189,6 +200,7 @@ class EarlyBirdPruner:
         history.append(mask)
         self._rows[ratio].append(row)
         self._recent[ratio] = None
+        self._count(ratio, mask)
 
     def _draw(self, ratio: float, check: int) -> Ticket:
         mask = self._masks[ratio][check]
@@ -311,6 +323,8 @@ class EarlyBirdPruner:
         self.tickets = {}
         for ratio in self.config.ratios:
             self._masks[ratio], self._rows[ratio] = [], []
+            if self._counts is not None:
+                self._counts[ratio] = []
             for mask in state["masks"][str(ratio)]:
                 self._record(ratio, mask.clone())
             saved = state["tickets"].get(str(ratio))

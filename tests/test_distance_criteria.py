@@ -76,7 +76,7 @@ def test_first_detection_index(rule, seq, window, epsilon, expected):
 
 
 def test_unknown_criterion_lists_the_choices():
-    with pytest.raises(ValueError, match=r"choose from \['fifo', 'normalized', 'plateau', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"choose from \['epi', 'fifo', 'normalized', 'plateau', 'reference'\]"):
         get_criterion("nope")
 
 

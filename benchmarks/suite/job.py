@@ -92,10 +92,17 @@ class Job:
         drawn = t < epochs
         if not drawn:
             t, step = epochs - 1, (epochs - 1) * spe
-        dense_model = self.model(self.weights(tag, t))
+        return (t, drawn, *self.ticket_at(slim, tag, t, step))
+
+    def ticket_at(self, slim: dict, tag: str, epoch: int,
+                  step: Optional[int] = None) -> tuple[nn.Module, dict]:
+        """``(dense model, keep-masks)``: the weights a shared slimming run kept at the boundary
+        before epoch ``epoch`` and its mask at optimizer step ``step`` (default: that boundary)."""
+        dense_model = self.model(self.weights(tag, epoch))
+        step = epoch * int(slim["steps_per_epoch"]) if step is None else step
         at = [int(s) for s in slim["steps"]].index(step)
         keep = self.pruner(dense_model).layout.split(slim["masks"][f"{self.ratio:g}"][at])
-        return t, drawn, dense_model, keep
+        return dense_model, keep
 
     def draw_step(self, slim: dict, rule: str) -> Optional[float]:
         """Where ``rule`` drew the ticket, in epochs (a fraction inside one), or None."""

@@ -3,7 +3,9 @@
 Under torchrun every rank runs the jobs one after another, each network trained data-parallel;
 otherwise the jobs run in a pool of single-setting worker processes. Every row is cached as
 JSON under ``<cache>/<setting>/seed<k>/``, so an interrupted setting resumes where it stopped;
-a cache made with other settings is refused.
+a cache made with other settings is refused. Results are not bit-identical across CPU models,
+so each row records where it ran (:func:`benchmarks.common.host`) and a cache refuses to compute
+on a second CPU model unless told to (``mix_cpus``).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
         return json.loads(path.read_text())
     spec = get(method)
     shared = {s: STAGES[s](suite, seed, folder) for s in spec.needs}
-    row = spec.run(Job(suite, seed, ratio, folder), shared)
+    row = {**spec.run(Job(suite, seed, ratio, folder), shared), "host": common.host()}
     if common.dist_env().main:
         common.write_json(path, row)
     common.barrier()
@@ -87,11 +89,36 @@ def cache_dir(suite: Suite, cache: Path) -> Path:
     return root
 
 
-def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = print) -> list[dict]:
+MACHINES = "machines.json"
+
+
+def claim_machine(root: Path, mix_cpus: bool = False) -> None:
+    """Record this machine's CPU model as one that computes results in the cache ``root``.
+
+    Refuses (ValueError) when other CPU models computed there before, unless ``mix_cpus``.
+    """
+    path, mine = root / MACHINES, common.cpu_model()
+    seen = json.loads(path.read_text()) if path.exists() else []
+    if mine in seen:
+        return
+    if seen and not mix_cpus:
+        raise ValueError(f"the cache {root} holds results computed on {seen}, and this machine "
+                         f"is {mine!r}; results are not bit-identical across CPU models: pass "
+                         "--mix-cpus to add rows from this CPU anyway, or --cache for another "
+                         "folder")
+    if common.dist_env().main:
+        common.write_json(path, [*seen, mine])
+    common.barrier()
+
+
+def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = print,
+        mix_cpus: bool = False) -> list[dict]:
     """Run (or read from the cache) every job of ``suite``; returns the rows.
 
     Under torchrun (``WORLD_SIZE`` > 1) every rank runs the jobs one after another, each
     network trained data-parallel across the ranks; rank 0 writes the cache and reports.
+    A cache that computed on another CPU model is refused unless ``mix_cpus``
+    (:func:`claim_machine`); a run with every row cached computes nothing and is not refused.
     """
     env = common.init_distributed(suite.setting)
     if env.world > 1:
@@ -102,6 +129,8 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
     todo = plan(suite)
+    if not all(row_path(folders[seed], method, ratio).exists() for method, ratio, seed in todo):
+        claim_machine(root, mix_cpus)
     rows: list[dict] = []
     started = time.perf_counter()
     threads = max(1, (os.cpu_count() or 1) // (jobs * env.world))

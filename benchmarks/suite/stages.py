@@ -60,7 +60,7 @@ def stage_dense(suite: "Suite", seed: int, folder: Path) -> dict:
     save({"format": DENSE, **kept, "final": cpu_state(model), "test_acc": result["test_acc"],
           "epoch_s": torch.tensor(result["epoch_s"]),
           "images_per_epoch": result["images_per_epoch"],
-          "flops": cost.flops, "params": cost.params}, path)
+          "flops": cost.flops, "params": cost.params, "host": common.host()}, path)
     return safe_load(path, DENSE)
 
 
@@ -103,11 +103,11 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32")
     if any(not torch.equal(masks[r], theirs[r]) for r in masks):
         raise RuntimeError("the ranks drew different tickets: their networks have diverged")
     save({"format": SLIM, "steps": torch.tensor(pruner.iterations), "steps_per_epoch": spe,
-          "masks": masks,
+          "masks": masks, "sizes": torch.tensor(pruner.layout.sizes),
           "test_acc": result["test_acc"], "epoch_s": torch.tensor(result["epoch_s"]),
           "images_per_epoch": result["images_per_epoch"],
           "precision": st.precision if precision == "fp32" else precision,
-          "flops": cost.flops, "params": cost.params}, path)
+          "flops": cost.flops, "params": cost.params, "host": common.host()}, path)
     return safe_load(path, SLIM)
 
 
