@@ -9,9 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import detection, zoo  # noqa: E402
+import earlybird as eb  # noqa: E402
+from benchmarks import detection, rules, zoo  # noqa: E402
 from benchmarks.suite import methods  # noqa: E402
 from benchmarks.common import Setting  # noqa: E402
+from conftest import TinyVGG  # noqa: E402
+from test_pruner import EPI_SEQ, drive  # noqa: E402
 
 
 def record_from(masks: list[str], spe: int = 8) -> dict:
@@ -76,3 +79,17 @@ def test_detection_script_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         detection._parse(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_epi_replayed_on_recorded_masks_draws_where_the_pruner_did(x32, monkeypatch):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.1, criterion="epi")
+    for t, bits in enumerate(EPI_SEQ):                  # one check per epoch of 10 steps
+        drive(pruner, model, [bits])
+        pruner.iterations[-1] = 10 * t
+    record = {"steps": torch.tensor(pruner.iterations), "steps_per_epoch": 10,
+              "masks": {"0.5": pruner.history(0.5)}, "sizes": torch.tensor([4, 6, 8])}
+    monkeypatch.setitem(rules.VARIANTS, "epi w2", ("epi", 1, 2, 0.1, None))
+    assert rules.detect(record, 0.5, "epi w2") == 10 * pruner.tickets[0.5].check == 40
+    with pytest.raises(ValueError, match=r"rule 'epi w2' needs the layer sizes of the record"):
+        rules.detect({k: v for k, v in record.items() if k != "sizes"}, 0.5, "epi w2")

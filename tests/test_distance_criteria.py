@@ -157,3 +157,33 @@ def test_plateau_rule_waits_for_two_spans_and_rejects_a_rise():
 def test_checks_must_pair_rows_with_steps():
     with pytest.raises(ValueError, match="2 rows of distances for 1 steps"):
         Checks([[], [0.1]], [0])
+
+
+# ----------------------------------------------------------------------------- epi (When to Prune)
+def test_layer_similarity_is_one_minus_the_mean_relative_count_change():
+    from earlybird.criteria import layer_similarity
+    assert layer_similarity([4, 3, 2], [4, 3, 2]) == 1.0
+    # |4-3|/7, 0, |2-3|/5 over three layers
+    assert layer_similarity([4, 3, 2], [3, 3, 3]) == pytest.approx(1 - (1 / 7 + 1 / 5) / 3)
+    assert layer_similarity([0, 5], [0, 5]) == 1.0               # empty in both: alike
+    with pytest.raises(ValueError, match="kept channels of 2 and 3 layers cannot be compared"):
+        layer_similarity([1, 2], [1, 2, 3])
+
+
+def test_epi_needs_counts_and_draws_while_the_indicator_still_rises():
+    from earlybird.criteria import epi_rule
+    with pytest.raises(ValueError, match=r"needs the kept channels per layer \(Checks.counts\)"):
+        epi_rule(Checks([[]], [0]), 2, 0.1)
+    with pytest.raises(ValueError, match="2 rows of kept channels for 1 steps"):
+        Checks([[]], [0], counts=[[1], [1]])
+    seq = [[4, 3, 2], [3, 3, 3], [2, 3, 4], [2, 3, 4], [2, 3, 4], [2, 3, 4]]
+    # EPI(2..5) = 0.832, 0.943, 1.0, 1.0: eligible from check 2 * window = 4, where it is above
+    # 0.9 and above both earlier values; at check 5 it no longer rises
+    got = [epi_rule(Checks([[]] * (t + 1), list(range(t + 1)), counts=seq[:t + 1]), 2, 0.1)
+           for t in range(len(seq))]
+    assert got == [False, False, False, False, True, False]
+    # a tighter threshold (epsilon 0.01: EPI > 0.99) still draws at 4, a level sequence never
+    assert epi_rule(Checks([[]] * 5, list(range(5)), counts=seq[:5]), 2, 0.01)
+    flat = [[2, 3, 4]] * 8
+    assert not any(epi_rule(Checks([[]] * (t + 1), list(range(t + 1)), counts=flat[:t + 1]), 2,
+                            0.1) for t in range(8))

@@ -562,3 +562,31 @@ def test_each_branch_of_a_concatenation_in_a_residual_group_keeps_a_channel(x32)
     assert mask[3:].all() and int((~mask).sum()) == 2      # the branches are floors: body pays
     small = pruner.prune(0.4, force=True)
     assert small(x32).shape == (2, 2) and small.body[0].out_channels == 1
+
+
+# counts per layer (4, 3, 2), (3, 3, 3), then (2, 3, 4) at different positions (A and C)
+EPI_SEQ = ["1111" "111000" "11000000", "1110" "111000" "11100000", A, A, C, A, C]
+
+
+def test_epi_criterion_compares_layer_counts_not_positions_and_resumes(x32, tmp_path):
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], window=2, epsilon=0.1,
+                                criterion="epi")
+    # drawn at check 4 (= 2 * window) although the mask there (C) moved 2 channels from A
+    assert drive(pruner, model, EPI_SEQ) == [[], [], [], [], [0.5], [], []]
+    assert pruner.tickets[0.5].mask.tolist() == [b == "1" for b in C]
+    # the reference rule at the same window and epsilon does not: C is 0.11 from A
+    ref = eb.EarlyBirdPruner(TinyVGG(), x32, ratios=[0.5], window=2, epsilon=0.1,
+                             criterion="reference")
+    assert drive(ref, ref.model, EPI_SEQ)[4] == []
+    # resumed after 3 checks, the counts are rebuilt from the masks: the same detection
+    model2 = TinyVGG()
+    first = eb.EarlyBirdPruner(model2, x32, ratios=[0.5], window=2, epsilon=0.1, criterion="epi")
+    drawn = drive(first, model2, EPI_SEQ[:3])
+    eb.atomic_save(first.state_dict(), tmp_path / "p.pt")
+    resumed = eb.EarlyBirdPruner(model2, x32, ratios=[0.5], window=2, epsilon=0.1,
+                                 criterion="epi")
+    resumed.load_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
+    assert drawn + drive(resumed, model2, EPI_SEQ[3:]) == [[], [], [], [], [0.5], [], []]
+    assert resumed.tickets[0.5].check == 4
+

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,6 +39,7 @@ GRID = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 STUDY_RULES = ("reference", "fifo", "normalized", "plateau", "plateau eps=0.05",
                "plateau eps=0.02", "plateau span=4", "plateau span=8", "epi", "epi tau=0.99")
 REFERENCE_METHODS = ("dense", "ns")
+DEFAULT_RULE = "plateau"       # the replay of the library's default (EarlyBirdConfig)
 
 
 def draw_path(folder: Path, ratio: float, epoch: int, step: Optional[int], spe: int) -> Path:
@@ -187,7 +189,12 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="single-thread worker processes (2)")
     p.add_argument("--cache", type=Path, default=Path("runs/bench"),
                    help="the suite's cache folder (runs/bench)")
-    p.add_argument("--out", type=Path, help="results folder (benchmarks/results/draw-point)")
+    p.add_argument("--out", type=Path,
+                   help="results folder (benchmarks/results/draw-point/<setting>)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from what the cache holds now; compute nothing")
+    p.add_argument("--rerender", action="store_true",
+                   help="render the committed results.json in --out again")
     p.add_argument("--mix-cpus", action="store_true", help="compute in a cache that another "
                    "CPU model computed in (results are not bit-identical across CPU models)")
     args = p.parse_args(argv)
@@ -204,20 +211,36 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from benchmarks.suite.config import load_suite
+    from benchmarks.suite import drawreport
+    from benchmarks.suite.config import RESULTS, load_suite
     args = parse(argv)
     suite = load_suite(args.setting)
-    if args.seeds:
-        bad = [s for s in args.seeds if s not in suite.seeds]
-        if bad:
-            print(f"error: --seeds {bad} are not in setting {suite.name} ({list(suite.seeds)})",
-                  file=sys.stderr)
-            return 2
-        suite = replace(suite, seeds=tuple(args.seeds))
+    out = args.out or RESULTS / "draw-point" / suite.name
     try:
-        run(suite, args.cache, args.jobs, tuple(args.draw_epochs), tuple(args.rules),
-            args.mix_cpus)
+        if args.rerender:
+            drawreport.rewrite(out, DEFAULT_RULE)
+            drawreport.merge(out.parent)
+            print((out / "README.md").read_text())
+            return 0
+        if args.seeds:
+            bad = [s for s in args.seeds if s not in suite.seeds]
+            if bad:
+                raise ValueError(f"--seeds {bad} are not in setting {suite.name} "
+                                 f"({list(suite.seeds)})")
+            suite = replace(suite, seeds=tuple(args.seeds))
+        grid, rules = tuple(args.draw_epochs), tuple(args.rules)
+        started = time.perf_counter()
+        if not args.report_only:
+            run(suite, args.cache, args.jobs, grid, rules, args.mix_cpus)
+        meta = {"command": "python benchmarks/detection.py" + "".join(
+                    " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+                "machine": common.machine(args.jobs), "date": common.now(),
+                "wall_min": (time.perf_counter() - started) / 60}
+        drawreport.write(suite, cache_dir(suite, args.cache), grid, rules, out, meta,
+                         DEFAULT_RULE)
+        drawreport.merge(out.parent)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print((out / "README.md").read_text())
     return 0

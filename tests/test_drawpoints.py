@@ -1,0 +1,146 @@
+"""The draw-point study on a suite setting, and where results were computed (host identity)."""
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, detection, suite as S  # noqa: E402
+from benchmarks.rules import rule_spec  # noqa: E402
+from benchmarks.suite import drawpoints, drawreport  # noqa: E402
+from earlybird.config import EarlyBirdConfig  # noqa: E402
+
+SUMMARY_KEYS = {"setting", "rule", "is_default", "ratio", "seeds", "draw_share_mean",
+                "acc_mean", "acc_std", "ns_acc_mean", "train_flops_ratio_ns",
+                "inference_mflops", "params", "measured"}
+
+
+def _suite(methods=("dense", "eb", "ns")):
+    # 8 epochs of 4 steps on 16 random images, masks twice per epoch
+    raw = {"arch": "vgg", "depth": 11, "width": 0.125, "dataset": "synthetic",
+           "train_images": 16, "test_images": 8, "batch_size": 4, "epochs": 8,
+           "schedule": [4, 6], "ratios": [0.3, 0.5], "seeds": [0], "checks_per_epoch": 2,
+           "methods": list(methods)}
+    return S.suite_from_dict(raw, "draw")
+
+
+def test_a_ticket_of_the_grid_is_the_eb_row_drawn_at_the_same_epoch(tmp_path):
+    suite = _suite(("eb",))
+    eb_row = S.run(replace(suite, ratios=(0.5,)), tmp_path, 1, progress=lambda line: None)[0]
+    folder = tmp_path / "draw" / "seed0"
+    mine = drawpoints.finetune(suite, 0, 0.5, eb_row["draw_epoch"], None, folder)
+    for key in ("test_acc", "train_flops", "flops", "params", "epochs_trained", "draw_epoch"):
+        assert mine[key] == eb_row[key], key
+    assert mine["host"] == eb_row["host"] == common.host()
+    assert drawpoints.draw_path(folder, 0.5, 3, None, 4).name == "draw-p0.5-e3.json"
+    assert drawpoints.draw_path(folder, 0.5, 3, 10, 4).name == "draw-p0.5-e3-s10.json"
+
+
+def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
+    suite = _suite()
+    grid, rules = (2, 4, 6), ("reference", "plateau", "epi")
+    out = drawpoints.run(suite, tmp_path, 1, grid, rules, progress=lambda line: None)
+    folder = tmp_path / "draw" / "seed0"
+    slim = out[0]["slim"]
+    wanted = {(r, e, None) for r in suite.ratios for e in grid}
+    for r in suite.ratios:                           # the rules' own points, where they drew
+        for rule in rules:
+            at = drawpoints.rule_point(slim, r, rule, 8)
+            if at is not None:
+                wanted.add((r, at[0], None if at[1] == 4 * at[0] else at[1]))
+    assert set(out[0]["rows"]) == wanted
+    assert set(out[0]["reference"]) == {("dense", None), ("ns", 0.3), ("ns", 0.5)}
+    # every finetune starts at its draw epoch and trains to the end of the schedule
+    assert all(row["epochs_trained"] == 8 - key[1] for key, row in out[0]["rows"].items())
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = drawpoints.run(suite, tmp_path, 1, grid, rules, progress=lambda line: None)
+    assert again[0]["rows"] == out[0]["rows"]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps   # nothing ran
+    meta = {"command": "c", "machine": "m", "date": "d", "wall_min": 0.0}
+    results = tmp_path / "results" / "draw"
+    summary = drawreport.write(suite, tmp_path / "draw", grid, rules, results, meta, "plateau")
+    assert [p["epoch"] for p in summary["ratios"]["0.5"]["curve"]] == list(grid)
+    written = {p.name: p.read_bytes() for p in results.iterdir()}
+    assert set(written) == {"results.json", "README.md", "summary.json", "draw-point.png",
+                            "accuracy_vs_inference.png"}
+    drawreport.rewrite(results, "plateau")
+    assert {p.name: p.read_bytes() for p in results.iterdir()} == written
+    top = json.loads(drawreport.merge(results.parent).read_text())
+    assert len(top["rows"]) == len(rules) * len(suite.ratios)
+    assert all(set(row) == SUMMARY_KEYS for row in top["rows"])
+    assert [r["rule"] for r in top["rows"] if r["is_default"]] == ["plateau", "plateau"]
+    ns = {r: out[0]["reference"][("ns", r)]["test_acc"] for r in suite.ratios}
+    assert all(row["ns_acc_mean"] == ns[row["ratio"]] for row in top["rows"])
+
+
+def test_the_summary_names_the_librarys_default_rule():
+    # the replayed rule the study marks as the default is the library's default detection
+    default = EarlyBirdConfig()
+    criterion, _, window, epsilon, _ = rule_spec(drawpoints.DEFAULT_RULE)
+    assert (criterion, window, epsilon) == (default.criterion, default.window, default.epsilon)
+
+
+def _summary(gaps_shares):
+    """A summary with NS at 70 % and one rule per entry: {rule: {ratio: (acc, share)}}."""
+    ratios = {}
+    for ratio in ("0.3", "0.5"):
+        ratios[ratio] = {"ns": {"seeds": 3, "acc_mean": 70.0}, "curve": [], "rules": {
+            rule: {"seeds": 3, "acc_mean": v[ratio][0], "draw_share": [v[ratio][1]] * 3}
+            for rule, v in gaps_shares.items()}}
+    return {"ratios": ratios, "dense": {"acc": []}}
+
+
+def test_the_goal_takes_the_earliest_rule_within_the_points_of_ns():
+    summary = _summary({
+        "late": {"0.3": (70.5, 0.28), "0.5": (70.0, 0.27)},       # close, too late
+        "early": {"0.3": (69.8, 0.08), "0.5": (69.71, 0.10)},     # close (-0.29), in time
+        "earliest": {"0.3": (69.0, 0.03), "0.5": (70.0, 0.03)},   # 1 point off at p = 0.3
+    })
+    decision = drawreport.decide(summary)
+    assert decision["met"] == ["early"] and decision["earliest_met"] == "early"
+    assert decision["verdicts"]["early"]["draw_share"] == 0.10      # the later ratio's point
+    assert decision["verdicts"]["earliest"]["gap_to_ns"] == {"0.3": -1.0, "0.5": 0.0}
+    assert decision["best_early"] == "early" and decision["earliest_close"] == "early"
+    none = drawreport.decide(_summary({"late": {"0.3": (70.5, 0.28), "0.5": (70.0, 0.2)}}))
+    assert none["earliest_met"] is None and none["best_early"] is None
+    assert none["earliest_close"] == "late"
+
+
+def test_a_cache_refuses_a_second_cpu_model_unless_told(tmp_path, monkeypatch):
+    suite = replace(_suite(("dense",)), ratios=(0.5,))
+    rows = S.run(suite, tmp_path, 1, progress=lambda line: None)
+    assert rows[0]["host"] == {"cpu": common.cpu_model(), "torch": common.host()["torch"],
+                               "threads": common.host()["threads"]}
+    root = tmp_path / "draw"
+    assert json.loads((root / "machines.json").read_text()) == [common.cpu_model()]
+    monkeypatch.setattr(common, "cpu_model", lambda: "Another CPU")
+    assert S.run(suite, tmp_path, 1, progress=lambda line: None) == rows   # all cached: fine
+    (root / "seed0" / "dense.json").unlink()
+    with pytest.raises(ValueError, match=r"holds results computed on \[.*\], and this machine is "
+                       r"'Another CPU'; .* pass --mix-cpus"):
+        S.run(suite, tmp_path, 1, progress=lambda line: None)
+    with pytest.raises(ValueError, match="pass --mix-cpus"):
+        drawpoints.run(suite, tmp_path, 1, (2,), (), progress=lambda line: None)
+    S.run(suite, tmp_path, 1, progress=lambda line: None, mix_cpus=True)
+    assert json.loads((root / "machines.json").read_text())[1:] == ["Another CPU"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--setting", "nope"], "unknown setting 'nope'"),
+    (["--setting", "converged", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--setting", "converged", "--rules", "sometimes"], "unknown rule 'sometimes'"),
+])
+def test_the_study_refuses_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        detection.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_grid_epochs_outside_the_schedule_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"grid epochs \[0, 8\] must be in \(0, 8\)"):
+        drawpoints.run(_suite(), tmp_path, 1, (0, 2, 8), (), progress=lambda line: None)
