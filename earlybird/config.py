@@ -41,14 +41,16 @@ class EarlyBirdConfig:
     epsilon: float = option(
         0.1, "the rule's threshold in (0, 1]: the largest mask distance that counts as not "
         "moving (reference, fifo), as a share of the largest reachable distance (normalized), "
-        "or the largest change of the distance as a share of its early level (plateau)")
+        "the largest change of the distance as a share of its early level (plateau), or 1 "
+        "minus the threshold on the early pruning indicator (epi)")
     window: int = option(
         5, "masks (reference, normalized) or consecutive distances (fifo) looked at, >= 2; "
         "plateau: (window - 1) // 2 checks make its span when span is None")
     criterion: str = option(
         "plateau", "detection rule: plateau (chosen from benchmarks/detection.py: its tickets "
         "retrain better), reference (the released code's rule), fifo (the paper's "
-        "Algorithm 1) or normalized", choices=sorted(CRITERIA))
+        "Algorithm 1), normalized, or epi (When to Prune's early pruning indicator: how alike "
+        "the kept channels per layer are)", choices=sorted(CRITERIA))
     sparsity: float = option(
         1e-4, "strength s of the slimming penalty regularize() adds, >= 0", flags=("--s",))
     penalty: str = option(
@@ -65,6 +67,11 @@ class EarlyBirdConfig:
     span: Optional[int] = option(
         None, "plateau rule only: the span compared, in the counter passed to step() "
         "(optimizer steps, recommended), >= 1; None: the last (window - 1) // 2 checks")
+    coefficients: bool = option(
+        True, "give every prunable unit without a norm scale (a transformer's MLP hidden units) "
+        "a slimming coefficient, initialised to 1, that ranks it; the optimizer must train "
+        "them (build it after the pruner). Models without any norm layer are scored by their "
+        "filters instead")
 
     def __post_init__(self) -> None:
         value = ConfigError.value
@@ -106,6 +113,8 @@ class EarlyBirdConfig:
                + value(list(SCORES)), "score")
         _check(isinstance(self.keep_weights, bool),
                "{} must be True or False, got " + value(self.keep_weights), "keep_weights")
+        _check(isinstance(self.coefficients, bool),
+               "{} must be True or False, got " + value(self.coefficients), "coefficients")
 
 
 def _is_int(value: object) -> bool:
@@ -124,7 +133,8 @@ def make_config(config: Optional[EarlyBirdConfig] = None,
 
     >>> make_config(ratios=[0.5], window=3)
     EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
-penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', span=None)
+penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', \
+span=None, coefficients=True)
     """
     if config is not None and not isinstance(config, EarlyBirdConfig):
         raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")

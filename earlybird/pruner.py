@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -14,36 +13,17 @@ from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
 from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
-                    prune_model, resolve_layers, run_example, unwrap_model)
+                    prune_model, refuse_untrained, resolve_layers, run_example,
+                    strip_coefficients, unwrap_model)
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 from .offload import copy_to_cpu, fetch_check, plain_state
+from .ticket import Ticket
 
 __all__ = ["EarlyBirdPruner", "Ticket"]
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "earlybird.pruner/1"
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """An early-bird ticket: the mask that stopped moving, and the weights it was drawn from.
-
-    Attributes:
-        ratio: pruning ratio of the ticket.
-        check: 0-based index of the ``step()`` call that drew it.
-        iteration: the counter passed to that ``step()`` call (the check index if none was).
-        mask: flat keep-mask over all scored group channels (see ``EarlyBirdPruner.mask``).
-        masks: the same mask per layer, keyed by the group's root module name.
-        state: CPU copy of the model's ``state_dict()`` at that point (None if not kept).
-    """
-
-    ratio: float
-    check: int
-    iteration: int
-    mask: Tensor
-    masks: dict[str, Tensor]
-    state: Optional[dict[str, Tensor]]
 
 
 class EarlyBirdPruner:
@@ -92,7 +72,8 @@ class EarlyBirdPruner:
         output = run_example(self.model, example_inputs)
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
-        self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict)
+        self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict,
+                                  self.config.coefficients)
         self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
@@ -106,6 +87,7 @@ class EarlyBirdPruner:
             {r: [] for r in self.config.ratios} if self.config.criterion in COUNTING else None)
         self.iterations: list[int] = []
         self.tickets: dict[float, Ticket] = {}
+        self._trained = self._stripped = False          # coefficients seen moving; folded
         log.info("earlybird: %d prunable channels in %d groups, ratios %s",
                  self.layout.num_channels, len(self.layout.sizes), list(self.config.ratios))
 
@@ -143,6 +125,7 @@ class EarlyBirdPruner:
         Returns:
             The ratios whose ticket was drawn by this call (each ratio draws once).
         """
+        self._refuse_untrained_coefficients()
         scores = self.graph.scores()                      # on the model's device
         flat = keep_masks(scores, self.layout, self.config.ratios, self._caps, self._seg_caps)
         rows = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
@@ -163,6 +146,27 @@ class EarlyBirdPruner:
                 self.tickets[ratio] = self._draw(ratio, check)
                 drawn.append(ratio)
         return drawn
+
+    def coefficients(self) -> list[nn.Parameter]:
+        """The slimming coefficients the pruner made for units without a norm scale (empty for
+        a model whose every unit has one): give them to the optimizer, e.g.
+        ``optimizer.add_param_group({"params": pruner.coefficients()})``."""
+        return [c.weight for c in self.graph.coefficients.values()]
+
+    def remove_coefficients(self) -> dict[str, Tensor]:
+        """Fold the coefficients into the layers that read their units and take them off the
+        model, which is a plain model again computing the same function; the pruner can no
+        longer draw tickets after this. Returns the folded values by group name."""
+        self._stripped = True
+        return strip_coefficients(self.model)
+
+    def _refuse_untrained_coefficients(self) -> None:
+        if self._stripped:
+            raise RuntimeError("remove_coefficients() was called: the units it folded can no "
+                               "longer be scored; build a new pruner to search again")
+        if self.graph.coefficients and not self._trained:
+            self._trained = refuse_untrained(list(self.graph.coefficients.values()),
+                                             first_check=not self.iterations)
 
     def _count(self, ratio: float, mask: Tensor) -> Optional[list[list[int]]]:
         """Record the kept channels per layer of a (CPU) mask where the rule reads them."""

@@ -90,9 +90,12 @@ def set_scales(model: nn.Module, values) -> None:
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> None:
-    """Distinct gammas, betas and running stats, so masks and outputs are not degenerate."""
+    """Distinct gammas, betas and running stats (and slimming coefficients, where a pruner made
+    them), so masks and outputs are not degenerate."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for c in getattr(model, "eb_coefficients", {}).values():
+            c.weight.copy_(torch.rand(c.weight.shape, generator=g) * 0.9 + 0.1)
         for m in model.modules():
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and m.weight is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.9 + 0.1)

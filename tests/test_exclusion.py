@@ -36,7 +36,7 @@ def test_a_model_with_an_unprunable_group_prunes_the_rest_and_says_so(x32, caplo
     set_scales(model, [0.5, 0.1, 0.6, 0.2, 0.7, 0.3] + [0.9] * 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with caplog.at_level(logging.WARNING, logger="earlybird"):
-        pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+        pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], coefficients=False)
     assert list(pruner.excluded) == ["conv2"]
     # the trial cuts conv2's first and last channel: torch-pruning removes both from conv_b's
     # inputs, and the split by the stored width no longer fits
@@ -60,7 +60,7 @@ def test_a_model_with_an_unprunable_group_prunes_the_rest_and_says_so(x32, caplo
 def test_strict_tests_nothing_and_keeps_every_group(x32):
     # (the refusals strict keeps are in test_pruner: functional weights and DPN's indices at
     # build, a copy that no longer runs at prune)
-    pruner = eb.EarlyBirdPruner(SplitTail(), x32, ratios=[0.5], strict=True)
+    pruner = eb.EarlyBirdPruner(SplitTail(), x32, ratios=[0.5], strict=True, coefficients=False)
     assert pruner.excluded == {} and pruner.layout.names == ("conv1", "conv2")
 
 
@@ -147,7 +147,7 @@ def test_attention_heads_stay_equal_sized(heads, head_dim, layers, ratio, seed):
                                  mlp_dim=2 * hidden, num_classes=3)
     randomize_norms(model, seed)
     x = torch.randn(2, 3, 16, 16)
-    pruner = eb.EarlyBirdPruner(model, x, ratios=[ratio], min_channels=1)
+    pruner = eb.EarlyBirdPruner(model, x, ratios=[ratio], min_channels=1, coefficients=False)
     assert pruner.excluded == {} and pruner.layout.names == ("conv_proj",)
     keep = pruner.masks(ratio)["conv_proj"]
     per_position = keep.view(heads, head_dim)              # [head, position in the head]

@@ -41,8 +41,10 @@ def test_search_and_prune_any_model(name):
         randomize_norms(model, seed)
         assert pruner.step() == []
     n = pruner.layout.num_channels
-    if name == "tv_vgg16_bn":                              # conv channels only, no hidden Linear
-        assert n == 4224 and not any("classifier" in k for k in pruner.layout.names)
+    if name == "tv_vgg16_bn":          # conv channels, and the hidden Linear units by coefficients
+        assert n == 4224 + 2 * 4096
+        assert [k for k in pruner.layout.names if "classifier" in k] == ["classifier.0",
+                                                                         "classifier.3"]
     small = pruner.prune(0.5, force=True)
     keep = pruner.masks(0.5)
     assert sum(int(m.sum()) for m in keep.values()) == n - eb.prune_budget(n, 0.5)

@@ -378,7 +378,8 @@ def test_weights_used_through_functions_are_refused_by_name_under_strict(x32):
         eb.EarlyBirdPruner(FunctionalLinear(), x32, strict=True)
     # without strict the F.linear call is traced as a call of proj, which then loses the
     # input channels its group loses (tests/test_tolerant.py has the details)
-    pruner = eb.EarlyBirdPruner(FunctionalLinear(), x32, ratios=[0.5])
+    # (coefficients off: proj's outputs, which have no norm, stay unscored as this test expects)
+    pruner = eb.EarlyBirdPruner(FunctionalLinear(), x32, ratios=[0.5], coefficients=False)
     assert pruner.excluded == {}
     small = pruner.prune(0.5, force=True)
     assert (small.conv.out_channels, small.proj.in_features) == (3, 3)
@@ -414,7 +415,7 @@ class SplitByAttribute(nn.Module):
 def test_a_pruned_copy_that_no_longer_runs_is_refused_with_the_reason_under_strict(x32):
     model = SplitByAttribute()
     set_scales(model, [0.1, 0.2, 0.9, 0.9, 0.3, 0.4, 0.9, 0.9])   # prunes 2 from each part
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], strict=True)
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], strict=True, coefficients=False)
     assert pruner.excluded == {}
     with pytest.raises(eb.UnsupportedModelError, match=r"SplitByAttribute pruned at ratio 0.5 no "
                        r"longer runs \(\w+: .*\): it computes with channel counts kept"):

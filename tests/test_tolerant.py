@@ -127,7 +127,7 @@ def test_layers_used_through_f_linear_are_traced_as_calls_and_pruned(x32):
     model(x32)
     assert calls == [(2, 12)]
     assert model.qkv in build_graph(model, x32).module2node
-    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5])
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], coefficients=False)   # qkv unscored
     assert pruner.excluded == {} and pruner.layout.names == ("conv",)
     small = pruner.prune(0.5, force=True)
     assert (small.conv.out_channels, small.qkv.in_features, small.qkv.out_features) == (4, 4, 12)

@@ -4,7 +4,9 @@ A *group* is torch-pruning's set of coupled channels rooted at a conv or linear 
 earlybird scores each group channel by the mean ``|gamma|`` of the BatchNorm/LayerNorm channels
 coupled to it (``score="norm"``). A model with no norm layer at all (AlexNet, VGG without BN,
 SqueezeNet) can instead be scored by its filters (``score="weight"``): a group channel's score is
-the mean ``|w|`` of the output filters of every conv/linear layer coupled to it.
+the mean ``|w|`` of the output filters of every conv/linear layer coupled to it. In a model
+with norm layers, a group with no norm scale of its own (a transformer's MLP hidden units) is
+ranked by slimming coefficients made for it (:mod:`.coefficients`, ``coefficients=True``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
+from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
+                           reading_layers)
 from .heads import tie_excluded, tied_units
 from .units import grouped_units
 from .exclusion import exclusions, out_width, refuse_past_the_end, report
@@ -74,15 +78,20 @@ class ChannelGraph:
             model (``strict=True`` refuses instead); ``prunable_share``: the share left.
         ties: ``{group root: tie}``, embeddings pruned with their attention heads
             (:mod:`.heads`), for :func:`~.surgery.prune_model`.
+        coefficients: ``{group root: Coefficients}`` made for the groups with no norm scale
+            (attached to the model at ``model.eb_coefficients``).
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
                  ignored: Sequence[nn.Module] = (), score: str = "auto",
-                 strict: bool = False) -> None:
+                 strict: bool = False, coefficients: bool = True) -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
         refuse_frozen_norms(model)
+        self._earlier = detach_coefficients(model)       # a second pruner reuses them
+        self._made: dict[str, Coefficients] = {}
+        self._use_coefficients = False
         self.graph = build_graph(model, example_inputs, strict=strict)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}
@@ -92,6 +101,9 @@ class ChannelGraph:
         self.score = "weight" if score == "weight" else "norm"
         self.ties: dict[str, Any] = {}                   # found after exclusion, below
         found = self._collect(groups, names)
+        if coefficients and score != "weight" and found[1]:
+            self._use_coefficients = True                # a model with norms: units without
+            found = self._collect(groups, names)         # one get coefficients
         if not found[1] and score == "auto":
             log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
                         "scoring channels by their filters' mean |w| instead (score='weight')",
@@ -127,6 +139,10 @@ class ChannelGraph:
                                     torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
                                     seg_t if split else None)
         self.norms = list(norms.values())
+        scored = {id(n.module) for n in self.norms}
+        self.coefficients = {n: c for n, c in self._made.items() if id(c) in scored}
+        if self.coefficients:
+            attach_coefficients(model, self.coefficients)
         if strict:
             refuse_past_the_end(self.norms, names, model)
         self._filter_rows: dict[nn.Module, Tensor] = {}
@@ -146,6 +162,8 @@ class ChannelGraph:
             root = group[0].dep.target.module
             size = len(group[0].idxs)
             found = (self._filter_channels if filters else self._norm_channels)(group, size)
+            if found is None and not filters and self._use_coefficients:
+                found = self._coefficient_channels(group, size, names)
             if found is None:
                 continue
             for module, pairs in found.items():
@@ -204,6 +222,25 @@ class ChannelGraph:
                                                 list(range(size)))
         except Exception:  # noqa: BLE001 - the group as torch-pruning rooted it still holds
             return group
+
+    def _coefficient_channels(self, group: Any, size: int,
+                              names: Mapping[nn.Module, str]) -> Optional[dict[nn.Module, set]]:
+        """Coefficients for a group without a norm scale whose channels only conv/linear
+        layers read (and no pruning units tie together): ``{Coefficients: {(c, c)}}``."""
+        name = names[group[0].dep.target.module]
+        if name in self.ties or grouped_units(self.graph, group, size) is not None:
+            return None
+        readers = reading_layers(group, size, self.graph.is_out_channel_pruning_fn)
+        if readers is None:
+            return None
+        made = self._made.get(name)
+        if made is None:
+            earlier = self._earlier.get(name)
+            made = Coefficients(size, [(names[m], idx) for m, idx in readers])
+            if earlier is not None and earlier.weight.shape == made.weight.shape:
+                made.weight = earlier.weight             # trained values (and their optimizer)
+            self._made[name] = made
+        return {made: {(c, c) for c in range(size)}}
 
     @staticmethod
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:

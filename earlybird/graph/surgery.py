@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from .coefficients import strip_coefficients
 from .heads import prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
 
@@ -41,8 +42,11 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
 
     ``ties`` (a :class:`~.groups.ChannelGraph`'s ``ties``): embeddings whose attention layers
     lose one dimension per head for every unit they lose (:mod:`.heads`).
+    Slimming coefficients (:mod:`.coefficients`) are folded into the layers that read their
+    channels first, so the pruned model is a plain model.
     Returns torch-pruning's pruning history as plain lists (names, bools, ints).
     """
+    strip_coefficients(model)
     with all_trainable(model):          # torch-pruning's new parameters keep frozen ones frozen
         graph = build_graph(model, example_inputs)
         heads = _prune_groups(model, graph, keep, ties or {})

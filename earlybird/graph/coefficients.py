@@ -1,0 +1,182 @@
+"""Slimming coefficients: a learnable scale for every unit that has no norm scale of its own.
+
+A group of coupled channels is ranked by its BatchNorm/LayerNorm scales. Some groups have none:
+the hidden units of a transformer's MLP (``fc1 -> GELU -> fc2``), a conv branch without a norm.
+Such a group gets one coefficient per channel, initialised to 1 and applied where the channels
+enter the layers that read them (a forward pre-hook multiplies those layers' inputs), so the
+model computes the same function when the coefficients are made. Trained with the rest of the
+model under the slimming penalty, the coefficients rank the units like norm scales do
+(EarlyBERT, ViT-Slim). Pruning *folds* them into the reading layers' weights
+(``W[:, j] *= c[j]``) and removes them: the pruned model is a plain model.
+
+All coefficients of a model live in one ``nn.ModuleDict`` at ``model.eb_coefficients`` (so they
+are in ``model.parameters()`` and ``model.state_dict()``); :func:`strip_coefficients` folds and
+removes them again.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Coefficients", "reading_layers", "attach_coefficients", "detach_coefficients",
+           "strip_coefficients", "coefficient_modules", "refuse_untrained", "ATTRIBUTE"]
+
+log = logging.getLogger(__name__)
+ATTRIBUTE = "eb_coefficients"
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Coefficients(nn.Module):
+    """One coefficient per channel of a group (``weight``, initialised to 1), and the layers
+    that read the channels: ``readers[k]`` is a layer's qualified name, ``index{k}`` (buffer)
+    its input channel for each group channel."""
+
+    def __init__(self, size: int, readers: list[tuple[str, list[int]]]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.readers = [name for name, _ in readers]
+        for k, (_, index) in enumerate(readers):
+            self.register_buffer(f"index{k}", torch.tensor(index, dtype=torch.long),
+                                 persistent=False)
+
+    def index(self, k: int) -> Tensor:
+        """The input channel of reader ``k`` that each group channel enters."""
+        return getattr(self, f"index{k}")
+
+    def scale_for(self, k: int, channels: int, dtype: torch.dtype) -> Tensor:
+        """Reader ``k``'s input scale: the coefficient on each group channel, 1 elsewhere."""
+        index = self.index(k)
+        if index.numel() == channels and bool((index == torch.arange(
+                channels, device=index.device)).all()):
+            return self.weight.to(dtype)
+        ones = torch.ones(channels, dtype=dtype, device=self.weight.device)
+        return ones.index_copy(0, index, self.weight.to(dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, readers={self.readers}"
+
+
+def reading_layers(group: Any, size: int, is_out: Any) -> Optional[list[tuple[nn.Module, list[int]]]]:
+    """The conv/linear layers that read a group's channels: ``[(layer, input channel per group
+    channel)]``; None when coefficients cannot stand in for the group's norm scale: a channel
+    enters some reader twice or not at all, a grouped (not depthwise) conv reads it, or a
+    module with parameters other than a conv/linear layer touches the group."""
+    found: dict[nn.Module, dict[int, int]] = {}
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, LAYERS):
+            if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+                return None                            # a norm, an embedding, a layer scale
+            continue                                   # activations, dropout, torch-pruning's ops
+        if is_out(item.dep.handler):
+            continue                                   # a layer that writes the channels
+        if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1 and not (
+                module.groups == module.in_channels == module.out_channels):
+            return None
+        seen = found.setdefault(module, {})
+        for idx, root in zip(item.idxs, item.root_idxs):
+            if seen.setdefault(int(root), int(idx)) != int(idx):
+                return None
+    if not found or any(sorted(m) != list(range(size)) or len(set(m.values())) != size
+                        for m in found.values()):
+        return None
+    return [(module, [m[r] for r in range(size)]) for module, m in found.items()]
+
+
+def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
+                 args: tuple) -> tuple:
+    """Forward pre-hook of a reading layer: its input times the coefficients."""
+    x = args[0]
+    dim = -1 if isinstance(module, nn.Linear) else 1
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    return (x * coefficients.scale_for(k, x.shape[dim], x.dtype).view(shape), *args[1:])
+
+
+def attach_coefficients(model: nn.Module, made: dict[str, Coefficients]) -> None:
+    """Register ``made`` (``{group root name: Coefficients}``) at ``model.eb_coefficients`` and
+    hook each reading layer. The model's output does not change (every coefficient is 1)."""
+    holder = nn.ModuleDict({_key(name): c for name, c in made.items()})
+    model.add_module(ATTRIBUTE, holder)
+    log.info("%d units in %d groups without a norm scale get slimming coefficients (model.%s); "
+             "the optimizer must train them", sum(c.weight.numel() for c in made.values()),
+             len(made), ATTRIBUTE)
+    for coefficients in made.values():
+        coefficients.to(next(model.parameters()).device)
+        for k, reader in enumerate(coefficients.readers):
+            layer = model.get_submodule(reader)
+            layer.register_forward_pre_hook(functools.partial(_scale_input, coefficients, k))
+
+
+def coefficient_modules(model: nn.Module) -> dict[str, Coefficients]:
+    """``{group root name: Coefficients}`` attached to ``model`` (empty when none are)."""
+    holder = getattr(model, ATTRIBUTE, None)
+    return {} if holder is None else {_name(k): c for k, c in holder.items()}
+
+
+def _unhook(layer: nn.Module) -> None:
+    for hid, hook in list(layer._forward_pre_hooks.items()):
+        if isinstance(hook, functools.partial) and hook.func is _scale_input:
+            del layer._forward_pre_hooks[hid]
+
+
+def detach_coefficients(model: nn.Module) -> dict[str, Coefficients]:
+    """Take the coefficients off ``model`` without folding them (hooks and
+    ``model.eb_coefficients`` removed) and return them: a pruner built again on the model
+    re-attaches them with their values."""
+    made = coefficient_modules(model)
+    for coefficients in made.values():
+        for reader in coefficients.readers:
+            _unhook(model.get_submodule(reader))
+    if hasattr(model, ATTRIBUTE):
+        delattr(model, ATTRIBUTE)
+    return made
+
+
+@torch.no_grad()
+def strip_coefficients(model: nn.Module) -> dict[str, Tensor]:
+    """Fold every coefficient into the weights of the layers that read its channel
+    (``W[:, j] *= c[j]``; a depthwise conv's filter ``j``), remove the hooks and
+    ``model.eb_coefficients``: the model computes the same function and is a plain model again.
+    Returns the folded coefficients by group root name."""
+    made = coefficient_modules(model)
+    for coefficients in made.values():
+        c = coefficients.weight.detach()
+        for k, reader in enumerate(coefficients.readers):
+            layer = model.get_submodule(reader)
+            index = coefficients.index(k).to(layer.weight.device)
+            w = layer.weight
+            if isinstance(layer, nn.Linear) or layer.groups == 1:
+                shape = [1, -1] + [1] * (w.dim() - 2)
+                w[:, index] *= c.to(w.dtype).view(shape)
+            else:                                       # depthwise: filter j reads channel j
+                w[index] *= c.to(w.dtype).view([-1] + [1] * (w.dim() - 1))
+    detach_coefficients(model)
+    return {name: c.weight.detach().clone() for name, c in made.items()}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")          # ModuleDict keys may not contain dots
+
+
+def _name(key: str) -> str:
+    return key.replace("/", ".")
+
+
+def refuse_untrained(made: list[Coefficients], first_check: bool) -> bool:
+    """True once some coefficient has moved from 1. A ticket must never be drawn from
+    coefficients nothing trains: when none moved although the model trained (after the first
+    check, or with gradients present), raise with what to do."""
+    if any(bool((c.weight.detach() != 1).any()) for c in made):
+        return True
+    if first_check and all(c.weight.grad is None for c in made):
+        return False                                   # nothing trained yet: cannot tell
+    raise RuntimeError(
+        f"the {sum(c.weight.numel() for c in made)} slimming coefficients of {len(made)} "
+        "group(s) without a norm scale (model.eb_coefficients) have not moved since the pruner "
+        "was built: the optimizer does not train them. Build the optimizer after the pruner, "
+        "or add them to it: optimizer.add_param_group({'params': pruner.coefficients()})")

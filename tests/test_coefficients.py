@@ -1,0 +1,176 @@
+"""Slimming coefficients for units without a norm scale: ViT-, Swin-, ConvNeXt- and Mixer-like
+toys keep their function when the coefficients are made, trained, folded and pruned."""
+import pytest
+import timm
+import torch
+from timm.models.convnext import ConvNeXt
+from timm.models.mlp_mixer import MlpMixer
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+import earlybird as eb
+from earlybird.graph import coefficient_modules, copy_model, prune_model
+
+timm.layers.set_fused_attn(False)
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def vit(width=24, mlp=2.0):
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=width, depth=2, num_heads=2,
+                             mlp_ratio=mlp, num_classes=5)
+
+
+TOYS = {
+    "vit": vit,
+    "swin": lambda: SwinTransformer(img_size=32, patch_size=2, embed_dim=12, depths=(1, 1),
+                                    num_heads=(2, 2), window_size=4, num_classes=5),
+    "convnext": lambda: ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=5,
+                                 patch_size=2, ls_init_value=1.0),     # layer scale on
+    "mixer": lambda: MlpMixer(img_size=32, patch_size=8, embed_dim=16, num_blocks=2,
+                              mlp_ratio=(0.5, 2.0), num_classes=5),
+}
+# the MLP hidden layers each toy's coefficients score: {fc1 name: hidden units}
+HIDDEN = {
+    "vit": {"blocks.0.mlp.fc1": 48, "blocks.1.mlp.fc1": 48},
+    "swin": {"layers.0.blocks.0.mlp.fc1": 48, "layers.1.blocks.0.mlp.fc1": 96},
+    "convnext": {f"stages.{i}.blocks.0.mlp.fc1": w for i, w in enumerate((32, 32, 64, 64))},
+    "mixer": {"blocks.0.mlp_tokens.fc1": 8, "blocks.0.mlp_channels.fc1": 32,
+              "blocks.1.mlp_tokens.fc1": 8, "blocks.1.mlp_channels.fc1": 32},
+}
+
+
+def _toy(name):
+    torch.manual_seed(0)
+    model = TOYS[name]().eval()
+    nn.init.normal_(model.get_classifier().weight)      # timm's Mixer starts its head at zero
+    return model
+
+
+@pytest.mark.parametrize("name", list(TOYS))
+def test_every_mlp_hidden_unit_gets_a_coefficient_and_the_function_is_unchanged(name):
+    model = _toy(name)
+    before = model(X)
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    made = coefficient_modules(model)
+    assert {k: c.weight.numel() for k, c in made.items()} == HIDDEN[name]
+    assert all(bool((c.weight == 1).all()) for c in made.values())
+    assert torch.equal(model(X), before)
+    assert [p for p in pruner.coefficients()] == [c.weight for c in made.values()]
+    assert set(HIDDEN[name]) <= set(pruner.layout.names)
+
+
+@pytest.mark.parametrize("name,seed", [(n, s) for n in TOYS for s in (0, 1, 2)])
+def test_pruned_model_computes_the_dense_model_with_pruned_units_silenced(name, seed):
+    model = _toy(name)
+    eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    made = coefficient_modules(model)
+    g = torch.Generator().manual_seed(seed)
+    share = [0.2, 0.5, 0.8][seed]                    # roughly this share of units pruned
+    with torch.no_grad():
+        for c in made.values():
+            c.weight.copy_(torch.rand(c.weight.shape, generator=g) * 2 - 0.5)
+    keep = {n: torch.rand(c.weight.numel(), generator=g) >= share for n, c in made.items()}
+    for mask in keep.values():
+        mask[0] = True
+    small = copy_model(model)
+    prune_model(small, X[:1], keep)
+    trained = model(X)
+    with torch.no_grad():
+        for n, c in made.items():
+            c.weight[~keep[n]] = 0
+    silenced = model(X)
+    assert not torch.allclose(silenced, trained)            # the pruned units mattered
+    torch.testing.assert_close(small(X), silenced, rtol=1e-5, atol=1e-5)
+    # a plain model: no coefficient, no hook, and each hidden layer as wide as its mask keeps
+    assert not any("eb_coefficients" in n for n, _ in small.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in small.modules())
+    for n, mask in keep.items():
+        assert small.get_submodule(n).out_features == int(mask.sum())
+
+
+def test_regularize_adds_the_l1_term_and_an_optimizer_made_after_trains_them():
+    model = _toy("vit")
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5], sparsity=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    (c,) = pruner.coefficients()[:1]
+    model(X).sum().backward()
+    grad = c.grad.clone()
+    pruner.regularize()
+    torch.testing.assert_close(c.grad - grad, torch.full_like(grad, 1e-3))   # sign(1) = 1
+    optimizer.step()
+    assert bool((c.detach() != 1).all())
+    pruner.step()
+    pruner.step()                                       # moved: no complaint
+
+
+def test_coefficients_nothing_trains_are_refused_before_a_ticket_is_drawn():
+    model = _toy("vit")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)   # made before the pruner
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    pruner.step()                                       # before any training: cannot tell
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(X).sum().backward()
+        pruner.regularize()
+        optimizer.step()
+    with pytest.raises(RuntimeError, match=r"have not moved since the pruner was built: the "
+                       r"optimizer does not train them\. .*add_param_group"):
+        pruner.step()
+    assert pruner.tickets == {} and len(pruner.iterations) == 1
+    optimizer.add_param_group({"params": pruner.coefficients()})
+    optimizer.zero_grad()
+    model(X).sum().backward()
+    pruner.regularize()
+    optimizer.step()
+    pruner.step()
+    assert len(pruner.iterations) == 2
+
+
+def test_coefficients_resume_through_the_models_state_dict_and_a_second_pruner(tmp_path):
+    model = _toy("vit")
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    with torch.no_grad():
+        for i, c in enumerate(pruner.coefficients()):
+            c.mul_(0.5 + 0.1 * i)
+    out = model(X)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    again = _toy("vit")
+    eb.EarlyBirdPruner(again, X[:1], ratios=[0.5])
+    again.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    torch.testing.assert_close(again(X), out)
+    # a second pruner on the same model keeps the trained values (same Parameter objects)
+    kept = pruner.coefficients()
+    second = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    assert all(a is b for a, b in zip(second.coefficients(), kept))
+    torch.testing.assert_close(model(X), out)
+
+
+def test_remove_coefficients_gives_the_plain_model_back():
+    model = _toy("convnext")
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    with torch.no_grad():
+        for c in pruner.coefficients():
+            c.uniform_(0.5, 1.5)
+    out = model(X)
+    folded = pruner.remove_coefficients()
+    assert set(folded) == set(HIDDEN["convnext"])
+    plain = _toy("convnext")
+    assert set(model.state_dict()) == set(plain.state_dict())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    torch.testing.assert_close(model(X), out, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"remove_coefficients\(\) was called"):
+        pruner.step()
+
+
+def test_models_without_norm_layers_keep_filter_scores_and_coefficients_can_be_off():
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    pruner = eb.EarlyBirdPruner(plain, X[:1], ratios=[0.5])
+    assert pruner.graph.score == "weight" and pruner.coefficients() == []
+    model = _toy("vit")
+    off = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5], coefficients=False)
+    assert off.coefficients() == [] and not hasattr(model, "eb_coefficients")
+    assert off.layout.names == ("patch_embed.proj",)
+    with pytest.raises(eb.ConfigError, match="coefficients must be True or False, got 'yes'"):
+        eb.EarlyBirdConfig(coefficients="yes")
