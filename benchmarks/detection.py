@@ -120,12 +120,12 @@ def retrain(setting: Setting, seed: int, ratio: float, epoch: int, kind: str,
     model.load_state_dict(safe_load(folder / f"weights-e{epoch}.pt", WEIGHTS)["state"])
     step = epoch * data.steps_per_epoch
     mask = record["masks"][f"{ratio:g}"][[int(s) for s in record["steps"]].index(step)]
-    layout = eb.EarlyBirdPruner(model, common.example(), [ratio], keep_weights=False).layout
-    keep = layout.split(mask)
+    graph = eb.EarlyBirdPruner(model, common.example(), [ratio], keep_weights=False).graph
+    keep = graph.layout.split(mask)
     if kind == "random":
         keep = random_widths(keep, seed * 1000 + epoch)
     small = copy.deepcopy(model)
-    prune_model(small, common.example(), keep)
+    prune_model(small, common.example(), keep, graph.ties)
     regularize = eb.EarlyBirdPruner(small, common.example(), [0.5], sparsity=setting.s,
                                     keep_weights=False).regularize
     torch.manual_seed(seed * 1000 + epoch)

@@ -149,7 +149,7 @@ def plot_flops_vs_draw(state: dict, cfg: RunConfig, records: list[dict], out: Pa
         rows = []
         for c in pick:
             small = copy.deepcopy(model)
-            prune_model(small, x, pruner.layout.split(masks[c]))
+            prune_model(small, x, pruner.layout.split(masks[c]), pruner.graph.ties)
             t = its[c] / steps
             flops = training_flops(dense * t + count_flops(small, x).flops * (epochs - t), samples)
             rows.append((t, flops))

@@ -46,8 +46,10 @@ class Job:
                                   score=score)
 
     def prune(self, model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+        """A pruned copy of ``model``; embeddings tied to attention heads lose whole head
+        dimensions (the ties of a pruner built on it)."""
         small = copy_model(model)
-        prune_model(small, self.example, keep)
+        prune_model(small, self.example, keep, self.pruner(copy_model(model)).graph.ties)
         return small
 
     def weights(self, tag: str, epoch: int) -> dict[str, torch.Tensor]:
