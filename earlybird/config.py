@@ -15,10 +15,11 @@ from .criteria import CRITERIA
 from .errors import ConfigError
 from .settings import document, option
 
-__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES"]
+__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES"]
 
 PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
+HEAD_MODES = ("whole", "off")
 
 
 @document
@@ -72,6 +73,10 @@ class EarlyBirdConfig:
         "a slimming coefficient, initialised to 1, that ranks it; the optimizer must train "
         "them (build it after the pruner). Models without any norm layer are scored by their "
         "filters instead")
+    heads: str = option(
+        "whole", "attention heads (a module with num_heads, q/k/v producers and a proj): whole "
+        "(one coefficient per head; a ticket removes whole heads, num_heads shrinks) or off "
+        "(heads are not pruned)", choices=HEAD_MODES)
 
     def __post_init__(self) -> None:
         value = ConfigError.value
@@ -115,6 +120,8 @@ class EarlyBirdConfig:
                "{} must be True or False, got " + value(self.keep_weights), "keep_weights")
         _check(isinstance(self.coefficients, bool),
                "{} must be True or False, got " + value(self.coefficients), "coefficients")
+        _check(self.heads in HEAD_MODES, "unknown {} " + value(self.heads) + "; choose from "
+               + value(list(HEAD_MODES)), "heads")
 
 
 def _is_int(value: object) -> bool:
@@ -134,7 +141,7 @@ def make_config(config: Optional[EarlyBirdConfig] = None,
     >>> make_config(ratios=[0.5], window=3)
     EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
 penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', \
-span=None, coefficients=True)
+span=None, coefficients=True, heads='whole')
     """
     if config is not None and not isinstance(config, EarlyBirdConfig):
         raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")

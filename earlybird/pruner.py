@@ -12,6 +12,7 @@ from .config import EarlyBirdConfig, make_config
 from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
+from .graph.attention import heads_layer
 from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
                     prune_model, refuse_untrained, resolve_layers, run_example,
                     strip_coefficients, unwrap_model)
@@ -73,7 +74,7 @@ class EarlyBirdPruner:
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
         self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict,
-                                  self.config.coefficients)
+                                  self.config.coefficients, self.config.heads == "whole")
         self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
@@ -285,8 +286,9 @@ class EarlyBirdPruner:
         history = prune_model(small, self.example_inputs, keep, self.graph.ties)
         small = small.to(memory_format=memory_format_of(self.model))   # channels_last stays
         for name, mask in keep.items():
-            layer = small.get_submodule(name)
-            width = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+            layer = small.get_submodule(heads_layer(name) or name)
+            width = getattr(layer, "num_heads" if heads_layer(name) else "out_channels",
+                            getattr(layer, "out_features", None))
             if width != int(mask.sum()):
                 raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
                                             f"ticket keeps {int(mask.sum())}")

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import earlybird as eb
-from earlybird.graph import coefficient_modules, copy_model, prune_model
+from earlybird.graph import coefficient_modules, copy_model, prune_model, replay_history
 
 timm.layers.set_fused_attn(False)
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -30,6 +30,10 @@ TOYS = {
     "mixer": lambda: MlpMixer(img_size=32, patch_size=8, embed_dim=16, num_blocks=2,
                               mlp_ratio=(0.5, 2.0), num_classes=5),
 }
+# the attention layers whose heads each toy's coefficients score: {name: heads}
+HEADS = {"vit": {"blocks.0.attn": 2, "blocks.1.attn": 2},
+         "swin": {"layers.0.blocks.0.attn": 2, "layers.1.blocks.0.attn": 2},
+         "convnext": {}, "mixer": {}}
 # the MLP hidden layers each toy's coefficients score: {fc1 name: hidden units}
 HIDDEN = {
     "vit": {"blocks.0.mlp.fc1": 48, "blocks.1.mlp.fc1": 48},
@@ -53,11 +57,12 @@ def test_every_mlp_hidden_unit_gets_a_coefficient_and_the_function_is_unchanged(
     before = model(X)
     pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
     made = coefficient_modules(model)
-    assert {k: c.weight.numel() for k, c in made.items()} == HIDDEN[name]
+    assert {k: c.weight.numel() for k, c in made.items()} == {
+        **HIDDEN[name], **{f"{a}:heads": h for a, h in HEADS[name].items()}}
     assert all(bool((c.weight == 1).all()) for c in made.values())
     assert torch.equal(model(X), before)
     assert [p for p in pruner.coefficients()] == [c.weight for c in made.values()]
-    assert set(HIDDEN[name]) <= set(pruner.layout.names)
+    assert set(made) <= set(pruner.layout.names)
 
 
 @pytest.mark.parametrize("name,seed", [(n, s) for n in TOYS for s in (0, 1, 2)])
@@ -74,7 +79,7 @@ def test_pruned_model_computes_the_dense_model_with_pruned_units_silenced(name, 
     for mask in keep.values():
         mask[0] = True
     small = copy_model(model)
-    prune_model(small, X[:1], keep)
+    history = prune_model(small, X[:1], keep)
     trained = model(X)
     with torch.no_grad():
         for n, c in made.items():
@@ -86,7 +91,18 @@ def test_pruned_model_computes_the_dense_model_with_pruned_units_silenced(name, 
     assert not any("eb_coefficients" in n for n, _ in small.state_dict().items())
     assert not any(m._forward_pre_hooks for m in small.modules())
     for n, mask in keep.items():
-        assert small.get_submodule(n).out_features == int(mask.sum())
+        if n.endswith(":heads"):                         # whole heads gone, the rest as wide
+            attention = small.get_submodule(n[:-6])
+            assert attention.num_heads == int(mask.sum())
+            assert attention.proj.in_features == int(mask.sum()) * model.get_submodule(
+                n[:-6]).proj.in_features // HEADS[name][n[:-6]]
+        else:
+            assert small.get_submodule(n).out_features == int(mask.sum())
+    # the pruning history rebuilds the architecture on a fresh model from plain data
+    fresh = _toy(name)
+    replay_history(fresh, X[:1], history)
+    fresh.load_state_dict(small.state_dict())
+    torch.testing.assert_close(fresh(X), small(X))
 
 
 def test_regularize_adds_the_l1_term_and_an_optimizer_made_after_trains_them():
@@ -174,3 +190,24 @@ def test_models_without_norm_layers_keep_filter_scores_and_coefficients_can_be_o
     assert off.layout.names == ("patch_embed.proj",)
     with pytest.raises(eb.ConfigError, match="coefficients must be True or False, got 'yes'"):
         eb.EarlyBirdConfig(coefficients="yes")
+
+
+def test_whole_heads_are_units_a_ticket_removes_and_heads_off_leaves_them():
+    model = _toy("vit")
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    assert pruner.layout.names[-2:] == ("blocks.0.attn:heads", "blocks.1.attn:heads")
+    with torch.no_grad():                              # head 1 of block 0 is the weakest unit
+        for c in pruner.coefficients():
+            c.fill_(1.0)
+        model.eb_coefficients["blocks/0/attn:heads"].weight[1] = 0.01
+    keep = pruner.masks(0.5)
+    assert keep["blocks.0.attn:heads"].tolist() == [True, False]
+    small = pruner.prune(0.5, force=True)
+    assert (small.blocks[0].attn.num_heads, small.blocks[0].attn.attn_dim) == (1, 12)
+    assert small.blocks[1].attn.num_heads == int(keep["blocks.1.attn:heads"].sum())
+    assert small(X).shape == (2, 5)
+    off = eb.EarlyBirdPruner(_toy("vit"), X[:1], ratios=[0.5], heads="off")
+    assert not any(n.endswith(":heads") for n in off.layout.names)
+    with pytest.raises(eb.ConfigError, match=r"unknown heads 'dims'; choose from \['whole', "
+                       r"'off'\]"):
+        eb.EarlyBirdConfig(heads="dims")

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Coefficients", "reading_layers", "attach_coefficients", "detach_coefficients",
-           "strip_coefficients", "coefficient_modules", "refuse_untrained", "ATTRIBUTE"]
+__all__ = ["Coefficients", "gather_map", "reading_layers", "attach_coefficients", "detach_coefficients",
+           "strip_coefficients", "coefficient_modules", "refuse_untrained",
+           "group_coefficients", "ATTRIBUTE"]
 
 log = logging.getLogger(__name__)
 ATTRIBUTE = "eb_coefficients"
@@ -31,33 +32,42 @@ LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class Coefficients(nn.Module):
-    """One coefficient per channel of a group (``weight``, initialised to 1), and the layers
-    that read the channels: ``readers[k]`` is a layer's qualified name, ``index{k}`` (buffer)
-    its input channel for each group channel."""
+    """Coefficients (``weight``, initialised to 1) and the layers whose input they scale:
+    ``readers[k]`` is a layer's qualified name, buffer ``gather{k}`` gives for each of its input
+    channels the coefficient that scales it (-1: none). One coefficient may scale several input
+    channels (an attention head's dimensions)."""
 
     def __init__(self, size: int, readers: list[tuple[str, list[int]]]) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.readers = [name for name, _ in readers]
-        for k, (_, index) in enumerate(readers):
-            self.register_buffer(f"index{k}", torch.tensor(index, dtype=torch.long),
+        for k, (_, gather) in enumerate(readers):
+            self.register_buffer(f"gather{k}", torch.tensor(gather, dtype=torch.long),
                                  persistent=False)
 
-    def index(self, k: int) -> Tensor:
-        """The input channel of reader ``k`` that each group channel enters."""
-        return getattr(self, f"index{k}")
+    def gather(self, k: int) -> Tensor:
+        """Per input channel of reader ``k``, the index of its coefficient (-1: none)."""
+        return getattr(self, f"gather{k}")
 
-    def scale_for(self, k: int, channels: int, dtype: torch.dtype) -> Tensor:
-        """Reader ``k``'s input scale: the coefficient on each group channel, 1 elsewhere."""
-        index = self.index(k)
-        if index.numel() == channels and bool((index == torch.arange(
-                channels, device=index.device)).all()):
-            return self.weight.to(dtype)
-        ones = torch.ones(channels, dtype=dtype, device=self.weight.device)
-        return ones.index_copy(0, index, self.weight.to(dtype))
+    def scale_for(self, k: int, dtype: torch.dtype) -> Tensor:
+        """Reader ``k``'s input scale: its coefficient on each channel, 1 where none is."""
+        one = torch.ones(1, dtype=dtype, device=self.weight.device)
+        return torch.cat([self.weight.to(dtype), one])[self.gather(k)]   # -1 picks the 1
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, readers={self.readers}"
+
+
+def gather_map(channels: int, index: list[int]) -> list[int]:
+    """A reader's ``gather`` list: coefficient ``j`` scales its input channel ``index[j]``.
+
+    >>> gather_map(4, [2, 0])
+    [1, -1, 0, -1]
+    """
+    out = [-1] * channels
+    for j, i in enumerate(index):
+        out[i] = j
+    return out
 
 
 def reading_layers(group: Any, size: int, is_out: Any) -> Optional[list[tuple[nn.Module, list[int]]]]:
@@ -94,7 +104,7 @@ def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
     dim = -1 if isinstance(module, nn.Linear) else 1
     shape = [1] * x.dim()
     shape[dim] = -1
-    return (x * coefficients.scale_for(k, x.shape[dim], x.dtype).view(shape), *args[1:])
+    return (x * coefficients.scale_for(k, x.dtype).view(shape), *args[1:])
 
 
 def attach_coefficients(model: nn.Module, made: dict[str, Coefficients]) -> None:
@@ -145,16 +155,14 @@ def strip_coefficients(model: nn.Module) -> dict[str, Tensor]:
     Returns the folded coefficients by group root name."""
     made = coefficient_modules(model)
     for coefficients in made.values():
-        c = coefficients.weight.detach()
         for k, reader in enumerate(coefficients.readers):
             layer = model.get_submodule(reader)
-            index = coefficients.index(k).to(layer.weight.device)
             w = layer.weight
+            scale = coefficients.scale_for(k, w.dtype).detach().to(w.device)
             if isinstance(layer, nn.Linear) or layer.groups == 1:
-                shape = [1, -1] + [1] * (w.dim() - 2)
-                w[:, index] *= c.to(w.dtype).view(shape)
+                w *= scale.view([1, -1] + [1] * (w.dim() - 2))
             else:                                       # depthwise: filter j reads channel j
-                w[index] *= c.to(w.dtype).view([-1] + [1] * (w.dim() - 1))
+                w *= scale.view([-1] + [1] * (w.dim() - 1))
     detach_coefficients(model)
     return {name: c.weight.detach().clone() for name, c in made.items()}
 
@@ -180,3 +188,22 @@ def refuse_untrained(made: list[Coefficients], first_check: bool) -> bool:
         "group(s) without a norm scale (model.eb_coefficients) have not moved since the pruner "
         "was built: the optimizer does not train them. Build the optimizer after the pruner, "
         "or add them to it: optimizer.add_param_group({'params': pruner.coefficients()})")
+
+
+def group_coefficients(graph: Any, group: Any, size: int, names: Mapping[nn.Module, str],
+                       made: dict[str, Coefficients], earlier: Mapping[str, Coefficients]
+                       ) -> Optional[dict[nn.Module, set]]:
+    """Coefficients for a group without a norm scale whose channels only conv/linear layers
+    read: ``{Coefficients: {(c, c)}}`` (made once per group root into ``made``; the values of
+    ``earlier``, a previous pruner's, are kept), or None when its readers do not allow them."""
+    name = names[group[0].dep.target.module]
+    readers = reading_layers(group, size, graph.is_out_channel_pruning_fn)
+    if readers is None:
+        return None
+    if name not in made:
+        made[name] = Coefficients(size, [(names[m], gather_map(m.weight.shape[1] * (
+            m.groups if isinstance(m, nn.modules.conv._ConvNd) else 1), idx))
+            for m, idx in readers])
+        if name in earlier and earlier[name].weight.shape == made[name].weight.shape:
+            made[name].weight = earlier[name].weight      # trained values (and optimizer)
+    return {made[name]: {(c, c) for c in range(size)}}

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
+from .attention import add_heads
 from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
-                           reading_layers)
+                           group_coefficients)
 from .heads import tie_excluded, tied_units
 from .units import grouped_units
 from .exclusion import exclusions, out_width, refuse_past_the_end, report
@@ -79,12 +80,13 @@ class ChannelGraph:
         ties: ``{group root: tie}``, embeddings pruned with their attention heads
             (:mod:`.heads`), for :func:`~.surgery.prune_model`.
         coefficients: ``{group root: Coefficients}`` made for the groups with no norm scale
-            (attached to the model at ``model.eb_coefficients``).
+            and for attention heads (``<attention>:heads``, :mod:`.attention`); attached to
+            the model at ``model.eb_coefficients``.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
                  ignored: Sequence[nn.Module] = (), score: str = "auto",
-                 strict: bool = False, coefficients: bool = True) -> None:
+                 strict: bool = False, coefficients: bool = True, heads: bool = True) -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
@@ -123,6 +125,11 @@ class ChannelGraph:
             if self.excluded:
                 report(model, self.excluded, sum(found[1]), scored)
             self.prunable_share = sum(found[1]) / scored
+        if self._use_coefficients and heads and not strict:     # attention heads, whole
+            found, made, left = add_heads(model, example_inputs, found, {
+                a for tie in self.ties.values() for a in tie["attentions"]}, self._earlier)
+            self._made.update(made)
+            self.excluded.update(left)
         layer_names, sizes, units, segments, norms = found
         if not sizes:
             what = ("is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score "
@@ -225,22 +232,10 @@ class ChannelGraph:
 
     def _coefficient_channels(self, group: Any, size: int,
                               names: Mapping[nn.Module, str]) -> Optional[dict[nn.Module, set]]:
-        """Coefficients for a group without a norm scale whose channels only conv/linear
-        layers read (and no pruning units tie together): ``{Coefficients: {(c, c)}}``."""
         name = names[group[0].dep.target.module]
         if name in self.ties or grouped_units(self.graph, group, size) is not None:
-            return None
-        readers = reading_layers(group, size, self.graph.is_out_channel_pruning_fn)
-        if readers is None:
-            return None
-        made = self._made.get(name)
-        if made is None:
-            earlier = self._earlier.get(name)
-            made = Coefficients(size, [(names[m], idx) for m, idx in readers])
-            if earlier is not None and earlier.weight.shape == made.weight.shape:
-                made.weight = earlier.weight             # trained values (and their optimizer)
-            self._made[name] = made
-        return {made: {(c, c) for c in range(size)}}
+            return None                                  # units tie channels: not yet
+        return group_coefficients(self.graph, group, size, names, self._made, self._earlier)
 
     @staticmethod
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:

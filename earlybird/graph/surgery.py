@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from .attention import drop_heads, find_attentions, heads_layer
 from .coefficients import strip_coefficients
 from .heads import prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
@@ -19,7 +20,8 @@ __all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_hist
            "sync_attributes", "zero_pruned_channels", "check_runs", "memory_format_of"]
 
 History = list  # [[root name, is_out_channel_pruning, [channel indices]] or
-#                  [attention name, "heads", {width, heads, producers, proj, dims}], ...]
+#                  [attention name, "heads", {width, heads, producers, proj, dims}] or
+#                  [attention name, "drop-heads", {heads, head_dim, producers, proj, drop}]]
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -47,13 +49,22 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
     Returns torch-pruning's pruning history as plain lists (names, bools, ints).
     """
     strip_coefficients(model)
+    whole = {n: m for n, m in keep.items() if heads_layer(n) is not None}
     with all_trainable(model):          # torch-pruning's new parameters keep frozen ones frozen
         graph = build_graph(model, example_inputs)
-        heads = _prune_groups(model, graph, keep, ties or {})
+        heads = _prune_groups(model, graph, {n: m for n, m in keep.items() if n not in whole},
+                              ties or {})
     sync_attributes(model)
     history = plain_history(graph.pruning_history())
     for at, entry in reversed(heads):
         history.insert(at, entry)
+    for name, mask in whole.items():                      # whole attention heads, last
+        drop = (~mask.bool()).nonzero().flatten().tolist()
+        if drop:
+            attention = heads_layer(name)
+            spec = {**find_attentions(model.get_submodule(attention))[""], "drop": drop}
+            drop_heads(model, attention, spec)
+            history.append([attention, "drop-heads", spec])
     return history
 
 
@@ -101,13 +112,14 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
         try:
             chunk: list = []
             for entry in [*history, None]:
-                if entry is not None and entry[1] != "heads":
+                if entry is not None and entry[1] not in ("heads", "drop-heads"):
                     chunk.append(list(entry))
                     continue
                 graph.load_pruning_history(chunk)
                 chunk = []
                 if entry is not None:
-                    replay_heads(model, entry[0], entry[2])
+                    (replay_heads if entry[1] == "heads" else drop_heads)(model, entry[0],
+                                                                          entry[2])
         except (AttributeError, ValueError, IndexError, AssertionError, KeyError,
                 RuntimeError) as exc:
             raise UnsupportedModelError(

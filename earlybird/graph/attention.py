@@ -1,0 +1,146 @@
+"""Attention heads as pruning units: one coefficient per head, whole heads removed.
+
+An attention layer (timm's ``Attention``, Swin's ``WindowAttention`` and their kind: a module
+with an integer ``num_heads``, linear children that make the queries, keys and values from the
+embedding, ``qkv`` or ``q``/``k``/``v`` or ``q``/``kv``, and a linear ``proj`` reading the heads'
+output) gets one coefficient per head, multiplied into ``proj``'s input over that head's
+dimensions (EarlyBERT's head coefficient, initialised to 1). Pruning a head removes its rows
+from every producer, its columns from ``proj``, its slice of any per-head parameter (Swin's
+relative position bias table) and lowers ``num_heads`` (and ``attn_dim``) so the layer runs
+with fewer heads of the same width. Each cut enters the pruning history as
+``[name, "drop-heads", spec]`` (:func:`drop_heads` replays it).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .coefficients import Coefficients
+
+__all__ = ["HEADS", "find_attentions", "head_coefficients", "drop_heads", "heads_layer"]
+
+HEADS = ":heads"          # a layout name ``<attention>:heads`` stands for an attention's heads
+
+
+def heads_layer(name: str) -> Optional[str]:
+    """The attention of a layout name ``<attention>:heads``, or None for a channel group.
+
+    >>> heads_layer("blocks.0.attn:heads"), heads_layer("blocks.0.mlp.fc1")
+    ('blocks.0.attn', None)
+    """
+    return name[: -len(HEADS)] if name.endswith(HEADS) else None
+
+
+def _spec(attention: nn.Module) -> Optional[dict[str, Any]]:
+    heads = getattr(attention, "num_heads", None)
+    proj = getattr(attention, "proj", None)
+    if (isinstance(attention, nn.MultiheadAttention) or not isinstance(heads, int) or heads < 2
+            or not isinstance(proj, nn.Linear) or proj.in_features % heads):
+        return None
+    width = proj.in_features
+    producers = [n for n, c in attention.named_children() if isinstance(c, nn.Linear)
+                 and n != "proj" and c.out_features % width == 0]
+    made = sum(attention.get_submodule(n).out_features // width for n in producers)
+    if made != 3:                                     # queries, keys and values, exactly
+        return None
+    norm = getattr(attention, "norm", None)
+    if norm is not None and any(True for _ in norm.parameters()):
+        return None                                   # a norm over the heads' output: not yet
+    return {"heads": heads, "head_dim": width // heads, "producers": producers, "proj": "proj"}
+
+
+def find_attentions(model: nn.Module, skip: Any = ()) -> dict[str, dict[str, Any]]:
+    """``{attention name: spec}`` of the attention layers whose heads can be pruned whole
+    (``spec``: heads, head_dim, producers, proj), except those named in ``skip``."""
+    found = {}
+    for name, module in model.named_modules():
+        spec = _spec(module) if name not in skip else None
+        if spec is not None:
+            found[name] = spec
+    return found
+
+
+def head_coefficients(name: str, spec: Mapping[str, Any]) -> Coefficients:
+    """One coefficient per head, scaling ``proj``'s input over the head's dimensions."""
+    gather = [i // spec["head_dim"] for i in range(spec["heads"] * spec["head_dim"])]
+    return Coefficients(spec["heads"], [(f"{name}.{spec['proj']}", gather)])
+
+
+@torch.no_grad()
+def drop_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
+    """Remove heads ``spec["drop"]`` of attention ``name`` (``spec`` as :func:`find_attentions`
+    gives it, for the layer before the cut)."""
+    attention = model.get_submodule(name)
+    heads, hd, drop = spec["heads"], spec["head_dim"], sorted(spec["drop"])
+    width = heads * hd
+    inner = [h * hd + d for h in drop for d in range(hd)]
+    for p in spec["producers"]:
+        layer = attention.get_submodule(p)
+        tp.prune_linear_out_channels(layer, [s * width + i for s in range(
+            layer.out_features // width) for i in inner])
+    keep_heads = [h for h in range(heads) if h not in drop]
+    keep = [h * hd + d for h in keep_heads for d in range(hd)]
+    for key, value in list(vars(attention)["_parameters"].items()) + list(
+            vars(attention)["_buffers"].items()):
+        if value is None:
+            continue
+        if value.dim() == 1 and value.shape[0] == width:          # q_bias, v_bias
+            cut = value.detach()[keep].clone()
+        elif value.dim() == 2 and value.shape[1] == heads:       # a bias table, heads last
+            cut = value.detach()[:, keep_heads].clone()
+        else:
+            continue
+        setattr(attention, key, nn.Parameter(cut, value.requires_grad)
+                if isinstance(value, nn.Parameter) else cut)
+    tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
+    attention.num_heads = len(keep_heads)
+    if isinstance(getattr(attention, "attn_dim", None), int):
+        attention.attn_dim = len(keep_heads) * hd
+
+
+def trial_heads(model: nn.Module, example_inputs: Any, name: str,
+                spec: Mapping[str, Any]) -> Optional[str]:
+    """Why dropping one head of attention ``name`` (on a copy) breaks the model, or None."""
+    from .surgery import copy_model                         # (surgery imports this module)
+    from .trace import run_example
+    small = copy_model(model)
+    try:
+        drop_heads(small, name, {**spec, "drop": [0]})
+        run_example(small, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means: leave these heads alone
+        cause = exc.__cause__ or exc
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())[:160]}"
+    return None
+
+
+def add_heads(model: nn.Module, example_inputs: Any, found: tuple, skip: Any,
+              earlier: Mapping[str, Coefficients]) -> tuple[tuple, dict[str, Coefficients],
+                                                            dict[str, str]]:
+    """``found`` (a ChannelGraph's collected groups) with every prunable attention's heads
+    appended as a layer ``<attention>:heads`` scored by head coefficients (reused from
+    ``earlier`` where a pruner made them before); the coefficients and the attentions left
+    out, with the reason."""
+    from .groups import ScoredLayer                          # (groups imports this module)
+    layer_names, sizes, units, segments, norms = found
+    made, excluded = {}, {}
+    for name, spec in find_attentions(model, skip).items():
+        why = trial_heads(model, example_inputs, name, spec)
+        if why is not None:
+            excluded[name + HEADS] = why
+            continue
+        key, heads = name + HEADS, spec["heads"]
+        coefficients = head_coefficients(name, spec)
+        if key in earlier and earlier[key].weight.shape == coefficients.weight.shape:
+            coefficients.weight = earlier[key].weight
+        offset, first = sum(sizes), max(segments, default=-1) + 1
+        norms[coefficients] = ScoredLayer(coefficients, list(range(heads)),
+                                          [offset + h for h in range(heads)])
+        layer_names.append(key)
+        sizes.append(heads)
+        units.extend(offset + h for h in range(heads))
+        segments.extend(first for _ in range(heads))
+        made[key] = coefficients
+    return (layer_names, sizes, units, segments, norms), made, excluded
