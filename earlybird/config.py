@@ -19,7 +19,7 @@ __all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES"
 
 PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
-HEAD_MODES = ("whole", "off")
+HEAD_MODES = ("whole", "dims", "off")
 
 
 @document
@@ -75,8 +75,9 @@ class EarlyBirdConfig:
         "filters instead")
     heads: str = option(
         "whole", "attention heads (a module with num_heads, q/k/v producers and a proj): whole "
-        "(one coefficient per head; a ticket removes whole heads, num_heads shrinks) or off "
-        "(heads are not pruned)", choices=HEAD_MODES)
+        "(one coefficient per head; a ticket removes whole heads, num_heads shrinks), dims "
+        "(one per head dimension; the same dimensions leave every head, head_dim shrinks) or "
+        "off (heads are not pruned)", choices=HEAD_MODES)
 
     def __post_init__(self) -> None:
         value = ConfigError.value

@@ -12,10 +12,11 @@ from .config import EarlyBirdConfig, make_config
 from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
 from .errors import CheckpointError, NoTicketError, UnsupportedModelError
-from .graph.attention import heads_layer
+from .graph.attention import heads_layer, unit_width
 from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
                     prune_model, refuse_untrained, resolve_layers, run_example,
                     strip_coefficients, unwrap_model)
+from .graph.coefficients import kind_shares
 from .io import attach_record, input_spec
 from .masks import layer_caps, keep_masks, prune_budget
 from .offload import copy_to_cpu, fetch_check, plain_state
@@ -74,7 +75,7 @@ class EarlyBirdPruner:
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
         self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict,
-                                  self.config.coefficients, self.config.heads == "whole")
+                                  self.config.coefficients, self.config.heads)
         self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
@@ -126,7 +127,8 @@ class EarlyBirdPruner:
         Returns:
             The ratios whose ticket was drawn by this call (each ratio draws once).
         """
-        self._refuse_untrained_coefficients()
+        self._trained = self._trained or refuse_untrained(
+            list(self.graph.coefficients.values()), not self.iterations, self._stripped)
         scores = self.graph.scores()                      # on the model's device
         flat = keep_masks(scores, self.layout, self.config.ratios, self._caps, self._seg_caps)
         rows = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
@@ -149,25 +151,23 @@ class EarlyBirdPruner:
         return drawn
 
     def coefficients(self) -> list[nn.Parameter]:
-        """The slimming coefficients the pruner made for units without a norm scale (empty for
-        a model whose every unit has one): give them to the optimizer, e.g.
-        ``optimizer.add_param_group({"params": pruner.coefficients()})``."""
+        """The slimming coefficients made for units without a norm scale and for heads; give
+        them to the optimizer: ``optimizer.add_param_group({"params": pruner.coefficients()})``."""
         return [c.weight for c in self.graph.coefficients.values()]
 
     def remove_coefficients(self) -> dict[str, Tensor]:
-        """Fold the coefficients into the layers that read their units and take them off the
-        model, which is a plain model again computing the same function; the pruner can no
-        longer draw tickets after this. Returns the folded values by group name."""
+        """Fold the coefficients into the layers they scale and take them off the model (a plain
+        model again, the same function; no more tickets). Returns the values by group name."""
         self._stripped = True
         return strip_coefficients(self.model)
 
-    def _refuse_untrained_coefficients(self) -> None:
-        if self._stripped:
-            raise RuntimeError("remove_coefficients() was called: the units it folded can no "
-                               "longer be scored; build a new pruner to search again")
-        if self.graph.coefficients and not self._trained:
-            self._trained = refuse_untrained(list(self.graph.coefficients.values()),
-                                             first_check=not self.iterations)
+    def shares(self, ratio: float) -> dict[str, float]:
+        """The share of each kind of unit the ticket of ``ratio`` (or its current mask)
+        prunes: ``channels`` (norm scales), ``units`` (coefficients: MLP hidden units),
+        ``heads`` and ``head_dims``; a kind the model does not have is left out."""
+        ratio = self._known(ratio)
+        mask = self.tickets[ratio].mask if ratio in self.tickets else self.mask(ratio)
+        return kind_shares(self.layout, mask, set(self.graph.coefficients))
 
     def _count(self, ratio: float, mask: Tensor) -> Optional[list[list[int]]]:
         """Record the kept channels per layer of a (CPU) mask where the rule reads them."""
@@ -287,8 +287,7 @@ class EarlyBirdPruner:
         small = small.to(memory_format=memory_format_of(self.model))   # channels_last stays
         for name, mask in keep.items():
             layer = small.get_submodule(heads_layer(name) or name)
-            width = getattr(layer, "num_heads" if heads_layer(name) else "out_channels",
-                            getattr(layer, "out_features", None))
+            width = unit_width(layer, name)
             if width != int(mask.sum()):
                 raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
                                             f"ticket keeps {int(mask.sum())}")
@@ -338,3 +337,4 @@ class EarlyBirdPruner:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
                 self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
                                              self.layout.split(mask), saved.get("state"))
+

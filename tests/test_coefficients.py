@@ -202,12 +202,49 @@ def test_whole_heads_are_units_a_ticket_removes_and_heads_off_leaves_them():
         model.eb_coefficients["blocks/0/attn:heads"].weight[1] = 0.01
     keep = pruner.masks(0.5)
     assert keep["blocks.0.attn:heads"].tolist() == [True, False]
+    shares = pruner.shares(0.5)               # 24 channels, 96 MLP units, 4 heads: 62 pruned
+    assert set(shares) == {"channels", "units", "heads"}
+    n = {"channels": 24, "units": 96, "heads": 4}
+    assert round(sum(shares[k] * n[k] for k in n)) == eb.prune_budget(124, 0.5) == 62
     small = pruner.prune(0.5, force=True)
     assert (small.blocks[0].attn.num_heads, small.blocks[0].attn.attn_dim) == (1, 12)
     assert small.blocks[1].attn.num_heads == int(keep["blocks.1.attn:heads"].sum())
     assert small(X).shape == (2, 5)
     off = eb.EarlyBirdPruner(_toy("vit"), X[:1], ratios=[0.5], heads="off")
     assert not any(n.endswith(":heads") for n in off.layout.names)
-    with pytest.raises(eb.ConfigError, match=r"unknown heads 'dims'; choose from \['whole', "
-                       r"'off'\]"):
-        eb.EarlyBirdConfig(heads="dims")
+    with pytest.raises(eb.ConfigError, match=r"unknown heads 'all'; choose from \['whole', "
+                       r"'dims', 'off'\]"):
+        eb.EarlyBirdConfig(heads="all")
+
+
+@pytest.mark.parametrize("name,seed", [("vit", 0), ("vit", 1), ("swin", 0)])
+def test_head_dimensions_leave_every_head_and_the_function_is_kept(name, seed):
+    model = _toy(name)
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5], heads="dims")
+    made = coefficient_modules(model)
+    dims = {k: c for k, c in made.items() if k.endswith(":dims")}
+    width = {a: model.get_submodule(a).proj.in_features // h for a, h in HEADS[name].items()}
+    assert {k: c.weight.numel() for k, c in dims.items()} == {f"{a}:dims": w
+                                                              for a, w in width.items()}
+    assert not any(n.endswith(":heads") for n in pruner.layout.names)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for c in made.values():
+            c.weight.copy_(torch.rand(c.weight.shape, generator=g) + 0.5)
+    keep = {n: torch.rand(c.weight.numel(), generator=g) > 0.5 for n, c in made.items()}
+    for mask in keep.values():
+        mask[0] = True
+    small = copy_model(model)
+    history = prune_model(small, X[:1], keep)
+    with torch.no_grad():
+        for n, c in made.items():
+            c.weight[~keep[n]] = 0
+    torch.testing.assert_close(small(X), model(X), rtol=1e-5, atol=1e-5)
+    for a, heads in HEADS[name].items():         # every head keeps the same dimensions
+        attention = small.get_submodule(a)
+        assert attention.num_heads == heads
+        assert attention.proj.in_features == heads * int(keep[f"{a}:dims"].sum())
+    fresh = _toy(name)
+    replay_history(fresh, X[:1], history)
+    fresh.load_state_dict(small.state_dict())
+    torch.testing.assert_close(fresh(X), small(X))

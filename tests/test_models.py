@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 import earlybird as eb
+from earlybird.graph.attention import heads_layer, unit_width
 from earlybird.graph import zero_pruned_channels
 from conftest import randomize_norms
 
@@ -48,9 +49,8 @@ def test_search_and_prune_any_model(name):
     small = pruner.prune(0.5, force=True)
     keep = pruner.masks(0.5)
     assert sum(int(m.sum()) for m in keep.values()) == n - eb.prune_budget(n, 0.5)
-    for layer, mask in keep.items():                       # exactly the ticket's channels
-        module = small.get_submodule(layer)
-        assert getattr(module, "out_channels", getattr(module, "out_features", None)) == mask.sum()
+    for layer, mask in keep.items():             # exactly the ticket's channels (and heads)
+        assert unit_width(small.get_submodule(heads_layer(layer) or layer), layer) == mask.sum()
     out = small(torch.randn(3, 3, size, size))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
     out.sum().backward()

@@ -4,7 +4,9 @@ An attention layer (timm's ``Attention``, Swin's ``WindowAttention`` and their k
 with an integer ``num_heads``, linear children that make the queries, keys and values from the
 embedding, ``qkv`` or ``q``/``k``/``v`` or ``q``/``kv``, and a linear ``proj`` reading the heads'
 output) gets one coefficient per head, multiplied into ``proj``'s input over that head's
-dimensions (EarlyBERT's head coefficient, initialised to 1). Pruning a head removes its rows
+dimensions (EarlyBERT's head coefficient, initialised to 1); with ``heads="dims"`` one per
+head dimension instead, multiplied into the producers' queries, keys and values at that
+dimension of every head (so 0 silences it exactly, as its removal does). Pruning a head removes its rows
 from every producer, its columns from ``proj``, its slice of any per-head parameter (Swin's
 relative position bias table) and lowers ``num_heads`` (and ``attn_dim``) so the layer runs
 with fewer heads of the same width. Each cut enters the pruning history as
@@ -20,18 +22,43 @@ from torch import nn
 
 from .coefficients import Coefficients
 
-__all__ = ["HEADS", "find_attentions", "head_coefficients", "drop_heads", "heads_layer"]
+__all__ = ["HEADS", "DIMS", "find_attentions", "head_coefficients", "drop_heads",
+           "heads_layer", "attention_unit", "unit_width", "dims_spec"]
 
 HEADS = ":heads"          # a layout name ``<attention>:heads`` stands for an attention's heads
+DIMS = ":dims"            # ``<attention>:dims``: the same head dimensions in every head
+
+
+def attention_unit(name: str) -> Optional[tuple[str, str]]:
+    """``(attention, "heads" or "dims")`` of a layout name ``<attention>:heads`` or
+    ``<attention>:dims``, or None for a channel group.
+
+    >>> attention_unit("blocks.0.attn:dims"), attention_unit("blocks.0.mlp.fc1")
+    (('blocks.0.attn', 'dims'), None)
+    """
+    for suffix in (HEADS, DIMS):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix[1:]
+    return None
+
+
+def unit_width(layer: nn.Module, name: str) -> Optional[int]:
+    """A layer's output channels, or an attention's heads (``:heads``) or head width
+    (``:dims``), for the layout name ``name``."""
+    unit = attention_unit(name)
+    if unit is None:
+        return getattr(layer, "out_channels", getattr(layer, "out_features", None))
+    return layer.num_heads if unit[1] == "heads" else layer.proj.in_features // layer.num_heads
 
 
 def heads_layer(name: str) -> Optional[str]:
-    """The attention of a layout name ``<attention>:heads``, or None for a channel group.
+    """The attention of a layout name ``<attention>:heads`` or ``:dims``, or None.
 
     >>> heads_layer("blocks.0.attn:heads"), heads_layer("blocks.0.mlp.fc1")
     ('blocks.0.attn', None)
     """
-    return name[: -len(HEADS)] if name.endswith(HEADS) else None
+    unit = attention_unit(name)
+    return None if unit is None else unit[0]
 
 
 def _spec(attention: nn.Module) -> Optional[dict[str, Any]]:
@@ -49,7 +76,8 @@ def _spec(attention: nn.Module) -> Optional[dict[str, Any]]:
     norm = getattr(attention, "norm", None)
     if norm is not None and any(True for _ in norm.parameters()):
         return None                                   # a norm over the heads' output: not yet
-    return {"heads": heads, "head_dim": width // heads, "producers": producers, "proj": "proj"}
+    return {"heads": heads, "head_dim": width // heads, "producers": producers, "proj": "proj",
+            "outputs": {n: attention.get_submodule(n).out_features // width for n in producers}}
 
 
 def find_attentions(model: nn.Module, skip: Any = ()) -> dict[str, dict[str, Any]]:
@@ -63,10 +91,17 @@ def find_attentions(model: nn.Module, skip: Any = ()) -> dict[str, dict[str, Any
     return found
 
 
-def head_coefficients(name: str, spec: Mapping[str, Any]) -> Coefficients:
-    """One coefficient per head, scaling ``proj``'s input over the head's dimensions."""
-    gather = [i // spec["head_dim"] for i in range(spec["heads"] * spec["head_dim"])]
-    return Coefficients(spec["heads"], [(f"{name}.{spec['proj']}", gather)])
+def head_coefficients(name: str, spec: Mapping[str, Any], mode: str = "whole") -> Coefficients:
+    """``whole``: one coefficient per head, scaling ``proj``'s input over the head's
+    dimensions; ``dims``: one per head dimension, scaling that dimension in every head."""
+    hd = spec["head_dim"]
+    width = spec["heads"] * hd
+    if mode == "whole":
+        return Coefficients(spec["heads"], [(f"{name}.{spec['proj']}",
+                                             [i // hd for i in range(width)])])
+    # a dimension scaled in the queries, keys and values alike: 0 silences it exactly
+    return Coefficients(hd, [(f"{name}.{p}", [i % hd for i in range(
+        outputs * width)]) for p, outputs in spec["outputs"].items()], outputs=True)
 
 
 @torch.no_grad()
@@ -101,14 +136,28 @@ def drop_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
         attention.attn_dim = len(keep_heads) * hd
 
 
-def trial_heads(model: nn.Module, example_inputs: Any, name: str,
-                spec: Mapping[str, Any]) -> Optional[str]:
-    """Why dropping one head of attention ``name`` (on a copy) breaks the model, or None."""
+def dims_spec(spec: Mapping[str, Any], dims: list[int]) -> dict[str, Any]:
+    """The ``"heads"`` history entry's spec (:func:`~.heads.replay_heads`) that cuts ``dims``
+    from every head of an attention ``spec`` describes."""
+    return {"width": spec["heads"] * spec["head_dim"], "heads": spec["heads"],
+            "producers": list(spec["producers"]), "proj": spec["proj"], "dims": sorted(dims)}
+
+
+def trial_heads(model: nn.Module, example_inputs: Any, name: str, spec: Mapping[str, Any],
+                mode: str = "whole") -> Optional[str]:
+    """Why dropping one head (``mode="dims"``: one dimension of every head) of attention
+    ``name`` on a copy breaks the model, or None."""
+    from .heads import replay_heads
     from .surgery import copy_model                         # (surgery imports this module)
     from .trace import run_example
     small = copy_model(model)
     try:
-        drop_heads(small, name, {**spec, "drop": [0]})
+        if mode == "whole":
+            drop_heads(small, name, {**spec, "drop": [0]})
+        elif spec["head_dim"] < 2:
+            return "one dimension per head: none can go"
+        else:
+            replay_heads(small, name, dims_spec(spec, [0]))
         run_example(small, example_inputs)
     except Exception as exc:  # noqa: BLE001 - any failure means: leave these heads alone
         cause = exc.__cause__ or exc
@@ -117,22 +166,24 @@ def trial_heads(model: nn.Module, example_inputs: Any, name: str,
 
 
 def add_heads(model: nn.Module, example_inputs: Any, found: tuple, skip: Any,
-              earlier: Mapping[str, Coefficients]) -> tuple[tuple, dict[str, Coefficients],
-                                                            dict[str, str]]:
+              earlier: Mapping[str, Coefficients], mode: str = "whole"
+              ) -> tuple[tuple, dict[str, Coefficients], dict[str, str]]:
     """``found`` (a ChannelGraph's collected groups) with every prunable attention's heads
-    appended as a layer ``<attention>:heads`` scored by head coefficients (reused from
-    ``earlier`` where a pruner made them before); the coefficients and the attentions left
-    out, with the reason."""
+    (``mode="whole"``) or head dimensions (``"dims"``) appended as a layer
+    ``<attention>:heads`` (``:dims``) scored by coefficients (reused from ``earlier`` where a
+    pruner made them before); the coefficients and the attentions left out, with the reason."""
     from .groups import ScoredLayer                          # (groups imports this module)
     layer_names, sizes, units, segments, norms = found
     made, excluded = {}, {}
+    suffix = HEADS if mode == "whole" else DIMS
     for name, spec in find_attentions(model, skip).items():
-        why = trial_heads(model, example_inputs, name, spec)
+        why = trial_heads(model, example_inputs, name, spec, mode)
         if why is not None:
-            excluded[name + HEADS] = why
+            excluded[name + suffix] = why
             continue
-        key, heads = name + HEADS, spec["heads"]
-        coefficients = head_coefficients(name, spec)
+        key = name + suffix
+        heads = spec["heads"] if mode == "whole" else spec["head_dim"]
+        coefficients = head_coefficients(name, spec, mode)
         if key in earlier and earlier[key].weight.shape == coefficients.weight.shape:
             coefficients.weight = earlier[key].weight
         offset, first = sum(sizes), max(segments, default=-1) + 1

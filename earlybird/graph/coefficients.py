@@ -32,15 +32,17 @@ LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class Coefficients(nn.Module):
-    """Coefficients (``weight``, initialised to 1) and the layers whose input they scale:
-    ``readers[k]`` is a layer's qualified name, buffer ``gather{k}`` gives for each of its input
-    channels the coefficient that scales it (-1: none). One coefficient may scale several input
-    channels (an attention head's dimensions)."""
+    """Coefficients (``weight``, initialised to 1) and the layers whose input (``outputs``:
+    output) they scale: ``readers[k]`` is a layer's qualified name, buffer ``gather{k}`` gives
+    for each of its input (output) channels the coefficient that scales it (-1: none). One
+    coefficient may scale several channels (an attention head's dimensions)."""
 
-    def __init__(self, size: int, readers: list[tuple[str, list[int]]]) -> None:
+    def __init__(self, size: int, readers: list[tuple[str, list[int]]],
+                 outputs: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.readers = [name for name, _ in readers]
+        self.outputs = outputs             # True: the layers' outputs are scaled, not inputs
         for k, (_, gather) in enumerate(readers):
             self.register_buffer(f"gather{k}", torch.tensor(gather, dtype=torch.long),
                                  persistent=False)
@@ -92,9 +94,13 @@ def reading_layers(group: Any, size: int, is_out: Any) -> Optional[list[tuple[nn
             if seen.setdefault(int(root), int(idx)) != int(idx):
                 return None
     if not found or any(sorted(m) != list(range(size)) or len(set(m.values())) != size
-                        for m in found.values()):
+                        or max(m.values()) >= _inputs(layer) for layer, m in found.items()):
         return None
     return [(module, [m[r] for r in range(size)]) for module, m in found.items()]
+
+
+def _inputs(layer: nn.Module) -> int:
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
 
 
 def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
@@ -105,6 +111,12 @@ def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
     shape = [1] * x.dim()
     shape[dim] = -1
     return (x * coefficients.scale_for(k, x.dtype).view(shape), *args[1:])
+
+
+def _scale_output(coefficients: Coefficients, k: int, module: nn.Module, args: tuple,
+                  out: Tensor) -> Tensor:
+    """Forward hook of a producing linear layer: its output times the coefficients."""
+    return out * coefficients.scale_for(k, out.dtype)
 
 
 def attach_coefficients(model: nn.Module, made: dict[str, Coefficients]) -> None:
@@ -119,7 +131,10 @@ def attach_coefficients(model: nn.Module, made: dict[str, Coefficients]) -> None
         coefficients.to(next(model.parameters()).device)
         for k, reader in enumerate(coefficients.readers):
             layer = model.get_submodule(reader)
-            layer.register_forward_pre_hook(functools.partial(_scale_input, coefficients, k))
+            if coefficients.outputs:
+                layer.register_forward_hook(functools.partial(_scale_output, coefficients, k))
+            else:
+                layer.register_forward_pre_hook(functools.partial(_scale_input, coefficients, k))
 
 
 def coefficient_modules(model: nn.Module) -> dict[str, Coefficients]:
@@ -129,9 +144,10 @@ def coefficient_modules(model: nn.Module) -> dict[str, Coefficients]:
 
 
 def _unhook(layer: nn.Module) -> None:
-    for hid, hook in list(layer._forward_pre_hooks.items()):
-        if isinstance(hook, functools.partial) and hook.func is _scale_input:
-            del layer._forward_pre_hooks[hid]
+    for hooks in (layer._forward_pre_hooks, layer._forward_hooks):
+        for hid, hook in list(hooks.items()):
+            if isinstance(hook, functools.partial) and hook.func in (_scale_input, _scale_output):
+                del hooks[hid]
 
 
 def detach_coefficients(model: nn.Module) -> dict[str, Coefficients]:
@@ -159,7 +175,11 @@ def strip_coefficients(model: nn.Module) -> dict[str, Tensor]:
             layer = model.get_submodule(reader)
             w = layer.weight
             scale = coefficients.scale_for(k, w.dtype).detach().to(w.device)
-            if isinstance(layer, nn.Linear) or layer.groups == 1:
+            if coefficients.outputs:                    # rows (and bias) of a producer
+                w *= scale.view(-1, 1)
+                if layer.bias is not None:
+                    layer.bias *= scale
+            elif isinstance(layer, nn.Linear) or layer.groups == 1:
                 w *= scale.view([1, -1] + [1] * (w.dim() - 2))
             else:                                       # depthwise: filter j reads channel j
                 w *= scale.view([-1] + [1] * (w.dim() - 1))
@@ -175,11 +195,16 @@ def _name(key: str) -> str:
     return key.replace("/", ".")
 
 
-def refuse_untrained(made: list[Coefficients], first_check: bool) -> bool:
-    """True once some coefficient has moved from 1. A ticket must never be drawn from
-    coefficients nothing trains: when none moved although the model trained (after the first
-    check, or with gradients present), raise with what to do."""
-    if any(bool((c.weight.detach() != 1).any()) for c in made):
+def refuse_untrained(made: list[Coefficients], first_check: bool, stripped: bool = False
+                     ) -> bool:
+    """True once some coefficient has moved from 1 (or there are none). A ticket must never be
+    drawn from coefficients nothing trains: when none moved although the model trained (after
+    the first check, or with gradients present), raise with what to do; also after
+    ``remove_coefficients()`` (``stripped``), whose units can no longer be scored."""
+    if stripped:
+        raise RuntimeError("remove_coefficients() was called: the units it folded can no "
+                           "longer be scored; build a new pruner to search again")
+    if not made or any(bool((c.weight.detach() != 1).any()) for c in made):
         return True
     if first_check and all(c.weight.grad is None for c in made):
         return False                                   # nothing trained yet: cannot tell
@@ -201,9 +226,27 @@ def group_coefficients(graph: Any, group: Any, size: int, names: Mapping[nn.Modu
     if readers is None:
         return None
     if name not in made:
-        made[name] = Coefficients(size, [(names[m], gather_map(m.weight.shape[1] * (
-            m.groups if isinstance(m, nn.modules.conv._ConvNd) else 1), idx))
-            for m, idx in readers])
+        made[name] = Coefficients(size, [(names[m], gather_map(_inputs(m), idx))
+                                         for m, idx in readers])
         if name in earlier and earlier[name].weight.shape == made[name].weight.shape:
             made[name].weight = earlier[name].weight      # trained values (and optimizer)
     return {made[name]: {(c, c) for c in range(size)}}
+
+
+def kind_shares(layout: Any, mask: Tensor, coefficient_names: set) -> dict[str, float]:
+    """The share of each kind of unit a flat keep-``mask`` prunes: ``channels`` (layers scored
+    by norm scales), ``units`` (by coefficients), ``heads`` and ``head_dims``.
+
+    >>> from earlybird.masks import ChannelLayout
+    >>> layout = ChannelLayout(("stem", "fc1", "attn:heads"), (2, 4, 2))
+    >>> kind_shares(layout, torch.tensor([1, 1, 1, 0, 0, 0, 1, 1]).bool(), {"fc1", "attn:heads"})
+    {'channels': 0.0, 'units': 0.75, 'heads': 0.0}
+    """
+    pruned: dict[str, list[int]] = {}
+    for name, part in layout.split(mask).items():
+        kind = ("heads" if name.endswith(":heads") else "head_dims" if name.endswith(":dims")
+                else "units" if name in coefficient_names else "channels")
+        counts = pruned.setdefault(kind, [0, 0])
+        counts[0] += int((~part.bool()).sum())
+        counts[1] += part.numel()
+    return {kind: cut / total for kind, (cut, total) in pruned.items()}

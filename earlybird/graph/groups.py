@@ -86,7 +86,7 @@ class ChannelGraph:
 
     def __init__(self, model: nn.Module, example_inputs: Any,
                  ignored: Sequence[nn.Module] = (), score: str = "auto",
-                 strict: bool = False, coefficients: bool = True, heads: bool = True) -> None:
+                 strict: bool = False, coefficients: bool = True, heads: str = "whole") -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
@@ -125,9 +125,9 @@ class ChannelGraph:
             if self.excluded:
                 report(model, self.excluded, sum(found[1]), scored)
             self.prunable_share = sum(found[1]) / scored
-        if self._use_coefficients and heads and not strict:     # attention heads, whole
+        if self._use_coefficients and heads != "off" and not strict:     # attention heads
             found, made, left = add_heads(model, example_inputs, found, {
-                a for tie in self.ties.values() for a in tie["attentions"]}, self._earlier)
+                a for tie in self.ties.values() for a in tie["attentions"]}, self._earlier, heads)
             self._made.update(made)
             self.excluded.update(left)
         layer_names, sizes, units, segments, norms = found

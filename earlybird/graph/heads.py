@@ -150,3 +150,5 @@ def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
     tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
     if isinstance(getattr(attention, "head_dim", None), int):
         attention.head_dim = head_dim - len(dims)
+    if isinstance(getattr(attention, "attn_dim", None), int):        # timm's Attention
+        attention.attn_dim = heads * (head_dim - len(dims))

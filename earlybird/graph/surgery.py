@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .attention import drop_heads, find_attentions, heads_layer
+from .attention import attention_unit, dims_spec, drop_heads, find_attentions, heads_layer
 from .coefficients import strip_coefficients
 from .heads import prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
@@ -58,13 +58,18 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
     history = plain_history(graph.pruning_history())
     for at, entry in reversed(heads):
         history.insert(at, entry)
-    for name, mask in whole.items():                      # whole attention heads, last
+    for name, mask in whole.items():            # attention heads or head dimensions, last
         drop = (~mask.bool()).nonzero().flatten().tolist()
         if drop:
-            attention = heads_layer(name)
-            spec = {**find_attentions(model.get_submodule(attention))[""], "drop": drop}
-            drop_heads(model, attention, spec)
-            history.append([attention, "drop-heads", spec])
+            attention, kind = attention_unit(name)
+            spec = find_attentions(model.get_submodule(attention))[""]
+            if kind == "heads":
+                spec = {**spec, "drop": drop}
+                drop_heads(model, attention, spec)
+            else:
+                spec = dims_spec(spec, drop)
+                replay_heads(model, attention, spec)
+            history.append([attention, "drop-heads" if kind == "heads" else "heads", spec])
     return history
 
 
