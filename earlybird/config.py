@@ -15,11 +15,13 @@ from .criteria import CRITERIA
 from .errors import ConfigError
 from .settings import document, option
 
-__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES"]
+__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES",
+           "RESIDUAL_MODES"]
 
 PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
 HEAD_MODES = ("whole", "dims", "off")
+RESIDUAL_MODES = ("prune", "keep")
 
 
 @document
@@ -78,6 +80,10 @@ class EarlyBirdConfig:
         "(one coefficient per head; a ticket removes whole heads, num_heads shrinks), dims "
         "(one per head dimension; the same dimensions leave every head, head_dim shrinks) or "
         "off (heads are not pruned)", choices=HEAD_MODES)
+    residual: str = option(
+        "prune", "channel groups joined by an addition (a ResNet stage, a transformer's "
+        "embedding/residual width): prune them too, or keep their width whole",
+        choices=RESIDUAL_MODES)
 
     def __post_init__(self) -> None:
         value = ConfigError.value
@@ -123,6 +129,8 @@ class EarlyBirdConfig:
                "{} must be True or False, got " + value(self.coefficients), "coefficients")
         _check(self.heads in HEAD_MODES, "unknown {} " + value(self.heads) + "; choose from "
                + value(list(HEAD_MODES)), "heads")
+        _check(self.residual in RESIDUAL_MODES, "unknown {} " + value(self.residual)
+               + "; choose from " + value(list(RESIDUAL_MODES)), "residual")
 
 
 def _is_int(value: object) -> bool:
@@ -142,7 +150,8 @@ def make_config(config: Optional[EarlyBirdConfig] = None,
     >>> make_config(ratios=[0.5], window=3)
     EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
 penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', \
-span=None, coefficients=True, heads='whole')
+span=None, coefficients=True, heads='whole', \
+residual='prune')
     """
     if config is not None and not isinstance(config, EarlyBirdConfig):
         raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")

@@ -75,7 +75,8 @@ class EarlyBirdPruner:
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
         self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict,
-                                  self.config.coefficients, self.config.heads)
+                                  self.config.coefficients, self.config.heads,
+                                  self.config.residual == "prune")
         self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
@@ -162,9 +163,8 @@ class EarlyBirdPruner:
         return strip_coefficients(self.model)
 
     def shares(self, ratio: float) -> dict[str, float]:
-        """The share of each kind of unit the ticket of ``ratio`` (or its current mask)
-        prunes: ``channels`` (norm scales), ``units`` (coefficients: MLP hidden units),
-        ``heads`` and ``head_dims``; a kind the model does not have is left out."""
+        """The share of each kind of unit the ticket of ``ratio`` (or its current mask) prunes:
+        ``channels`` (norm scales), ``units`` (MLP hidden units), ``heads``, ``head_dims``."""
         ratio = self._known(ratio)
         mask = self.tickets[ratio].mask if ratio in self.tickets else self.mask(ratio)
         return kind_shares(self.layout, mask, set(self.graph.coefficients))

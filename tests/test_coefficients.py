@@ -248,3 +248,23 @@ def test_head_dimensions_leave_every_head_and_the_function_is_kept(name, seed):
     replay_history(fresh, X[:1], history)
     fresh.load_state_dict(small.state_dict())
     torch.testing.assert_close(fresh(X), small(X))
+
+
+# the groups joined by an addition: the embedding (ViT), each stage's width (ConvNeXt)
+RESIDUAL = {"vit": {"patch_embed.proj"},
+            "convnext": {f"stages.{i}.downsample.1" for i in range(4)}}
+
+
+@pytest.mark.parametrize("name", list(RESIDUAL))
+def test_residual_keep_leaves_the_groups_joined_by_an_addition_whole(name):
+    every = eb.EarlyBirdPruner(_toy(name), X[:1], ratios=[0.5]).layout.names
+    model = _toy(name)
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5], residual="keep")
+    assert set(pruner.layout.names) == set(every) - RESIDUAL[name]
+    small = pruner.prune(0.5, force=True)
+    for group in RESIDUAL[name]:                             # as wide as before
+        assert small.get_submodule(group).out_channels == model.get_submodule(
+            group).out_channels
+    with pytest.raises(eb.ConfigError, match=r"unknown residual 'drop'; choose from "
+                       r"\['prune', 'keep'\]"):
+        eb.EarlyBirdConfig(residual="drop")

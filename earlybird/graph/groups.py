@@ -24,7 +24,7 @@ from .attention import add_heads
 from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
                            group_coefficients)
 from .heads import tie_excluded, tied_units
-from .units import grouped_units
+from .units import grouped_units, joined_by_addition
 from .exclusion import exclusions, out_width, refuse_past_the_end, report
 from .search import search_groups
 from .trace import NORM_TYPES, ROOT_TYPES, build_graph, refuse_frozen_norms
@@ -86,14 +86,15 @@ class ChannelGraph:
 
     def __init__(self, model: nn.Module, example_inputs: Any,
                  ignored: Sequence[nn.Module] = (), score: str = "auto",
-                 strict: bool = False, coefficients: bool = True, heads: str = "whole") -> None:
+                 strict: bool = False, coefficients: bool = True, heads: str = "whole",
+                 residual: bool = True) -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
         refuse_frozen_norms(model)
         self._earlier = detach_coefficients(model)       # a second pruner reuses them
         self._made: dict[str, Coefficients] = {}
-        self._use_coefficients = False
+        self._use_coefficients, self._residual = False, True
         self.graph = build_graph(model, example_inputs, strict=strict)
         names = {m: n for n, m in model.named_modules()}
         order = {m: i for i, m in enumerate(names)}
@@ -102,10 +103,10 @@ class ChannelGraph:
         groups.sort(key=lambda g: order[g[0].dep.target.module])
         self.score = "weight" if score == "weight" else "norm"
         self.ties: dict[str, Any] = {}                   # found after exclusion, below
-        found = self._collect(groups, names)
-        if coefficients and score != "weight" and found[1]:
-            self._use_coefficients = True                # a model with norms: units without
-            found = self._collect(groups, names)         # one get coefficients
+        found = self._collect(groups, names)             # (every group, residual or not)
+        self._use_coefficients = coefficients and score != "weight" and bool(found[1])
+        self._residual = residual                        # a model with norms: units without
+        found = self._collect(groups, names)             # one get coefficients
         if not found[1] and score == "auto":
             log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
                         "scoring channels by their filters' mean |w| instead (score='weight')",
@@ -168,6 +169,8 @@ class ChannelGraph:
         for group in groups:
             root = group[0].dep.target.module
             size = len(group[0].idxs)
+            if not self._residual and joined_by_addition(group):
+                continue                                 # residual="keep"
             found = (self._filter_channels if filters else self._norm_channels)(group, size)
             if found is None and not filters and self._use_coefficients:
                 found = self._coefficient_channels(group, size, names)

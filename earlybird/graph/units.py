@@ -6,7 +6,7 @@ from typing import Any, Optional
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["grouped_units"]
+__all__ = ["grouped_units", "joined_by_addition"]
 
 
 class _UnionFind:
@@ -50,3 +50,10 @@ def grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[
             else:
                 first[pos] = int(root)
     return None if uf is None else [uf.find(i) for i in range(size)]
+
+
+def joined_by_addition(group: Any) -> bool:
+    """The group's channels meet in an addition (a residual stage, a transformer's embedding
+    with its position embedding and every block's output)."""
+    return any(type(getattr(item.dep.target, "grad_fn", None)).__name__.startswith("AddBackward")
+               for item in group)
