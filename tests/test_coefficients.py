@@ -268,3 +268,65 @@ def test_residual_keep_leaves_the_groups_joined_by_an_addition_whole(name):
     with pytest.raises(eb.ConfigError, match=r"unknown residual 'drop'; choose from "
                        r"\['prune', 'keep'\]"):
         eb.EarlyBirdConfig(residual="drop")
+
+
+DDP_SCRIPT = '''
+import json, sys, torch, timm
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+sys.path.insert(0, "tests")
+import earlybird as eb
+from test_coefficients import _toy, X
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = _toy("vit").train()
+pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])       # before DDP and the optimizer
+ddp = DDP(model)
+optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+g = torch.Generator().manual_seed(rank)                       # each rank its own batches
+for _ in range(3):
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    optimizer.zero_grad()
+    ddp(x).square().mean().backward()
+    pruner.regularize()
+    optimizer.step()
+    pruner.step()
+flat = torch.cat([c.detach() for c in pruner.coefficients()])
+gathered = [torch.zeros_like(flat) for _ in range(2)]
+dist.all_gather(gathered, flat)
+if rank == 0:
+    json.dump({"equal": bool(torch.equal(gathered[0], gathered[1])),
+               "moved": bool((flat != 1).all()), "checks": len(pruner.iterations)},
+              open(sys.argv[1], "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_coefficients_train_data_parallel_and_stay_equal_on_every_rank(tmp_path):
+    from conftest import failure, torchrun
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = torchrun(str(script), str(tmp_path / "out.json"))
+    assert out.returncode == 0, failure(out)
+    import json
+    assert json.loads((tmp_path / "out.json").read_text()) == {"equal": True, "moved": True,
+                                                               "checks": 3}
+
+
+def test_coefficients_under_autocast_and_torch_compile():
+    model = _toy("vit")
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    with torch.no_grad():
+        for c in pruner.coefficients():
+            c.uniform_(0.5, 1.5)
+    eager = model(X)
+    with torch.autocast("cpu", dtype=torch.bfloat16):          # the scale follows the dtype
+        low = model(X)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), eager, rtol=0.05, atol=0.05)
+    # dynamo traces the hooks (aot_eager: the graph without inductor's C++ build)
+    compiled = torch.compile(model, backend="aot_eager")
+    out = compiled(X)
+    torch.testing.assert_close(out, eager)
+    out.sum().backward()
+    assert all(c.grad is not None and bool(c.grad.abs().sum() > 0) for c in pruner.coefficients())
