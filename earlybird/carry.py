@@ -11,7 +11,8 @@ dimensions are taken back (a factored statistic is a mean over a dimension; wher
 shrinks that dimension it keeps the dense mean until the optimizer updates it again).
 Everything else (step counts) carries over unchanged. State that
 does not line up with any one parameter (LBFGS keeps its history as flat vectors over all of
-them) cannot be sliced: that parameter's state starts afresh, with a logged warning.
+them) cannot be sliced: that parameter's state starts afresh, with a logged warning. Slimming
+coefficients are folded into the weights at pruning; their own state is dropped with them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import History, copy_model, replay_history
+from .graph.coefficients import detach_coefficients
 
 __all__ = ["carry_optimizer", "carry_scheduler"]
 
@@ -51,10 +53,13 @@ def _slice_state(dense: nn.Module, params: list[nn.Parameter], names: dict[int, 
                  history: History) -> dict[str, Tensor]:
     """``{parameter name: pruned tensor}`` of one state key (``values``: param index -> value)."""
     holder = copy_model(dense)
+    detach_coefficients(holder)                 # values are loaded below; the hooks must go
     held = dict(holder.named_parameters())
     with torch.no_grad():
         for i, p in enumerate(params):
-            target = held[names[id(p)]]
+            target = held.get(names[id(p)])
+            if target is None:                  # a coefficient: not in the pruned model
+                continue
             value = values.get(i)
             target.data = (value.detach().expand(p.shape).clone() if value is not None
                            else torch.zeros_like(target))
@@ -82,12 +87,17 @@ def carry_optimizer(dense: nn.Module, pruned: nn.Module, optimizer: torch.optim.
         raise ValueError(f"the optimizer holds {len(foreign)} parameters that are not the model's; "
                          "carry over an optimizer built on the pruned model's parameters only")
     new_params = dict(pruned.named_parameters())
+    # slimming coefficients were folded into the weights: their state goes with them
+    index = {i: j for j, i in enumerate(i for i, p in enumerate(params)
+                                        if names[id(p)] in new_params)}
     groups = [{**{k: v for k, v in g.items() if k != "params"},
-               "params": [new_params[names[id(p)]] for p in g["params"]]}
-              for g in optimizer.param_groups]
+               "params": [new_params[names[id(p)]] for p in g["params"]
+                          if names[id(p)] in new_params]} for g in optimizer.param_groups]
     carried = _construct(type(optimizer), groups, optimizer.defaults)
     saved = optimizer.state_dict()        # state keyed by each parameter's index in the groups
-    state: dict[int, dict[str, Any]] = saved["state"]
+    state: dict[int, dict[str, Any]] = {i: s for i, s in saved["state"].items() if i in index}
+    saved["param_groups"] = [{**g, "params": [index[i] for i in g["params"] if i in index]}
+                             for g in saved["param_groups"]]
     reset = [i for i, s in state.items() if not _sliceable(s, params[i])]
     if reset:
         log.warning("%s keeps state that does not line up with single parameters (%s); it "
@@ -113,7 +123,7 @@ def carry_optimizer(dense: nn.Module, pruned: nn.Module, optimizer: torch.optim.
                 entry[k] = full.to(v.device, v.dtype).contiguous()
             else:
                 entry[k] = v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)
-        new_state[i] = entry
+        new_state[index[i]] = entry
     carried.load_state_dict({"state": new_state, "param_groups": saved["param_groups"]})
     carried.defaults = copy.deepcopy(optimizer.defaults)   # loading adds keys to some (LBFGS)
     return carried

@@ -330,3 +330,21 @@ def test_coefficients_under_autocast_and_torch_compile():
     torch.testing.assert_close(out, eager)
     out.sum().backward()
     assert all(c.grad is not None and bool(c.grad.abs().sum() > 0) for c in pruner.coefficients())
+
+
+def test_pruning_mid_training_carries_the_optimizer_without_the_folded_coefficients():
+    model = _toy("vit").train()
+    pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(X).sum().backward()
+        pruner.regularize()
+        optimizer.step()
+    keep = pruner.masks(0.5)
+    dense_buf = optimizer.state[model.blocks[0].mlp.fc1.weight]["momentum_buffer"]
+    small, carried = pruner.prune(0.5, force=True, optimizer=optimizer)
+    assert [p for g in carried.param_groups for p in g["params"]] == list(small.parameters())
+    units, channels = keep["blocks.0.mlp.fc1"], keep["patch_embed.proj"]
+    torch.testing.assert_close(carried.state[small.blocks[0].mlp.fc1.weight]["momentum_buffer"],
+                               dense_buf[units][:, channels])
