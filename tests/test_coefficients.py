@@ -291,11 +291,23 @@ for _ in range(3):
     pruner.regularize()
     optimizer.step()
     pruner.step()
+from test_heads import TinyViT                                    # tied heads
+from test_exclusion import SplitTail                              # a group left out
+seen = []
+for toy, x in ((TinyViT(2, 4), torch.randn(1, 3, 8, 8)), (SplitTail(), torch.randn(1, 3, 8, 8)),
+               (model, X[:1])):
+    other = eb.EarlyBirdPruner(toy, x, ratios=[0.5])
+    seen.append([list(other.layout.names), list(other.layout.sizes), other.excluded,
+                 sorted(other.graph.ties)])
+every = [None, None]
+dist.all_gather_object(every, seen)
 flat = torch.cat([c.detach() for c in pruner.coefficients()])
 gathered = [torch.zeros_like(flat) for _ in range(2)]
 dist.all_gather(gathered, flat)
 if rank == 0:
     json.dump({"equal": bool(torch.equal(gathered[0], gathered[1])),
+               "same_groups": every[0] == every[1], "tied": every[0][0][3],
+               "excluded": sorted(every[0][1][2]),
                "moved": bool((flat != 1).all()), "checks": len(pruner.iterations)},
               open(sys.argv[1], "w"))
 dist.destroy_process_group()
@@ -309,8 +321,10 @@ def test_coefficients_train_data_parallel_and_stay_equal_on_every_rank(tmp_path)
     out = torchrun(str(script), str(tmp_path / "out.json"))
     assert out.returncode == 0, failure(out)
     import json
-    assert json.loads((tmp_path / "out.json").read_text()) == {"equal": True, "moved": True,
-                                                               "checks": 3}
+    # exclusions and head ties come out the same on every rank (deterministic trials)
+    assert json.loads((tmp_path / "out.json").read_text()) == {
+        "equal": True, "moved": True, "checks": 3, "same_groups": True, "tied": ["patch"],
+        "excluded": ["conv2"]}
 
 
 def test_coefficients_under_autocast_and_torch_compile():
