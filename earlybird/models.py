@@ -17,9 +17,10 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 __all__ = ["CifarVGG", "PreResNet", "VGG_CFGS", "VGG_DEPTHS", "PRERESNET_DEPTHS", "ARCHS",
-           "preresnet_block", "build_model", "check_arch"]
+           "preresnet_block", "build_model", "check_arch", "cifar_vit"]
 
-ARCHS = ("vgg", "preresnet", "resnet18", "resnet50")
+ARCHS = ("vgg", "preresnet", "vit", "resnet18", "resnet50")
+VIT_HEADS = 3                      # the CIFAR ViT's heads (DeiT-Tiny's); width 1.0 is 192 wide
 
 VGG_CFGS: dict[int, list[Union[int, str]]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -208,6 +209,20 @@ for _d in PRERESNET_DEPTHS:
     _register(PreResNet, _d, f"cifar_preresnet{_d}", f"CIFAR pre-activation ResNet-{_d}.")
 
 
+def cifar_vit(depth: int = 6, num_classes: int = 10, width: float = 1.0) -> nn.Module:
+    """A DeiT-Tiny-like ViT for 32x32 inputs (timm's ``VisionTransformer``): patch 4 (64
+    tokens and a class token), 3 heads, MLP ratio 4, ``depth`` blocks, embedding
+    ``192 * width`` (rounded to a multiple of the heads).
+
+    >>> cifar_vit(4, 10, width=0.5).embed_dim
+    96
+    """
+    from timm.models.vision_transformer import VisionTransformer
+    dim = max(1, round(192 * width / VIT_HEADS)) * VIT_HEADS
+    return VisionTransformer(img_size=32, patch_size=4, embed_dim=dim, depth=depth,
+                             num_heads=VIT_HEADS, mlp_ratio=4.0, num_classes=num_classes)
+
+
 def check_arch(arch: str, depth: Optional[int]) -> None:
     """Refuse an architecture :func:`build_model` cannot build, naming the allowed ones.
 
@@ -230,7 +245,8 @@ def check_arch(arch: str, depth: Optional[int]) -> None:
 
 
 def build_model(arch: str, depth: Optional[int], num_classes: int, width: float = 1.0) -> nn.Module:
-    """Build ``vgg``/``preresnet`` (CIFAR, with ``depth``), torchvision's ``resnet18``/``resnet50``,
+    """Build ``vgg``/``preresnet``/``vit`` (CIFAR, with ``depth``), torchvision's
+    ``resnet18``/``resnet50``,
     or any timm model name, untrained. timm's ``zero_init_last`` is turned off: zero gammas tie
     at 0 and ``sign(0) = 0``, so the slimming penalty could never move them and the first masks
     would be decided by position alone. Every PreResNet depth :func:`preresnet_block` accepts
@@ -244,6 +260,8 @@ def build_model(arch: str, depth: Optional[int], num_classes: int, width: float 
         return CifarVGG(depth or 16, num_classes=num_classes, width=width)
     if arch == "preresnet":
         return PreResNet(depth or 56, num_classes=num_classes, width=width)
+    if arch == "vit":
+        return cifar_vit(depth or 6, num_classes, width)
     if arch in ("resnet18", "resnet50"):
         import torchvision
         return getattr(torchvision.models, arch)(num_classes=num_classes)

@@ -299,7 +299,7 @@ def test_report_renders_stored_results_again_and_keeps_their_meta(tmp_path, caps
 @pytest.mark.parametrize("name", ["vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
                                   "preresnet101-cifar100", "resnet18-imagenet",
                                   "resnet50-imagenet", "mini", "vgg16-cifar10-fast",
-                                  "converged"])
+                                  "converged", "vit-cifar"])
 def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_path):
     # the GPU settings cannot train here; their dry run trains every method one optimizer step
     # per epoch on random 32 px images of the setting's classes, through the same code
@@ -315,6 +315,9 @@ def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_p
             assert r["flops"] < r["dense_flops"], r["method"]
     head = common.build(suite.setting, 0)
     assert rows[0]["dense_params"] == sum(p.numel() for p in head.parameters())
+    if suite.setting.arch == "vit":                 # MLP units and whole heads were pruned
+        ns = next(r for r in rows if r["method"] == "ns")
+        assert ns["flops"] < ns["dense_flops"]
     assert not (tmp_path / suite.name).exists()                        # the dry run cleans up
 
 

@@ -36,8 +36,12 @@ class Job:
         return common.load_data(self.st, self.seed)
 
     def model(self, state: Optional[dict] = None, seed_offset: int = 0) -> nn.Module:
+        """A fresh model of the setting; with ``state``, those weights (the slimming
+        coefficients a search trained included: a pruner is built first to hold them)."""
         model = common.build(self.st, self.seed + seed_offset)
         if state is not None:
+            if any(k.startswith("eb_coefficients.") for k in state):
+                eb.EarlyBirdPruner(model, self.example, [0.5], keep_weights=False)
             model.load_state_dict(state)
         return model
 
