@@ -249,8 +249,8 @@ def machine(jobs: int, world: int = 1) -> str:
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         workers = f"{jobs} worker process(es) with {threads} torch thread(s) each"
-    return (f"{os.cpu_count()} CPU cores{ram}, {gpus}, {workers}, {platform.system()} "
-            f"{platform.machine()}, torch {torch.__version__}")
+    return (f"{os.cpu_count()} CPU cores ({cpu_model()}){ram}, {gpus}, {workers}, "
+            f"{platform.system()} {platform.machine()}, torch {torch.__version__}")
 
 
 def cpu_model() -> str:
