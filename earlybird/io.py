@@ -59,6 +59,19 @@ def digest(obj: Any) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where there is one (no change to the
+    process), else read by setting it and putting it back at once."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
                  keep_previous: bool = False) -> Path:
     """The one way earlybird writes a file: ``write(fh)`` into a temporary file beside
@@ -66,7 +79,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
 
     A crash or a full disk leaves any previous file at ``path`` as it was, and no temporary
     file behind; ``keep_previous`` also keeps the file being replaced as
-    ``<name>.prev<suffix>`` (a hard link, made before the rename).
+    ``<name>.prev<suffix>`` (a hard link, made before the rename). The file gets the
+    permissions an ordinary ``open()`` would give it (``0o666`` less the umask).
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -78,6 +92,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())          # as open() would: mkstemp makes it 0600
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

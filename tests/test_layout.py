@@ -80,3 +80,10 @@ def test_modules_stay_small(path):
     # class and the detection experiment's script are a little longer)
     limit = {"pruner.py": 340, "detection.py": 340}.get(path.name, 310)
     assert len(path.read_text().splitlines()) <= limit, path
+
+
+def test_the_package_says_it_is_typed():
+    # PEP 561: type checkers read earlybird's annotations (the file ships in the package data)
+    import earlybird
+    assert (Path(earlybird.__file__).parent / "py.typed").is_file()
+    assert "py.typed" in (ROOT / "setup.cfg").read_text()

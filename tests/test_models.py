@@ -154,6 +154,22 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_open_would_give(tmp_path, umask):
+    import os
+    import stat
+    old = os.umask(umask)
+    try:
+        eb.atomic_save({"v": 1}, tmp_path / "a.pt")
+        eb.io.atomic_write(tmp_path / "b.txt", lambda fh: fh.write(b"x"))
+        with open(tmp_path / "c.txt", "w") as fh:                  # what open() gives
+            fh.write("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.pt": 0o666 & ~umask, "b.txt": 0o666 & ~umask, "c.txt": 0o666 & ~umask}
+
+
 def test_training_only_branches_are_traced_and_pruned_consistently():
     torch.manual_seed(0)
     model = TV.googlenet(num_classes=10, init_weights=True)   # aux classifiers run in training
