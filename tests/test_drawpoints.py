@@ -144,3 +144,15 @@ def test_the_study_refuses_bad_options(argv, message, capsys):
 def test_grid_epochs_outside_the_schedule_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"grid epochs \[0, 8\] must be in \(0, 8\)"):
         drawpoints.run(_suite(), tmp_path, 1, (0, 2, 8), (), progress=lambda line: None)
+
+
+def test_two_checkouts_share_a_cache_but_other_data_is_refused(tmp_path):
+    suite = _suite(("dense",))
+    root = S.cache_dir(suite, tmp_path)
+    stamp = json.loads((root / "setting.json").read_text())
+    moved = "/another/checkout/benchmarks/data/" + Path(stamp["data"]).name   # a worktree's path
+    (root / "setting.json").write_text(json.dumps({**stamp, "data": moved}))
+    assert S.cache_dir(suite, tmp_path) == root
+    (root / "setting.json").write_text(json.dumps({**stamp, "data": "/data/other.npz"}))
+    with pytest.raises(ValueError, match=r"made with different settings \(\['data'\]\)"):
+        S.cache_dir(suite, tmp_path)

@@ -75,10 +75,10 @@ def cache_dir(suite: Suite, cache: Path) -> Path:
     root = cache / suite.name
     root.mkdir(parents=True, exist_ok=True)
     stamp = root / "setting.json"
-    mine = {k: v for k, v in suite.as_dict().items()
-            if k not in ("methods", "seeds", "ratios", "claims", "description", "jobs")}
+    mine = _portable({k: v for k, v in suite.as_dict().items()
+                      if k not in ("methods", "seeds", "ratios", "claims", "description", "jobs")})
     if stamp.exists():
-        theirs = json.loads(stamp.read_text())
+        theirs = _portable(json.loads(stamp.read_text()))
         if theirs != json.loads(json.dumps(mine)):
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise ValueError(f"the cache {root} was made with different settings ({diff}); pass "
@@ -109,6 +109,15 @@ def claim_machine(root: Path, mix_cpus: bool = False) -> None:
     if common.dist_env().main:
         common.write_json(path, [*seen, mine])
     common.barrier()
+
+
+def _portable(stamp: dict) -> dict:
+    """A cache stamp with the shipped data named from ``benchmarks/data/`` on, so that two
+    checkouts (a worktree running a study, the main one reporting it) share one cache."""
+    data = stamp.get("data")
+    if isinstance(data, str) and "/benchmarks/data/" in data:
+        return {**stamp, "data": "benchmarks/data/" + data.split("/benchmarks/data/", 1)[1]}
+    return stamp
 
 
 def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = print,
