@@ -54,7 +54,9 @@ def _logits(out: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """The shapes of the model's own state (the slimming coefficients the pruner adds aside)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not k.startswith("eb_coefficients.")}
 
 
 def _key_frames(exc: BaseException) -> dict[str, str]:
