@@ -106,7 +106,8 @@ class ChannelGraph:
         found = self._collect(groups, names)             # (every group, residual or not)
         self._use_coefficients = coefficients and score != "weight" and bool(found[1])
         self._residual = residual                        # a model with norms: units without
-        found = self._collect(groups, names)             # one get coefficients
+        if self._use_coefficients or not residual:       # one get coefficients
+            found = self._collect(groups, names)
         if not found[1] and score == "auto":
             log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
                         "scoring channels by their filters' mean |w| instead (score='weight')",
