@@ -3,6 +3,7 @@ toys keep their function when the coefficients are made, trained, folded and pru
 import pytest
 import timm
 import torch
+from timm.layers import GluMlp, SwiGLU
 from timm.models.convnext import ConvNeXt
 from timm.models.mlp_mixer import MlpMixer
 from timm.models.swin_transformer import SwinTransformer
@@ -16,9 +17,9 @@ timm.layers.set_fused_attn(False)
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def vit(width=24, mlp=2.0):
+def vit(width=24, mlp=2.0, **kwargs):
     return VisionTransformer(img_size=32, patch_size=8, embed_dim=width, depth=2, num_heads=2,
-                             mlp_ratio=mlp, num_classes=5)
+                             mlp_ratio=mlp, num_classes=5, **kwargs)
 
 
 TOYS = {
@@ -29,11 +30,16 @@ TOYS = {
                                  patch_size=2, ls_init_value=1.0),     # layer scale on
     "mixer": lambda: MlpMixer(img_size=32, patch_size=8, embed_dim=16, num_blocks=2,
                               mlp_ratio=(0.5, 2.0), num_classes=5),
+    # gated MLPs: one packed fc1 chunked in two halves (GluMlp), or two (SwiGLU, as EVA's)
+    "glu": lambda: vit(mlp_layer=GluMlp),
+    "swiglu": lambda: vit(mlp_layer=SwiGLU, act_layer=nn.SiLU),
 }
 # the attention layers whose heads each toy's coefficients score: {name: heads}
 HEADS = {"vit": {"blocks.0.attn": 2, "blocks.1.attn": 2},
          "swin": {"layers.0.blocks.0.attn": 2, "layers.1.blocks.0.attn": 2},
-         "convnext": {}, "mixer": {}}
+         "convnext": {}, "mixer": {},
+         "glu": {"blocks.0.attn": 2, "blocks.1.attn": 2},
+         "swiglu": {"blocks.0.attn": 2, "blocks.1.attn": 2}}
 # the MLP hidden layers each toy's coefficients score: {fc1 name: hidden units}
 HIDDEN = {
     "vit": {"blocks.0.mlp.fc1": 48, "blocks.1.mlp.fc1": 48},
@@ -41,7 +47,16 @@ HIDDEN = {
     "convnext": {f"stages.{i}.blocks.0.mlp.fc1": w for i, w in enumerate((32, 32, 64, 64))},
     "mixer": {"blocks.0.mlp_tokens.fc1": 8, "blocks.0.mlp_channels.fc1": 32,
               "blocks.1.mlp_tokens.fc1": 8, "blocks.1.mlp_channels.fc1": 32},
+    "glu": {"blocks.0.mlp.fc1": 24, "blocks.1.mlp.fc1": 24},     # 48 outputs of fc1: 24 pairs
+    "swiglu": {"blocks.0.mlp.fc1_g": 48, "blocks.1.mlp.fc1_g": 48},
 }
+# gated MLPs whose unit is a pair of fc1 channels, j and j + hidden (the chunks' position j)
+PAIRED = {"glu"}
+
+
+def channels(name, mask):
+    """A unit mask as the group's channels: both halves of a packed gated unit."""
+    return mask.repeat(2) if name in PAIRED else mask
 
 
 def _toy(name):
@@ -63,6 +78,14 @@ def test_every_mlp_hidden_unit_gets_a_coefficient_and_the_function_is_unchanged(
     assert torch.equal(model(X), before)
     assert [p for p in pruner.coefficients()] == [c.weight for c in made.values()]
     assert set(made) <= set(pruner.layout.names)
+    if name in PAIRED:               # a ticket keeps or drops both halves of a gated unit
+        with torch.no_grad():
+            for c in pruner.coefficients():
+                c.copy_(torch.rand(c.shape, generator=torch.Generator().manual_seed(1)))
+        for n, width in HIDDEN[name].items():
+            mask = pruner.masks(0.5)[n]
+            assert mask.numel() == 2 * width and torch.equal(mask[:width], mask[width:])
+            assert 0 < int(mask[:width].sum()) < width
 
 
 @pytest.mark.parametrize("name,seed", [(n, s) for n in TOYS for s in (0, 1, 2)])
@@ -79,7 +102,8 @@ def test_pruned_model_computes_the_dense_model_with_pruned_units_silenced(name, 
     for mask in keep.values():
         mask[0] = True
     small = copy_model(model)
-    history = prune_model(small, X[:1], keep)
+    history = prune_model(small, X[:1], {n: m if n.endswith(":heads") else channels(name, m)
+                                         for n, m in keep.items()})
     trained = model(X)
     with torch.no_grad():
         for n, c in made.items():
@@ -97,7 +121,9 @@ def test_pruned_model_computes_the_dense_model_with_pruned_units_silenced(name, 
             assert attention.proj.in_features == int(mask.sum()) * model.get_submodule(
                 n[:-6]).proj.in_features // HEADS[name][n[:-6]]
         else:
-            assert small.get_submodule(n).out_features == int(mask.sum())
+            assert small.get_submodule(n).out_features == int(channels(name, mask).sum())
+            if name in PAIRED:                            # fc2 reads one input per unit
+                assert small.get_submodule(n[:-3] + "fc2").in_features == int(mask.sum())
     # the pruning history rebuilds the architecture on a fresh model from plain data
     fresh = _toy(name)
     replay_history(fresh, X[:1], history)

@@ -72,11 +72,16 @@ def gather_map(channels: int, index: list[int]) -> list[int]:
     return out
 
 
-def reading_layers(group: Any, size: int, is_out: Any) -> Optional[list[tuple[nn.Module, list[int]]]]:
+def reading_layers(group: Any, size: int, is_out: Any, units: Optional[list[int]] = None
+                   ) -> Optional[list[tuple[nn.Module, list[int]]]]:
     """The conv/linear layers that read a group's channels: ``[(layer, input channel per group
-    channel)]``; None when coefficients cannot stand in for the group's norm scale: a channel
+    channel)]``; None when coefficients cannot stand in for the group's norm scale: a unit
     enters some reader twice or not at all, a grouped (not depthwise) conv reads it, or a
-    module with parameters other than a conv/linear layer touches the group."""
+    module with parameters other than a conv/linear layer touches the group. ``units`` (per
+    group channel, its unit's first channel; default: every channel its own unit) lets the
+    channels of one unit share an input channel: the two halves of a gated MLP's unit meet in
+    one product before ``fc2`` reads it."""
+    unit = units or list(range(size))
     found: dict[nn.Module, dict[int, int]] = {}
     for item in group:
         module = item.dep.target.module
@@ -90,13 +95,14 @@ def reading_layers(group: Any, size: int, is_out: Any) -> Optional[list[tuple[nn
                 module.groups == module.in_channels == module.out_channels):
             return None
         seen = found.setdefault(module, {})
-        for idx, root in zip(item.idxs, item.root_idxs):
-            if seen.setdefault(int(root), int(idx)) != int(idx):
+        for idx, root in zip(item.idxs, item.root_idxs):      # keyed by unit
+            if seen.setdefault(unit[int(root)], int(idx)) != int(idx):
                 return None
-    if not found or any(sorted(m) != list(range(size)) or len(set(m.values())) != size
+    firsts = sorted(set(unit))
+    if not found or any(sorted(m) != firsts or len(set(m.values())) != len(firsts)
                         or max(m.values()) >= _inputs(layer) for layer, m in found.items()):
         return None
-    return [(module, [m[r] for r in range(size)]) for module, m in found.items()]
+    return [(module, [m[unit[r]] for r in range(size)]) for module, m in found.items()]
 
 
 def _inputs(layer: nn.Module) -> int:
@@ -216,21 +222,26 @@ def refuse_untrained(made: list[Coefficients], first_check: bool, stripped: bool
 
 
 def group_coefficients(graph: Any, group: Any, size: int, names: Mapping[nn.Module, str],
-                       made: dict[str, Coefficients], earlier: Mapping[str, Coefficients]
-                       ) -> Optional[dict[nn.Module, set]]:
+                       made: dict[str, Coefficients], earlier: Mapping[str, Coefficients],
+                       units: Optional[list[int]] = None) -> Optional[dict[nn.Module, set]]:
     """Coefficients for a group without a norm scale whose channels only conv/linear layers
-    read: ``{Coefficients: {(c, c)}}`` (made once per group root into ``made``; the values of
-    ``earlier``, a previous pruner's, are kept), or None when its readers do not allow them."""
+    read: ``{Coefficients: {(coefficient, group channel)}}``, one coefficient per unit
+    (``units`` as :func:`reading_layers` takes them; made once per group root into ``made``;
+    the values of ``earlier``, a previous pruner's, are kept), or None when its readers do not
+    allow them."""
     name = names[group[0].dep.target.module]
-    readers = reading_layers(group, size, graph.is_out_channel_pruning_fn)
+    unit = units or list(range(size))
+    readers = reading_layers(group, size, graph.is_out_channel_pruning_fn, unit)
     if readers is None:
         return None
+    firsts = sorted(set(unit))
     if name not in made:
-        made[name] = Coefficients(size, [(names[m], gather_map(_inputs(m), idx))
-                                         for m, idx in readers])
+        made[name] = Coefficients(len(firsts), [(names[m], gather_map(
+            _inputs(m), [idx[f] for f in firsts])) for m, idx in readers])
         if name in earlier and earlier[name].weight.shape == made[name].weight.shape:
             made[name].weight = earlier[name].weight      # trained values (and optimizer)
-    return {made[name]: {(c, c) for c in range(size)}}
+    position = {f: k for k, f in enumerate(firsts)}
+    return {made[name]: {(position[unit[c]], c) for c in range(size)}}
 
 
 def kind_shares(layout: Any, mask: Tensor, coefficient_names: set) -> dict[str, float]:

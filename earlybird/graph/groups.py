@@ -24,7 +24,7 @@ from .attention import add_heads
 from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
                            group_coefficients)
 from .heads import tie_excluded, tied_units
-from .units import grouped_units, joined_by_addition
+from .units import grouped_units, joined_by_addition, split_units
 from .exclusion import exclusions, out_width, refuse_past_the_end, report
 from .search import search_groups
 from .trace import NORM_TYPES, ROOT_TYPES, build_graph, refuse_frozen_norms
@@ -184,7 +184,7 @@ class ChannelGraph:
                     entry.dst.append(offset + root_idx)
             tie = self.ties.get(names[root])
             unit = (tied_units(tie) if tie else grouped_units(self.graph, group, size)
-                    or list(range(size)))
+                    or split_units(group, size) or list(range(size)))
             units.extend(offset + u for u in unit)
             local = self._segments(group, size)
             segments.extend(first + s for s in local)
@@ -239,7 +239,8 @@ class ChannelGraph:
         name = names[group[0].dep.target.module]
         if name in self.ties or grouped_units(self.graph, group, size) is not None:
             return None                                  # units tie channels: not yet
-        return group_coefficients(self.graph, group, size, names, self._made, self._earlier)
+        return group_coefficients(self.graph, group, size, names, self._made, self._earlier,
+                                  split_units(group, size))
 
     @staticmethod
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:

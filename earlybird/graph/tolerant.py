@@ -6,7 +6,8 @@ shuffle, Swin's and TNT's concatenations), and on graphs with cycles of reshapes
 partitions) one group search multiplies its index lists on every turn and runs for minutes.
 :class:`Graph` is torch-pruning's ``DependencyGraph`` with local changes, active only inside
 its own calls: each node's mapping is inferred on its own, a node it cannot size keeps
-the identity mapping; a slice of the rows of a channels-last map keeps it too; a flatten of
+the identity mapping; a slice of the rows of a channels-last map keeps it too; a split of the
+channels of a token tensor is mapped chunk by chunk (a gated MLP's); a flatten of
 a channels-last tensor's trailing dimensions maps the channels as they lie; and indices no
 tensor of the model can have are dropped. Groups through such a node may still
 couple the wrong channels: :mod:`.exclusion` finds those and leaves them out.
@@ -117,6 +118,37 @@ def _channels_last_flatten(graph: tp.DependencyGraph, node: Any) -> None:
                 dep.index_mapping[0] = _LastDimFlatten(out // channels, channels, reverse=True)
 
 
+def _feature_split(graph: tp.DependencyGraph, node: Any) -> bool:
+    """Map split ``node`` chunk by chunk when it splits the channels of a channels-last tensor
+    (a token tensor ``[B, N, C]``: a gated MLP's ``fc1(x).chunk(2, dim=-1)``); True when it
+    did. torch-pruning maps splits of dimension 1 only, and turns off the mapping of every
+    split downstream of a ViT's position embedding (meant for the token concatenation), so
+    each chunk kept the identity mapping and the gated units were coupled wrongly."""
+    grad_fn = node.grad_fn
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    dim = getattr(grad_fn, "_saved_dim", None)
+    offsets = getattr(node.module, "offsets", None)
+    if (node.type != tp.ops.OPTYPE.SPLIT or sizes is None or dim is None or offsets is None
+            or len(sizes) < 3 or len(node.outputs) != len(offsets) - 1):
+        return False
+    dim = int(dim) - 2 ** 64 if int(dim) >= 2 ** 63 else int(dim)     # stored unsigned
+    if dim % len(sizes) != len(sizes) - 1 or int(offsets[-1]) != int(sizes[-1]):
+        return False
+    if not any(_channels_last(graph, source, sizes) for source in node.inputs):
+        return False
+    for i, out in enumerate(node.outputs):
+        chunk = offsets[i: i + 2]
+        for dep in node.dependencies:
+            if dep.target is out:
+                dep.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk,
+                                                                         reverse=False)
+        for dep in out.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk,
+                                                                         reverse=True)
+    return True
+
+
 def _update_each(graph: tp.DependencyGraph) -> None:
     """torch-pruning's ``update_index_mapping``, one node at a time: a node whose channel
     mapping it cannot infer keeps the identity mapping instead of failing the whole trace.
@@ -127,7 +159,8 @@ def _update_each(graph: tp.DependencyGraph) -> None:
                                          if p.dim()), default=1)
     for node in list(graph.module2node.values()):
         update = _UPDATES.get(node.type)
-        if update is not None and not _spatial_slice(graph, node):
+        if update is not None and not _spatial_slice(graph, node) and not _feature_split(
+                graph, node):
             try:
                 update(graph, node)
                 _channels_last_flatten(graph, node)

@@ -6,7 +6,7 @@ from typing import Any, Optional
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["grouped_units", "joined_by_addition"]
+__all__ = ["grouped_units", "split_units", "joined_by_addition"]
 
 
 class _UnionFind:
@@ -49,6 +49,55 @@ def grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[
                 uf.union(first[pos], int(root))
             else:
                 first[pos] = int(root)
+    return None if uf is None else [uf.find(i) for i in range(size)]
+
+
+def _passes(module: Any) -> bool:
+    """A node the channels pass through one to one: torch-pruning's elementwise op, or a
+    module without parameters (an activation, dropout)."""
+    if type(module).__name__ == "_ElementWiseOp":
+        return True
+    return isinstance(module, nn.Module) and not any(True for _ in module.parameters())
+
+
+def _join(node: Any, limit: int = 8) -> Any:
+    """The first node at or after ``node`` with several inputs, reached through one-to-one
+    nodes with one output each; None when there is none within ``limit`` steps."""
+    for _ in range(limit):
+        if len(node.inputs) > 1:
+            return node
+        if len(node.outputs) != 1 or not _passes(node.module):
+            return None
+        node = node.outputs[0]
+    return None
+
+
+def split_units(group: Any, size: int) -> Optional[list[int]]:
+    """Per root channel, the smallest root channel it must be pruned with when the group's
+    channels are split into equal chunks that meet again in one elementwise op, as in a gated
+    MLP (``a, b = fc1(x).chunk(2); fc2(act(a) * b)``: timm's ``GluMlp``, ``SwiGLUPacked``):
+    position ``j`` of every chunk is one unit. None when the group has no such split."""
+    uf = None
+    paths: dict[Any, dict[Any, list[tuple[int, int]]]] = {}
+    for item in group:
+        source = item.dep.source
+        if type(source.module).__name__ != "_SplitOp":
+            continue
+        join = _join(item.dep.target)
+        if join is None or not _passes(join.module):
+            continue
+        paths.setdefault(source, {}).setdefault(join, []).append(
+            list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs))))
+    for split, joins in paths.items():
+        for chunks in joins.values():
+            if len(chunks) < 2 or len(chunks) != len(split.outputs) or len(
+                    {len(c) for c in chunks}) != 1:
+                continue
+            uf = uf or _UnionFind(size)
+            first: dict[int, int] = {}
+            for chunk in chunks:
+                for pos, root in chunk:
+                    uf.union(first.setdefault(pos, root), root)
     return None if uf is None else [uf.find(i) for i in range(size)]
 
 
