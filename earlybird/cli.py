@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from .distributed import dist_env
 from .errors import ConfigError, EarlyBirdError
+from .extras import require
 from .flops import BACKWARD_FACTOR
 from .pipeline import MODES, RunConfig
 from .settings import Leaf, leaves
@@ -208,6 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from . import pipeline
     try:
+        if args.command == "demo" or (args.command == "report" and not args.no_plots):
+            require("plots", f"earlybird {args.command} (its plots)")   # before any work
         if args.command == "report":
             _report(args)
             return 0

@@ -22,6 +22,7 @@ from .graph import prune_model
 from .io import atomic_write, safe_load, write_json
 from .pipeline.config import RunConfig
 from .pruner import EarlyBirdPruner
+from .extras import require
 from .runs import CHECKPOINT_FORMAT, RunDir
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ __all__ = ["write_plots"]
 
 
 def _plt():
+    require("plots", "plots")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -169,7 +171,9 @@ def plot_flops_vs_draw(state: dict, cfg: RunConfig, records: list[dict], out: Pa
 
 
 def write_plots(run: str | Path) -> list[Path]:
-    """Write every picture of a run folder into ``<run>/plots``; returns the PNG paths."""
+    """Write every picture of a run folder into ``<run>/plots``; returns the PNG paths.
+    Needs the ``plots`` extra (matplotlib)."""
+    require("plots", "plots")
     rd = RunDir(run)
     saved, state = rd.read_config(), _search_state(rd)
     if saved is None:

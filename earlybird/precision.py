@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, EarlyBirdError
+from .extras import require
 from .settings import document, option
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ def load_qtorch() -> Any:
     """Import qtorch, which compiles a C++ extension on first use (~25 s, then cached).
 
     Puts the ``ninja`` of the ``ninja`` package on PATH first, and names a missing compiler.
+    Without the ``lowp`` extra (qtorch, ninja) raises :class:`~earlybird.extras.MissingExtraError`.
     """
+    require("lowp", "q8 (low-precision search)")
     try:
         import ninja  # the pip package ships the binary torch's extension builder calls
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")

@@ -13,11 +13,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-try:
-    import lightning.pytorch as pl
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("EarlyBirdCallback needs Lightning: pip install 'earlybird-tickets[lightning]'"
-                      ) from exc
+from ..extras import require
+
+require("lightning", "EarlyBirdCallback")
+import lightning.pytorch as pl  # noqa: E402 - after the check that names the extra
 
 from ..config import EarlyBirdConfig, make_config
 from ..graph import replay_history
