@@ -61,6 +61,9 @@ class EarlyBirdConfig:
     min_channels: int = option(1, "channels every layer keeps, >= 1")
     max_layer_ratio: Optional[float] = option(
         None, "largest share of one layer a ticket may prune, in (0, 1); None: no limit")
+    round_to: int = option(
+        1, "every layer keeps a multiple of this many channels (units: a gated MLP's pairs, "
+        "a grouped conv's positions), or all of them, >= 1; attention heads are not rounded")
     keep_weights: bool = option(
         True, "keep a CPU copy of the weights at each ticket's draw point")
     score: str = option(
@@ -116,6 +119,8 @@ class EarlyBirdConfig:
                                                 and 0.0 < self.max_layer_ratio < 1.0),
                "{} must be None or in (0, 1), got " + value(self.max_layer_ratio),
                "max_layer_ratio")
+        _check(_is_int(self.round_to) and self.round_to >= 1,
+               "{} must be an integer >= 1, got " + value(self.round_to), "round_to")
         _check(self.span is None or (_is_int(self.span) and self.span >= 1),
                "{} must be None or an integer >= 1 (steps), got " + value(self.span), "span")
         _check(self.span is None or self.criterion == "plateau",
@@ -149,8 +154,8 @@ def make_config(config: Optional[EarlyBirdConfig] = None,
 
     >>> make_config(ratios=[0.5], window=3)
     EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
-penalty='l1', min_channels=1, max_layer_ratio=None, keep_weights=True, score='auto', \
-span=None, coefficients=True, heads='whole', \
+penalty='l1', min_channels=1, max_layer_ratio=None, round_to=1, keep_weights=True, \
+score='auto', span=None, coefficients=True, heads='whole', \
 residual='prune')
     """
     if config is not None and not isinstance(config, EarlyBirdConfig):

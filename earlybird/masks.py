@@ -23,7 +23,10 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["ChannelLayout", "prune_budget", "layer_caps", "keep_masks", "global_masks"]
+from .blocks import masks_by_block
+
+__all__ = ["ChannelLayout", "prune_budget", "layer_caps", "keep_masks", "global_masks",
+           "check_room"]
 
 
 def prune_budget(num_channels: int, ratio: float) -> int:
@@ -135,8 +138,8 @@ def _cumsum_within(values: Tensor, segment: Tensor, num_segments: int) -> Tensor
 
 
 def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
-               caps: Sequence[int], segment_caps: Optional[Sequence[int]] = None
-               ) -> dict[float, Tensor]:
+               caps: Sequence[int], segment_caps: Optional[Sequence[int]] = None,
+               round_to: int | Sequence[int] = 1) -> dict[float, Tensor]:
     """Flat keep-masks ``[N]`` for several ratios from one ranking of ``scores``.
 
     Args:
@@ -145,6 +148,9 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         ratios: pruning ratios in ``(0, 1)``.
         caps: most channels each layer may lose (see :func:`layer_caps`).
         segment_caps: most channels each of ``layout.segments`` may lose, if it has segments.
+        round_to: every layer (each segment of a layer with segments) keeps a multiple of
+            this many units, or all of them; one value, or one per layer. See
+            :func:`~earlybird.blocks.masks_by_block`.
 
     >>> layout = ChannelLayout(("a", "b"), (3, 2))
     >>> m = keep_masks(torch.tensor([.5, .1, .5, .2, .3]), layout, [0.4], layer_caps(layout.sizes))
@@ -154,6 +160,14 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
     n = layout.num_channels
     if scores.shape != (n,):
         raise ValueError(f"expected {n} scores, got shape {tuple(scores.shape)}")
+    multiples = [round_to] * len(layout.sizes) if isinstance(round_to, int) else list(round_to)
+    if len(multiples) != len(layout.sizes) or any(
+            not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in multiples):
+        raise ValueError(f"round_to must be an integer >= 1 or one per layer "
+                         f"({len(layout.sizes)}), got {round_to!r}")
+    if any(k > 1 for k in multiples):
+        return masks_by_block(scores, layout, {r: prune_budget(n, r) for r in ratios},
+                              caps, segment_caps, multiples)
     if layout.units is None:
         return _masks_by_channel(scores.detach().double(), layout, ratios, caps, segment_caps)
     scores = scores.detach().to("cpu", torch.float64)   # units need the host to fill a budget
@@ -231,6 +245,29 @@ def _masks_by_channel(scores: Tensor, layout: ChannelLayout, ratios: Sequence[fl
         pruned = torch.zeros(n, dtype=torch.bool, device=device)
         out[ratio] = ~pruned.scatter_(0, cand, position < take)
     return out
+
+
+def check_room(layout: ChannelLayout, ratios: Sequence[float], caps: Sequence[int],
+               segment_caps: Optional[Sequence[int]], limits: str) -> None:
+    """Raise ValueError when some ratio prunes more channels than the floors (``caps``, and
+    ``segment_caps`` per segment) leave prunable; ``limits`` names the settings behind them.
+
+    >>> check_room(ChannelLayout(("a",), (4,)), [0.9], [2], None, "min_channels=2")
+    Traceback (most recent call last):
+    ...
+    ValueError: ratio 0.9 prunes 3 of 4 channels, but min_channels=2 allow at most 2; lower \
+the ratio or relax the per-layer limits
+    """
+    n, room = layout.num_channels, sum(caps)
+    if segment_caps is not None:                    # a layer also keeps a floor per segment
+        seg_room = torch.zeros(len(caps), dtype=torch.long).index_add_(
+            0, layout.segment_layer, torch.tensor(segment_caps, dtype=torch.long))
+        room = sum(min(c, int(r)) for c, r in zip(caps, seg_room))
+    for r in ratios:
+        if prune_budget(n, r) > room:
+            raise ValueError(f"ratio {r} prunes {prune_budget(n, r)} of {n} channels, but "
+                             f"{limits} allow at most {room}; lower the ratio or relax the "
+                             "per-layer limits")
 
 
 def global_masks(scores: Mapping[str, Tensor], ratio: float, *, min_channels: int = 1,

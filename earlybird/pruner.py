@@ -18,7 +18,7 @@ from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memor
                     strip_coefficients, unwrap_model)
 from .graph.coefficients import kind_shares
 from .io import attach_record, input_spec
-from .masks import layer_caps, keep_masks, prune_budget
+from .masks import check_room, layer_caps, keep_masks, prune_budget
 from .offload import copy_to_cpu, fetch_check, plain_state
 from .ticket import Ticket
 
@@ -80,7 +80,9 @@ class EarlyBirdPruner:
         self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
-        self._check_feasible()
+        self._round = [1 if heads_layer(n) else self.config.round_to for n in self.layout.names]
+        check_room(self.layout, self.config.ratios, self._caps, self._seg_caps,
+                   f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}")
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
@@ -93,19 +95,6 @@ class EarlyBirdPruner:
         self._trained = self._stripped = False          # coefficients seen moving; folded
         log.info("earlybird: %d prunable channels in %d groups, ratios %s",
                  self.layout.num_channels, len(self.layout.sizes), list(self.config.ratios))
-
-    def _check_feasible(self) -> None:
-        n, room = self.layout.num_channels, sum(self._caps)
-        if self._seg_caps is not None:              # a layer also keeps a floor per segment
-            seg_room = torch.zeros(len(self._caps), dtype=torch.long).index_add_(
-                0, self.layout.segment_layer, torch.tensor(self._seg_caps, dtype=torch.long))
-            room = sum(min(c, int(r)) for c, r in zip(self._caps, seg_room))
-        for r in self.config.ratios:
-            if prune_budget(n, r) > room:
-                raise ValueError(
-                    f"ratio {r} prunes {prune_budget(n, r)} of {n} channels, but min_channels="
-                    f"{self.config.min_channels} and max_layer_ratio={self.config.max_layer_ratio} "
-                    f"allow at most {room}; lower the ratio or relax the per-layer limits")
 
     # ----------------------------------------------------------------- the training-loop hooks
     def regularize(self) -> None:
@@ -131,7 +120,7 @@ class EarlyBirdPruner:
         self._trained = self._trained or refuse_untrained(
             list(self.graph.coefficients.values()), not self.iterations, self._stripped)
         scores = self.graph.scores()                      # on the model's device
-        flat = keep_masks(scores, self.layout, self.config.ratios, self._caps, self._seg_caps)
+        flat = self._flat_masks(scores, self.config.ratios)
         rows = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
         masks, rows, finite = fetch_check(flat, rows, scores)   # the check's one transfer
         if not finite:
@@ -218,14 +207,16 @@ class EarlyBirdPruner:
     def mask(self, ratio: float) -> Tensor:
         """The flat keep-mask ``step()`` would record now (layers in ``layout.names`` order)."""
         self._known(ratio, allow_any=True)
-        return keep_masks(self._scores(), self.layout, [ratio], self._caps, self._seg_caps)[ratio]
+        return self._flat_masks(self._scores(), [ratio])[ratio]
 
+    def _flat_masks(self, scores: Tensor, ratios: Sequence[float]) -> dict[float, Tensor]:
+        return keep_masks(scores, self.layout, ratios, self._caps, self._seg_caps, self._round)
 
     def keep_masks(self, scores: Tensor, ratio: float) -> dict[str, Tensor]:
         """Per-layer keep-masks for ``ratio`` from any one score per group channel (the
         lowest pruned), under this pruner's floors and limits: the rule tickets are drawn by,
         for scores of your own (filter norms, saliencies)."""
-        flat = keep_masks(scores, self.layout, [float(ratio)], self._caps, self._seg_caps)
+        flat = self._flat_masks(scores, [float(ratio)])
         return self.layout.split(flat[float(ratio)])
 
     def masks(self, ratio: float) -> dict[str, Tensor]:
