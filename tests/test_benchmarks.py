@@ -93,3 +93,18 @@ def test_epi_replayed_on_recorded_masks_draws_where_the_pruner_did(x32, monkeypa
     assert rules.detect(record, 0.5, "epi w2") == 10 * pruner.tickets[0.5].check == 40
     with pytest.raises(ValueError, match=r"rule 'epi w2' needs the layer sizes of the record"):
         rules.detect({k: v for k, v in record.items() if k != "sizes"}, 0.5, "epi w2")
+
+
+def test_round_to_script_prunes_one_ticket_three_ways_and_times_each(monkeypatch):
+    from benchmarks import round_to
+    monkeypatch.setitem(round_to.MODELS, "tiny", lambda: eb.models.CifarVGG(11, num_classes=10,
+                                                                            width=0.25))
+    models = round_to.tickets("tiny", 0.5, seed=0)
+    assert sorted(models) == [1, 8, 16]
+    for k, model in models.items():                        # every conv keeps a multiple of k
+        dense = [16, 32, 64, 64, 128, 128, 128, 128]
+        assert all(w % k == 0 or w == d for w, d in zip(round_to.widths(model), dense))
+    assert round_to.widths(models[1]) != round_to.widths(models[8])
+    times = round_to.measure(models, batch=4, repeats=1)
+    assert sorted(times) == [(k, c) for k in (1, 8, 16) for c in (False, True)]
+    assert all(t > 0 for t in times.values())
