@@ -21,8 +21,8 @@ from .settings import Leaf, leaves
 __all__ = ["main", "parser", "report_table", "flag", "DEMO"]
 
 DEMO: dict[str, Any] = {
-    "save": "runs/demo", "dataset": "cifar10-subset", "arch": "vgg", "depth": 11, "width": 0.25,
-    "recipe": {"epochs": 20, "lr": 0.1}, "batch_size": 128, "test_batch_size": 500,
+    "save": "runs/demo", "dataset": "cifar10-subset", "arch": "vgg", "depth": 11, "width": 0.125,
+    "recipe": {"epochs": 16, "lr": 0.1}, "batch_size": 128, "test_batch_size": 500,
     "sparsity_regularization": True, "full": True,
     "earlybird": {"sparsity": 1e-4, "ratios": [0.3, 0.5, 0.7]}}
 GROUPS = ("data", "model", "training", "early-bird", "8-bit training (q8)", "precision")
