@@ -37,6 +37,19 @@ def test_global_magnitude_masks_prune_exactly_the_lowest_and_keep_earlier_prunes
         methods.global_magnitude_masks(scores, 1.0)
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9])
+def test_global_magnitude_masks_equal_the_first_of_a_stable_sort_with_ties(sparsity):
+    g = torch.Generator().manual_seed(3)
+    scores = {"a": torch.randint(-4, 5, (7, 5), generator=g).float(),      # many ties
+              "b": torch.randint(-4, 5, (30,), generator=g).float()}
+    flat = torch.cat([s.abs().flatten().double() for s in scores.values()])
+    k = int(round(sparsity * flat.numel()))
+    expected = torch.ones_like(flat)
+    expected[torch.sort(flat, stable=True).indices[:k]] = 0
+    masks = methods.global_magnitude_masks(scores, sparsity)
+    assert torch.equal(torch.cat([m.flatten().double() for m in masks.values()]), expected)
+
+
 def test_greedy_removal_matches_brute_force_on_the_first_choice_and_cancels_pairs():
     torch.manual_seed(1)
     contrib = torch.randn(50, 6, dtype=torch.float64)

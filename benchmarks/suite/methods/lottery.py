@@ -43,7 +43,12 @@ def global_magnitude_masks(scores: dict[str, Tensor], sparsity: float,
         flat = torch.where(dead, torch.full_like(flat, -1.0), flat)
     k = int(round(sparsity * flat.numel()))
     keep = torch.ones_like(flat)
-    keep[torch.sort(flat, stable=True).indices[:k]] = 0
+    if k:                   # the k first of a stable sort, without sorting tens of millions
+        threshold = torch.kthvalue(flat, k).values
+        below = flat < threshold
+        ties = (flat == threshold).nonzero().flatten()[:k - int(below.sum())]
+        keep[below] = 0
+        keep[ties] = 0
     out, start = {}, 0
     for name, s in scores.items():
         out[name] = keep[start:start + s.numel()].view_as(s).float()
