@@ -140,8 +140,8 @@ def plateau_rule(checks: Checks, window: int, epsilon: float,
     >>> d = [0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]
     >>> steps = [100 * i for i in range(len(d) + 1)]
     >>> rows = [[]] + [[x] for x in d]
-    >>> [plateau_rule(Checks(rows[:t + 1], steps[:t + 1]), 3, 0.1, span=200)
-    ...  for t in range(len(rows))]
+    >>> upto = lambda t: Checks(rows[:t + 1], steps[:t + 1])     # the first t + 1 checks
+    >>> [plateau_rule(upto(t), 3, 0.1, span=200) for t in range(len(rows))]
     [False, False, False, False, False, False, False, True, True]
     """
     d, at = checks.consecutive, [s for row, s in zip(checks.rows, checks.steps) if row]

@@ -74,11 +74,12 @@ class Trainer:
             penalty, e.g. ``EarlyBirdPruner.regularize``).
         weight_masks: ``{parameter: 0/1 mask}``; the masked weights are zeroed once and their
             gradients at every step, so under SGD they stay zero (unstructured tickets).
-        check_every, on_check: ``on_check(step) -> stop`` every ``check_every`` optimizer
-            steps (global count); True stops training after that step.
+        check_every: call ``on_check`` every this many optimizer steps (global count).
+        on_check: ``on_check(step) -> stop``; True stops training after that step.
         progress: ``progress(batches, description, total)`` wraps each epoch (a tqdm bar).
         stage: the name of this training run (progress bars, fault-test kill points).
-        epoch, step: where training starts (step: default ``epoch * len(batches)``).
+        epoch: the epoch training starts at.
+        step: the optimizer step it starts at (default ``epoch * len(batches)``).
         layout: the memory format inputs are given to the model in (default: the faster one
             for this model and device, :func:`memory_format`).
         compile: run the model through ``torch.compile`` (the model itself stays uncompiled:

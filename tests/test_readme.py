@@ -1,4 +1,5 @@
-"""Every Python snippet in the README runs as written (the torchrun one under 2 gloo ranks)."""
+"""Every Python snippet in the README and on every page of the docs runs as written (the
+torchrun one under 2 gloo ranks)."""
 import os
 import re
 import subprocess
@@ -9,17 +10,24 @@ import pytest
 
 from conftest import failure, torchrun
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(page.relative_to(ROOT).as_posix(), k, code) for page in PAGES
+          for k, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))]
+MAIN = 'again = eb.load_pruned("small.pt", torchvision.models.resnet18(num_classes=10))\n'
 
 
-def test_the_readme_has_its_snippets():
-    assert len(BLOCKS) == 11
+def test_the_pages_have_their_snippets():
+    counts = {}
+    for page, _, _ in BLOCKS:
+        counts[page] = counts.get(page, 0) + 1
+    assert counts == {"README.md": 1, "docs/index.md": 1, "docs/loop.md": 8,
+                      "docs/transformers.md": 1, "docs/workflow.md": 1}
+    assert sum(MAIN in code for _, _, code in BLOCKS) == 2     # README and getting started
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_snippet_runs(index, tmp_path, monkeypatch):
-    code = BLOCKS[index]
+@pytest.mark.parametrize("page,index,code", BLOCKS, ids=[f"{p}:{k}" for p, k, _ in BLOCKS])
+def test_readme_snippet_runs(page, index, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if code.startswith("# run with: torchrun"):
         script = tmp_path / "snippet.py"
@@ -33,8 +41,8 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     if "onnx.export" in code:
         pytest.importorskip("onnx", reason="the export extra is not installed")
     namespace: dict = {}
-    exec(compile(code, f"README.md snippet {index}", "exec"), namespace)
-    if index == 0:                                          # the main example
+    exec(compile(code, f"{page} snippet {index}", "exec"), namespace)
+    if MAIN in code:                                        # the main example
         small, model, again = namespace["small"], namespace["model"], namespace["again"]
         assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
         assert [p.shape for p in again.parameters()] == [p.shape for p in small.parameters()]

@@ -20,6 +20,7 @@ from earlybird.recipe import Recipe
 from conftest import TinyVGG
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+SETTINGS_PAGE = README.parent / "docs" / "loop.md"
 
 
 def test_the_default_rule_is_plateau_everywhere(x32):
@@ -60,7 +61,7 @@ def test_every_cli_option_comes_from_a_field_and_shows_its_default():
 
 
 def test_the_readme_states_the_pruners_settings_and_defaults():
-    assert markdown_table(eb.EarlyBirdConfig) in README.read_text()
+    assert markdown_table(eb.EarlyBirdConfig) in SETTINGS_PAGE.read_text()
 
 
 def test_run_config_nests_the_recipe_the_search_and_the_precision_and_round_trips():
