@@ -1,6 +1,7 @@
 """The EB Train workflow end to end on a tiny slice of the shipped data, and the CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,10 +212,25 @@ def test_same_seed_same_tickets_and_weights(tmp_path):
     assert a["sha256"] == b["sha256"]
 
 
-def whole_and_killed(tmp_path, point: str, *extra: str) -> None:
-    """``run`` into ``whole``, and into ``cut`` killed at ``point`` then resumed."""
+@pytest.fixture(scope="module")
+def whole_runs(tmp_path_factory):
+    """The uninterrupted runs, made once per set of arguments (the run is deterministic, so
+    every kill point compares against the same one)."""
+    made: dict[tuple, Path] = {}
+
+    def whole(args: list) -> Path:
+        if tuple(args) not in made:
+            made[tuple(args)] = tmp_path_factory.mktemp("whole") / "run"
+            run_cli([*args, "--save", str(made[tuple(args)])])
+        return made[tuple(args)]
+    return whole
+
+
+def whole_and_killed(tmp_path, whole_runs, point: str, *extra: str) -> None:
+    """``run`` into ``whole`` (a copy of the one uninterrupted run), and into ``cut`` killed
+    at ``point`` then resumed."""
     args = ["run", *TINY, "--ratios", "0.5", *extra]
-    run_cli([*args, "--save", str(tmp_path / "whole")])
+    shutil.copytree(whole_runs(args), tmp_path / "whole")
     killed = run_cli([*args, "--save", str(tmp_path / "cut")],
                      env={**ENV, "EARLYBIRD_KILL_AT": point}, check=False)
     assert killed.returncode == -9, killed.stderr[-500:]
@@ -222,8 +238,8 @@ def whole_and_killed(tmp_path, point: str, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("point", ["search:1:2", "prune:0:0", "retrain-0.5-finetune:3:1"])
-def test_a_run_killed_anywhere_resumes_to_the_same_result(tmp_path, point):
-    whole_and_killed(tmp_path, point)
+def test_a_run_killed_anywhere_resumes_to_the_same_result(tmp_path, whole_runs, point):
+    whole_and_killed(tmp_path, whole_runs, point)
     for name in ("search.pt", "pruned-0.5.pt", "retrain-0.5-finetune.pt"):
         a = torch.load(tmp_path / "whole" / name, weights_only=True)
         b = torch.load(tmp_path / "cut" / name, weights_only=True)
@@ -254,11 +270,11 @@ def test_a_ticket_drawn_at_the_end_is_reported_not_finetuned(tmp_path, capsys):
                                    "retrain-0.5-finetune:3:checkpointed",
                                    "retrain-0.5-finetune:2:torn", "search:4:checkpointed",
                                    "search:4:torn"])
-def test_no_epoch_is_logged_or_counted_twice_wherever_a_kill_lands(tmp_path, point):
+def test_no_epoch_is_logged_or_counted_twice_wherever_a_kill_lands(tmp_path, whole_runs, point):
     # `checkpointed`: after an epoch's checkpoint, before its log lines; `torn`: half-way
     # through writing them; a batch index: mid-epoch, before the checkpoint; epoch 4: the
     # search's last checkpoint (its final check), after which the stage counts as done
-    whole_and_killed(tmp_path, point, "--full")
+    whole_and_killed(tmp_path, whole_runs, point, "--full")
     timing = {"train_s", "eval_s", "swa_s"}
     logs = [[{k: v for k, v in r.items() if k not in timing}
              for r in eb.runs.RunDir(tmp_path / name).read_log()] for name in ("whole", "cut")]
