@@ -275,8 +275,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     if "--setting" in (sys.argv[1:] if argv is None else argv):   # the study on a suite setting
-        from benchmarks.suite import drawpoints
-        return drawpoints.main(argv)
+        from benchmarks.suite import drawcli
+        return drawcli.main(argv)
     args = _parse(argv)
     setting = replace(Setting(), epochs=args.epochs, width=args.width, s=args.s,
                       schedule=(args.epochs // 2, (args.epochs * 3) // 4),

@@ -7,7 +7,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .data import CIFAR_MEAN, CIFAR_STD, ImageSet
+from .images import CIFAR_MEAN, CIFAR_STD, ImageSet
 
 __all__ = ["Batches"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -21,30 +20,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .batches import Batches
+from .images import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, ImageSet  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ImageSet", "Batches", "DATASETS", "CIFAR_MEAN", "CIFAR_STD", "load_dataset",
            "load_packed", "pack_images", "read_archive", "subset", "folder_loaders",
            "SUBSET_FILE"]
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = ("cifar10-subset", "cifar10", "cifar100", "imagenet", "imagefolder")
 SUBSET_FILE = "cifar10_subset.npz"
-
-
-@dataclass
-class ImageSet:
-    """Images in memory: ``images`` uint8 ``[N, 3, H, W]``, ``labels`` long ``[N]``."""
-
-    images: Tensor
-    labels: Tensor
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def _decode(blobs: Sequence[bytes]) -> Tensor:
@@ -210,12 +196,3 @@ def folder_loaders(train: Any, test: Any, batch_size: int, test_batch_size: int,
         train_l.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
     shard = torch.utils.data.Subset(test, range(rank, len(test), world))
     return train_l, DataLoader(shard, test_batch_size, **keep)
-
-
-
-def __getattr__(name: str) -> Any:
-    """``earlybird.data.Batches`` lives in :mod:`earlybird.batches` (imported on first use)."""
-    if name == "Batches":
-        from .batches import Batches
-        return Batches
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,3 +87,60 @@ def test_the_package_says_it_is_typed():
     import earlybird
     assert (Path(earlybird.__file__).parent / "py.typed").is_file()
     assert "py.typed" in (ROOT / "setup.cfg").read_text()
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _dependencies(path: Path, modules: set) -> set:
+    """The project modules a file imports, at any depth of its code (a function's lazy import
+    too), except under ``if TYPE_CHECKING:`` and except the packages that contain it."""
+    me, tree = _module(path), ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
+            target = (".".join(base[:len(base) - node.level + 1] + [node.module or ""]).strip(".")
+                      if node.level else node.module or "")
+            names = [target] + [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules and n != me and not me.startswith(n + ".")}
+    return found
+
+
+def _cycle(graph: dict) -> list:
+    """One import circle of ``graph`` (``{module: modules it imports}``), or []."""
+    state: dict = {}
+
+    def visit(m: str, path: list) -> list:
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                return path[path.index(n):] + [n]
+            if n not in state and (found := visit(n, path + [n])):
+                return found
+        state[m] = "done"
+        return []
+    for m in sorted(graph):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return []
+
+
+def test_no_import_circles_in_the_library_or_the_benchmarks():
+    paths = [*LIBRARY, *BENCHMARKS]
+    modules = {_module(p) for p in paths}
+    graph = {_module(p): _dependencies(p, modules) for p in paths}
+    assert _cycle(graph) == []
+    # the checker sees one: two toy modules that import each other inside functions
+    assert _cycle({"a": {"b"}, "b": {"a"}, "c": set()}) == ["a", "b", "a"]
+    assert "earlybird.graph.surgery" in graph["earlybird.graph.headgroups"]

@@ -15,20 +15,16 @@ cache refuses a second CPU model unless told to (:func:`~benchmarks.suite.runner
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import shlex
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Optional
 
 from benchmarks import common
-from benchmarks.rules import detect, rule_spec
+from benchmarks.rules import detect
 from benchmarks.suite import costs
 from benchmarks.suite.config import Suite
 from benchmarks.suite.job import Job
@@ -173,74 +169,3 @@ def cached_reference(folder: Path, method: str, ratio: Optional[float]) -> Optio
     """A reference row of the suite's cache, or None when it is not computed."""
     path = row_path(folder, method, ratio)
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def parse(argv: Optional[list[str]]) -> argparse.Namespace:
-    """The study's options (``benchmarks/detection.py --setting NAME ...``)."""
-    from benchmarks.suite.config import settings
-    p = argparse.ArgumentParser(prog="python benchmarks/detection.py --setting",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--setting", required=True, help=f"one of {settings()}")
-    p.add_argument("--draw-epochs", type=int, nargs="+", default=list(GRID),
-                   help=f"the grid of draw epochs ({' '.join(map(str, GRID))})")
-    p.add_argument("--rules", nargs="+", default=list(STUDY_RULES),
-                   help="rules whose draw points are finetuned (benchmarks/rules.py)")
-    p.add_argument("--seeds", type=int, nargs="+", help="only these of the setting's seeds")
-    p.add_argument("--jobs", type=int, default=2, help="single-thread worker processes (2)")
-    p.add_argument("--cache", type=Path, default=Path("runs/bench"),
-                   help="the suite's cache folder (runs/bench)")
-    p.add_argument("--out", type=Path,
-                   help="results folder (benchmarks/results/draw-point/<setting>)")
-    p.add_argument("--report-only", action="store_true",
-                   help="write the report from what the cache holds now; compute nothing")
-    p.add_argument("--rerender", action="store_true",
-                   help="render the committed results.json in --out again")
-    p.add_argument("--mix-cpus", action="store_true", help="compute in a cache that another "
-                   "CPU model computed in (results are not bit-identical across CPU models)")
-    args = p.parse_args(argv)
-    if args.setting not in settings():
-        p.error(f"unknown setting {args.setting!r}; choose from {settings()}")
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
-    for rule in args.rules:
-        try:
-            rule_spec(rule)
-        except ValueError as exc:
-            p.error(str(exc))
-    return args
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from benchmarks.suite import drawreport
-    from benchmarks.suite.config import RESULTS, load_suite
-    args = parse(argv)
-    suite = load_suite(args.setting)
-    out = args.out or RESULTS / "draw-point" / suite.name
-    try:
-        if args.rerender:
-            drawreport.rewrite(out, DEFAULT_RULE)
-            drawreport.merge(out.parent)
-            print((out / "README.md").read_text())
-            return 0
-        if args.seeds:
-            bad = [s for s in args.seeds if s not in suite.seeds]
-            if bad:
-                raise ValueError(f"--seeds {bad} are not in setting {suite.name} "
-                                 f"({list(suite.seeds)})")
-            suite = replace(suite, seeds=tuple(args.seeds))
-        grid, rules = tuple(args.draw_epochs), tuple(args.rules)
-        started = time.perf_counter()
-        if not args.report_only:
-            run(suite, args.cache, args.jobs, grid, rules, args.mix_cpus)
-        meta = {"command": "python benchmarks/detection.py" + "".join(
-                    " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-                "machine": common.machine(args.jobs), "date": common.now(),
-                "wall_min": (time.perf_counter() - started) / 60}
-        drawreport.write(suite, cache_dir(suite, args.cache), grid, rules, out, meta,
-                         DEFAULT_RULE)
-        drawreport.merge(out.parent)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((out / "README.md").read_text())
-    return 0

@@ -24,6 +24,7 @@ from .coefficients import Coefficients
 
 __all__ = ["HEADS", "DIMS", "find_attentions", "head_coefficients", "drop_heads",
            "heads_layer", "attention_unit", "unit_width", "dims_spec"]
+# (:mod:`.headgroups` joins these units to a ChannelGraph: trials and coefficients)
 
 HEADS = ":heads"          # a layout name ``<attention>:heads`` stands for an attention's heads
 DIMS = ":dims"            # ``<attention>:dims``: the same head dimensions in every head
@@ -141,57 +142,3 @@ def dims_spec(spec: Mapping[str, Any], dims: list[int]) -> dict[str, Any]:
     from every head of an attention ``spec`` describes."""
     return {"width": spec["heads"] * spec["head_dim"], "heads": spec["heads"],
             "producers": list(spec["producers"]), "proj": spec["proj"], "dims": sorted(dims)}
-
-
-def trial_heads(model: nn.Module, example_inputs: Any, name: str, spec: Mapping[str, Any],
-                mode: str = "whole") -> Optional[str]:
-    """Why dropping one head (``mode="dims"``: one dimension of every head) of attention
-    ``name`` on a copy breaks the model, or None."""
-    from .heads import replay_heads
-    from .surgery import copy_model                         # (surgery imports this module)
-    from .trace import run_example
-    small = copy_model(model)
-    try:
-        if mode == "whole":
-            drop_heads(small, name, {**spec, "drop": [0]})
-        elif spec["head_dim"] < 2:
-            return "one dimension per head: none can go"
-        else:
-            replay_heads(small, name, dims_spec(spec, [0]))
-        run_example(small, example_inputs)
-    except Exception as exc:  # noqa: BLE001 - any failure means: leave these heads alone
-        cause = exc.__cause__ or exc
-        return f"{type(cause).__name__}: {' '.join(str(cause).split())[:160]}"
-    return None
-
-
-def add_heads(model: nn.Module, example_inputs: Any, found: tuple, skip: Any,
-              earlier: Mapping[str, Coefficients], mode: str = "whole"
-              ) -> tuple[tuple, dict[str, Coefficients], dict[str, str]]:
-    """``found`` (a ChannelGraph's collected groups) with every prunable attention's heads
-    (``mode="whole"``) or head dimensions (``"dims"``) appended as a layer
-    ``<attention>:heads`` (``:dims``) scored by coefficients (reused from ``earlier`` where a
-    pruner made them before); the coefficients and the attentions left out, with the reason."""
-    from .groups import ScoredLayer                          # (groups imports this module)
-    layer_names, sizes, units, segments, norms = found
-    made, excluded = {}, {}
-    suffix = HEADS if mode == "whole" else DIMS
-    for name, spec in find_attentions(model, skip).items():
-        why = trial_heads(model, example_inputs, name, spec, mode)
-        if why is not None:
-            excluded[name + suffix] = why
-            continue
-        key = name + suffix
-        heads = spec["heads"] if mode == "whole" else spec["head_dim"]
-        coefficients = head_coefficients(name, spec, mode)
-        if key in earlier and earlier[key].weight.shape == coefficients.weight.shape:
-            coefficients.weight = earlier[key].weight
-        offset, first = sum(sizes), max(segments, default=-1) + 1
-        norms[coefficients] = ScoredLayer(coefficients, list(range(heads)),
-                                          [offset + h for h in range(heads)])
-        layer_names.append(key)
-        sizes.append(heads)
-        units.extend(offset + h for h in range(heads))
-        segments.extend(first for _ in range(heads))
-        made[key] = coefficients
-    return (layer_names, sizes, units, segments, norms), made, excluded

@@ -11,7 +11,6 @@ ranked by slimming coefficients made for it (:mod:`.coefficients`, ``coefficient
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -20,10 +19,11 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..masks import ChannelLayout
 from . import penalty as _penalty
-from .attention import add_heads
 from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
                            group_coefficients)
-from .heads import tie_excluded, tied_units
+from .headgroups import add_heads, tie_excluded
+from .heads import tied_units
+from .scored import ScoredLayer
 from .units import grouped_units, joined_by_addition, split_units
 from .exclusion import exclusions, out_width, refuse_past_the_end, report
 from .search import search_groups
@@ -47,22 +47,6 @@ def coupled(group: Any, size: int, accept: Any) -> Optional[dict[nn.Module, set]
                 (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
     covered = {r for pairs in found.values() for _, r in pairs}
     return found if found and len(covered) == size else None
-
-
-@dataclass
-class ScoredLayer:
-    """A layer whose channels score group channels: ``module``'s channel ``src[i]`` is coupled
-    to flat group channel ``dst[i]``."""
-
-    module: nn.Module
-    src: list[int]       # channel index in the norm layer (output filter of a weight-scored layer)
-    dst: list[int]       # flat group-channel index it is coupled to
-    filters: bool = False  # True: a conv/linear layer scored by its filters' mean |w|
-
-    def values(self) -> Tensor:
-        """One value per channel: ``gamma`` of a norm layer, mean ``|w|`` of each filter."""
-        w = self.module.weight.detach()
-        return w.abs().flatten(1).mean(1) if self.filters else w.reshape(-1)
 
 
 class ChannelGraph:

@@ -26,7 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["Tie", "find_ties", "tie_excluded", "tied_units", "prune_heads", "replay_heads"]
+__all__ = ["Tie", "find_ties", "tied_units", "prune_heads", "replay_heads"]
 
 Tie = dict   # {"heads": int, "width": int, "attentions": {attention name: [producer names]}}
 
@@ -63,26 +63,6 @@ def tied_units(tie: Tie) -> list[int]:
     each of the ``heads`` slices."""
     block = tie["width"] // tie["heads"]
     return [i % block for i in range(tie["width"])]
-
-
-def tie_excluded(model: nn.Module, example_inputs: Any, graph: Any, groups: Sequence[Any],
-                 excluded: Mapping[str, str], names: Mapping[nn.Module, str]) -> dict[str, Tie]:
-    """Of the ``excluded`` groups, those read by attention layers whose pruning works when tied
-    to their heads (a trial cutting the first and last unit, one head dimension each):
-    ``{group root: tie}``."""
-    from .exclusion import trial                                  # (exclusion imports surgery)
-    ties: dict[str, Tie] = {}
-    for group in groups:
-        name = names[group[0].dep.target.module]
-        tie = find_ties(model, graph, group, names) if name in excluded else None
-        if tie is None:
-            continue
-        block = tie["width"] // tie["heads"]
-        ends = {0, block - 1} if block > 2 else {0}
-        cut = [i for i, u in enumerate(tied_units(tie)) if u in ends] if block > 1 else []
-        if cut and trial(model, example_inputs, {name: cut}, ties={name: tie}) is None:
-            ties[name] = tie
-    return ties
 
 
 def _weakest_dims(layers: Sequence[nn.Linear], width: int, heads: int, count: int) -> list[int]:
