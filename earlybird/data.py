@@ -153,7 +153,8 @@ def load_dataset(name: str, data: Optional[str] = None, download: bool = False):
     if data is None or not Path(data, "train").is_dir():
         raise FileNotFoundError(f"--data must be a folder with train/ and val/ (or test/) "
                                 f"sub-folders for {name}, got {data!r}")
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
     val = Path(data, "val") if Path(data, "val").is_dir() else Path(data, "test")
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train = datasets.ImageFolder(str(Path(data, "train")), T.Compose(
@@ -186,12 +187,14 @@ def folder_loaders(train: Any, test: Any, batch_size: int, test_batch_size: int,
     per rank (a DistributedSampler under torchrun, ``set_epoch`` forwarded), and each rank's
     every ``world``-th test image, each image seen exactly once."""
     from torch.utils.data import DataLoader, DistributedSampler
-    keep = dict(num_workers=workers, pin_memory=True, persistent_workers=workers > 0)
+    keep: dict[str, Any] = dict(num_workers=workers, pin_memory=True,
+                                persistent_workers=workers > 0)
     if world == 1:
         train_l = DataLoader(train, batch_size, shuffle=True, drop_last=True,
                              generator=torch.Generator().manual_seed(seed), **keep)
     else:
-        sampler = DistributedSampler(train, world, rank, shuffle=True, seed=seed, drop_last=True)
+        sampler: DistributedSampler = DistributedSampler(train, world, rank, shuffle=True,
+                                                         seed=seed, drop_last=True)
         train_l = DataLoader(train, batch_size, sampler=sampler, drop_last=True, **keep)
         train_l.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
     shard = torch.utils.data.Subset(test, range(rank, len(test), world))

@@ -41,7 +41,7 @@ def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_facto
     """
     weights = weights or [1.0] * len(records)
     eval_weights = eval_weights or [1.0] * len(records)
-    out = {"forward_flops": forward_flops, "epochs": 0.0, "train_samples": 0.0,
+    out: dict[str, Any] = {"forward_flops": forward_flops, "epochs": 0.0, "train_samples": 0.0,
            "eval_samples": 0.0, "train_flops": 0.0, "eval_flops": 0.0, "train_s": 0.0,
            "eval_s": 0.0, "energy_j_estimated": 0.0, "energy_j_measured": None, "precision": []}
     measured = []

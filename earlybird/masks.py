@@ -15,7 +15,6 @@ and equal to it whenever the remaining budget can be filled.
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence

@@ -18,7 +18,7 @@ from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memor
                     strip_coefficients, unwrap_model)
 from .graph.coefficients import kind_shares
 from .io import attach_record, input_spec
-from .masks import check_room, layer_caps, keep_masks, prune_budget
+from .masks import check_room, keep_masks, layer_caps
 from .offload import copy_to_cpu, fetch_check, plain_state
 from .ticket import Ticket
 

@@ -33,6 +33,7 @@ from .precision import LowPrecision, autocast, unwrap_optimizer
 from .recipe import Recipe, default_schedule, lr_at
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
 __all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "memory_format",
            "Progress"]
@@ -263,7 +264,7 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Any, device: torch.device = torch.device("cpu"),
+def evaluate(model: nn.Module, batches: Any, device: torch.device = CPU,
              precision: str = "fp32",
              layout: torch.memory_format = torch.contiguous_format) -> tuple[float, int]:
     """Top-1 accuracy in percent and the number of images seen (summed over ranks)."""

@@ -104,7 +104,7 @@ def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
     except Exception as exc:  # noqa: BLE001 - any failure of the pruned copy breaks the group
         cause = exc.__cause__ or exc
         if out_of_memory(cause):
-            raise cause                              # the machine's limit, not the group's
+            raise cause from None                    # the machine's limit, not the group's
         return _why(exc)
     finally:
         del small
