@@ -42,8 +42,8 @@ def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[flo
     unit_of = layout.units if layout.units is not None else torch.arange(layout.num_channels)
     n_units = int(unit_of.max()) + 1
     unit_size = torch.bincount(unit_of, minlength=n_units)
-    unit_score = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
-    unit_score = (unit_score / unit_size).tolist()
+    summed = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
+    unit_score = (summed / unit_size).tolist()
     unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
         0, unit_of, layer, "amax", include_self=False).tolist()
     part_of = (unit_layer if layout.segments is None else torch.zeros(

@@ -70,7 +70,7 @@ def _slice_state(dense: nn.Module, params: list[nn.Parameter], names: dict[int, 
 def _construct(cls: type, groups: list[dict[str, Any]], defaults: dict[str, Any]) -> Any:
     """``cls(groups, **defaults)`` with only the defaults ``cls`` takes as arguments (AdamW keeps
     ``decoupled_weight_decay`` in its defaults but does not accept it)."""
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     if any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
         return cls(groups, **defaults)
     return cls(groups, **{k: v for k, v in defaults.items() if k in accepted})

@@ -98,7 +98,7 @@ def pack_images(archive: Union[str, os.PathLike], out: Union[str, os.PathLike],
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
         arrays["classes"] = np.asarray(classes)
     from .io import atomic_write
-    atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays))
+    atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
 
 
 def load_packed(path: Union[str, os.PathLike, None] = None) -> dict[str, ImageSet]:

@@ -45,12 +45,12 @@ def _unfused_attention(model: nn.Module) -> Iterator[None]:
     the setting once, into ``fused_attn``) use explicit matmuls while counting."""
     fused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
     for m in fused:
-        m.fused_attn = False
+        setattr(m, "fused_attn", False)
     try:
         yield
     finally:
         for m in fused:
-            m.fused_attn = True
+            setattr(m, "fused_attn", True)
 
 
 def count_flops(model: nn.Module, inputs: Any) -> FlopCount:

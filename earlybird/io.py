@@ -72,7 +72,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], *,
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], *,
                  keep_previous: bool = False) -> Path:
     """The one way earlybird writes a file: ``write(fh)`` into a temporary file beside
     ``path``, flush, fsync, then rename it over ``path``.

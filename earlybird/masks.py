@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -107,9 +107,10 @@ class ChannelLayout:
     @property
     def segment_layer(self) -> Tensor:
         """The layer index of each segment of ``segments``."""
-        n_seg = int(self.segments.max()) + 1
+        segments = cast(Tensor, self.segments)
+        n_seg = int(segments.max()) + 1
         return torch.zeros(n_seg, dtype=torch.long).scatter_reduce_(
-            0, self.segments, self.layer_index, "amax", include_self=False)
+            0, segments, self.layer_index, "amax", include_self=False)
 
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """Cut a flat ``[N]`` tensor into one tensor per layer name."""
@@ -214,7 +215,8 @@ def _constants(layout: ChannelLayout, caps: tuple[int, ...], segment_caps: Optio
     from host memory makes the host wait for the device)."""
     def there(values: Any) -> Optional[Tensor]:
         return None if values is None else torch.as_tensor(values, dtype=torch.long).to(device)
-    return there(layout.layer_index), there(list(caps)), there(layout.segments), there(
+    return cast(Tensor, there(layout.layer_index)), cast(Tensor, there(list(caps))), there(
+        layout.segments), there(
         None if segment_caps is None else list(segment_caps))
 
 

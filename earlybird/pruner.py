@@ -121,8 +121,8 @@ class EarlyBirdPruner:
             list(self.graph.coefficients.values()), not self.iterations, self._stripped)
         scores = self.graph.scores()                      # on the model's device
         flat = self._flat_masks(scores, self.config.ratios)
-        rows = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
-        masks, rows, finite = fetch_check(flat, rows, scores)   # the check's one transfer
+        near = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
+        masks, rows, finite = fetch_check(flat, near, scores)   # the check's one transfer
         if not finite:
             self._scores()                                   # names the layers, and raises
         check = len(self.iterations)
@@ -131,7 +131,7 @@ class EarlyBirdPruner:
         for ratio, mask in masks.items():
             self._masks[ratio].append(mask)
             self._rows[ratio].append(rows[ratio])
-            self._recent[ratio] = [flat[ratio], *self._recent[ratio]][:self.config.window - 1]
+            self._recent[ratio] = [flat[ratio], *(self._recent[ratio] or [])][:self.config.window - 1]
             counts = self._count(ratio, mask)
             if ratio not in self.tickets and self._criterion(
                     Checks(self._rows[ratio], self.iterations, ratio, counts), self.config.window,
@@ -168,11 +168,12 @@ class EarlyBirdPruner:
     def _distances_to_recent(self, ratio: float, mask: Tensor) -> Tensor:
         """Distances of ``mask`` to the last ``window - 1`` masks, nearest first, computed where
         the mask is (the recent masks are kept there)."""
-        if self._recent.get(ratio) is None:        # after load_state_dict: from the history
-            self._recent[ratio] = self._masks[ratio][-(self.config.window - 1):][::-1]
-        if self._recent[ratio] and self._recent[ratio][0].device != mask.device:
-            self._recent[ratio] = [m.to(mask.device) for m in self._recent[ratio]]  # model moved
-        recent = self._recent[ratio]
+        recent = self._recent.get(ratio)
+        if recent is None:                         # after load_state_dict: from the history
+            recent = self._masks[ratio][-(self.config.window - 1):][::-1]
+        if recent and recent[0].device != mask.device:
+            recent = [m.to(mask.device) for m in recent]                     # model moved
+        self._recent[ratio] = recent
         if not recent:
             return torch.zeros(0, dtype=torch.float64, device=mask.device)
         return (torch.stack(recent) != mask).double().mean(1)

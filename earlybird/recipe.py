@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ class Recipe:
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch``."""
-        return lr_at(epoch, self.lr, self.schedule, self.gamma)
+        return lr_at(epoch, self.lr, cast(Sequence[int], self.schedule), self.gamma)
 
     def optimizer(self, model: nn.Module, epoch: int = 0) -> torch.optim.SGD:
         """SGD over ``model``'s parameters at the learning rate of ``epoch``."""

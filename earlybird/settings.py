@@ -88,7 +88,7 @@ def from_dict(cls: type, data: Mapping[str, Any], source: str = "settings") -> A
     values = {}
     for name, value in data.items():
         kind = hints[name]
-        if dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind) and isinstance(value, Mapping):
             value = from_dict(kind, value, f"{source}.{name}")
         values[name] = value
     return cls(**values)
@@ -131,7 +131,7 @@ def leaves(cls: type, path: tuple[str, ...] = (), group: Optional[str] = None) -
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             yield from leaves(kind, (*path, f.name), f.metadata.get("group") or f.name)
             continue
         element, many, optional = _unpack(kind)

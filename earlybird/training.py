@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, cast
 
 import torch
 from torch import nn
@@ -123,7 +123,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.net = distributed.wrap(model, self.device)
         if compile:
-            self.net = torch.compile(self.net)
+            self.net = cast(nn.Module, torch.compile(self.net))
         self.masks = {p: m.to(self.device, p.dtype) for p, m in (weight_masks or {}).items()}
         with torch.no_grad():
             for p, m in self.masks.items():
@@ -152,7 +152,8 @@ class Trainer:
                   "train_s": time.perf_counter() - started, "precision": self.precision,
                   "stop": stop}
         if joules is not None:
-            record.update(train_j=self.meter.read() - joules, energy_sources=self.meter.sources)
+            record.update(train_j=cast(float, self.meter.read()) - joules,
+                          energy_sources=self.meter.sources)
         self.epoch += 1
         return record
 
@@ -202,7 +203,7 @@ class Trainer:
         acc, seen = evaluate(self.model, self.test, self.device, self.precision, self.layout)
         out = {"test_acc": acc, "eval_samples": seen, "eval_s": time.perf_counter() - started}
         if joules is not None:
-            out["eval_j"] = self.meter.read() - joules
+            out["eval_j"] = cast(float, self.meter.read()) - joules
         return out
 
     # ------------------------------------------------------------------------------ a run

@@ -14,7 +14,7 @@ with fewer heads of the same width. Each cut enters the pruning history as
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 import torch_pruning as tp
@@ -49,7 +49,8 @@ def unit_width(layer: nn.Module, name: str) -> Optional[int]:
     unit = attention_unit(name)
     if unit is None:
         return getattr(layer, "out_channels", getattr(layer, "out_features", None))
-    return layer.num_heads if unit[1] == "heads" else layer.proj.in_features // layer.num_heads
+    heads: int = getattr(layer, "num_heads")
+    return heads if unit[1] == "heads" else getattr(layer, "proj").in_features // heads
 
 
 def heads_layer(name: str) -> Optional[str]:
@@ -62,6 +63,10 @@ def heads_layer(name: str) -> Optional[str]:
     return None if unit is None else unit[0]
 
 
+def _out(attention: nn.Module, name: str) -> int:
+    return int(cast(nn.Linear, attention.get_submodule(name)).out_features)
+
+
 def _spec(attention: nn.Module) -> Optional[dict[str, Any]]:
     heads = getattr(attention, "num_heads", None)
     proj = getattr(attention, "proj", None)
@@ -71,14 +76,14 @@ def _spec(attention: nn.Module) -> Optional[dict[str, Any]]:
     width = proj.in_features
     producers = [n for n, c in attention.named_children() if isinstance(c, nn.Linear)
                  and n != "proj" and c.out_features % width == 0]
-    made = sum(attention.get_submodule(n).out_features // width for n in producers)
+    made = sum(_out(attention, n) // width for n in producers)
     if made != 3:                                     # queries, keys and values, exactly
         return None
     norm = getattr(attention, "norm", None)
     if norm is not None and any(True for _ in norm.parameters()):
         return None                                   # a norm over the heads' output: not yet
     return {"heads": heads, "head_dim": width // heads, "producers": producers, "proj": "proj",
-            "outputs": {n: attention.get_submodule(n).out_features // width for n in producers}}
+            "outputs": {n: _out(attention, n) // width for n in producers}}
 
 
 def find_attentions(model: nn.Module, skip: Any = ()) -> dict[str, dict[str, Any]]:
@@ -132,7 +137,7 @@ def drop_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
         setattr(attention, key, nn.Parameter(cut, value.requires_grad)
                 if isinstance(value, nn.Parameter) else cut)
     tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
-    attention.num_heads = len(keep_heads)
+    setattr(attention, "num_heads", len(keep_heads))
     if isinstance(getattr(attention, "attn_dim", None), int):
         attention.attn_dim = len(keep_heads) * hd
 

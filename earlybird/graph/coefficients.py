@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -106,7 +106,7 @@ def reading_layers(group: Any, size: int, is_out: Any, units: Optional[list[int]
 
 
 def _inputs(layer: nn.Module) -> int:
-    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    return int(layer.in_features if isinstance(layer, nn.Linear) else cast(int, layer.in_channels))
 
 
 def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
@@ -179,12 +179,12 @@ def strip_coefficients(model: nn.Module) -> dict[str, Tensor]:
     for coefficients in made.values():
         for k, reader in enumerate(coefficients.readers):
             layer = model.get_submodule(reader)
-            w = layer.weight
+            w = cast(Tensor, layer.weight)
             scale = coefficients.scale_for(k, w.dtype).detach().to(w.device)
             if coefficients.outputs:                    # rows (and bias) of a producer
                 w *= scale.view(-1, 1)
                 if layer.bias is not None:
-                    layer.bias *= scale
+                    cast(Tensor, layer.bias).mul_(scale)
             elif isinstance(layer, nn.Linear) or layer.groups == 1:
                 w *= scale.view([1, -1] + [1] * (w.dim() - 2))
             else:                                       # depthwise: filter j reads channel j

@@ -13,7 +13,7 @@ nothing breaks.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -115,9 +115,9 @@ def trial(model: nn.Module, example_inputs: Any, cuts: Cuts,
 def _silenced(model: nn.Module, zeros: Zeros, example_inputs: Any) -> list[torch.Tensor]:
     for name, channels in zeros.items():
         layer = model.get_submodule(name)
-        layer.weight[list(channels)] = 0
+        cast(torch.Tensor, layer.weight)[list(channels)] = 0
         if getattr(layer, "bias", None) is not None:
-            layer.bias[list(channels)] = 0
+            cast(torch.Tensor, layer.bias)[list(channels)] = 0
     return _tensors(run_example(model, example_inputs))
 
 
@@ -230,7 +230,7 @@ def exclusions(model: nn.Module, example_inputs: Any, found: tuple,
     def merged(some: Cuts) -> dict[str, list[int]]:
         out: dict[str, set] = {}
         for name in some:
-            for layer, channels in zeros[name].items():
+            for layer, channels in cast(dict[str, list[int]], zeros[name]).items():
                 out.setdefault(layer, set()).update(channels)
         return {layer: sorted(channels) for layer, channels in out.items()}
     exact = {n: cuts[n] for n in cuts if zeros[n] is not None}

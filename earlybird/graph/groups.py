@@ -236,7 +236,9 @@ class ChannelGraph:
                                  and len(module.normalized_shape) != 1))
 
     def _index_tensors(self) -> None:
-        src, dst, base = [], [], 0
+        src: list[int] = []
+        dst: list[int] = []
+        base = 0
         for norm in self.norms:
             src.extend(base + i for i in norm.src)
             dst.extend(norm.dst)
@@ -250,8 +252,8 @@ class ChannelGraph:
         if device.type == "cpu":
             return self._src, self._dst, self._count
         if device not in self._devices:
-            self._devices[device] = tuple(t.to(device) for t in (self._src, self._dst,
-                                                                 self._count))
+            self._devices[device] = (self._src.to(device), self._dst.to(device),
+                                     self._count.to(device))
         return self._devices[device]
 
     def _flat_weights(self) -> Tensor:

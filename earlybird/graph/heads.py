@@ -20,7 +20,7 @@ attention scale is left as trained.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import torch
 import torch_pruning as tp
@@ -99,7 +99,8 @@ def prune_heads(model: nn.Module, tie: Tie, removed: int) -> list[list]:
         proj = _proj(attention, producers, width)
         if proj is None:
             raise ValueError(f"{name!r} has no single layer reading its heads' output")
-        dims = _weakest_dims([attention.get_submodule(p) for p in producers], width, heads, count)
+        layers = [cast(nn.Linear, attention.get_submodule(p)) for p in producers]
+        dims = _weakest_dims(layers, width, heads, count)
         spec = {"width": width, "heads": heads, "producers": list(producers), "proj": proj,
                 "dims": dims}
         replay_heads(model, name, spec)

@@ -2,6 +2,8 @@
 slimming coefficients), as :class:`~.groups.ChannelGraph` gathers them."""
 from __future__ import annotations
 
+from typing import cast
+
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -21,5 +23,5 @@ class ScoredLayer:
 
     def values(self) -> Tensor:
         """One value per channel: ``gamma`` of a norm layer, mean ``|w|`` of each filter."""
-        w = self.module.weight.detach()
+        w = cast(Tensor, self.module.weight).detach()
         return w.abs().flatten(1).mean(1) if self.filters else w.reshape(-1)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,7 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
     for name, mask in whole.items():            # attention heads or head dimensions, last
         drop = (~mask.bool()).nonzero().flatten().tolist()
         if drop:
-            attention, kind = attention_unit(name)
+            attention, kind = cast(tuple[str, str], attention_unit(name))
             spec = find_attentions(model.get_submodule(attention))[""]
             if kind == "heads":
                 spec = {**spec, "drop": drop}
@@ -144,10 +144,10 @@ def sync_attributes(model: nn.Module) -> None:
         if (len(own) == 1 and own[0].dim() == 1 and isinstance(shape, tuple) and shape
                 and all(isinstance(d, int) for d in shape) and set(shape[1:]) <= {1}
                 and shape[0] != own[0].numel()):
-            m.shape = (own[0].numel(), *shape[1:])
+            setattr(m, "shape", (own[0].numel(), *shape[1:]))
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
-            m.hidden_dim = proj.out_channels
+            setattr(m, "hidden_dim", proj.out_channels)
 
 
 @torch.no_grad()

@@ -86,7 +86,7 @@ class _LastDimFlatten:
         self.stride, self.channels, self.reverse = stride, channels, reverse
 
     def __call__(self, idxs: Any) -> list:
-        hybrid = type(idxs[0]) if idxs else None
+        hybrid: Any = type(idxs[0]) if idxs else None
         if self.reverse:
             return list(dict.fromkeys(hybrid(i.idx % self.channels, i.root_idx) for i in idxs))
         return [hybrid(k * self.channels + i.idx, i.root_idx)
@@ -199,7 +199,7 @@ def out_params(layer: nn.Module) -> list[str]:
 def with_out_params(base: Any, names: Sequence[str]) -> Any:
     """torch-pruning's pruner ``base`` for one layer, that also prunes the parameters ``names``
     along their first dimension when it prunes the layer's output channels."""
-    class Pruner(type(base)):
+    class Pruner(type(base)):  # type: ignore[misc]  # torch-pruning's pruner of that layer
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             keep = sorted(set(range(self.get_out_channels(layer))) - set(idxs))
             layer = super().prune_out_channels(layer, idxs)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union, cast
 
 import torch
 import torch_pruning as tp
@@ -125,7 +125,7 @@ def _probe(model: nn.Module, example_inputs: Any,
                 t for t in (out.values() if isinstance(out, Mapping) else out)
                 if isinstance(t, Tensor) and t.requires_grad]
             if tensors:
-                sum(t.float().sum() for t in tensors).backward()
+                cast(Tensor, sum(t.float().sum() for t in tensors)).backward()
             functional = [n for n, m in layers.items() if n not in called
                           and getattr(m, "weight", None) is not None and m.weight.grad is not None]
     except Exception as exc:  # noqa: BLE001 - cannot tell: trace in training mode as before
@@ -195,7 +195,7 @@ def find_classifier(model: nn.Module, output: Any) -> list[nn.Module]:
     """The output layer: timm's ``get_classifier()``, else the last conv/linear layer whose
     output width is the width of ``output`` (the model's output on the example inputs)."""
     if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
+        head = getattr(model, "get_classifier")()
         if isinstance(head, nn.Module) and any(isinstance(m, ROOT_TYPES) for m in head.modules()):
             return [m for m in head.modules() if isinstance(m, ROOT_TYPES)]
     if not isinstance(output, Tensor) or output.dim() < 2:

@@ -78,7 +78,7 @@ def split_units(group: Any, size: int) -> Optional[list[int]]:
     MLP (``a, b = fc1(x).chunk(2); fc2(act(a) * b)``: timm's ``GluMlp``, ``SwiGLUPacked``):
     position ``j`` of every chunk is one unit. None when the group has no such split."""
     uf = None
-    paths: dict[Any, dict[Any, list[tuple[int, int]]]] = {}
+    paths: dict[Any, dict[Any, list[list[tuple[int, int]]]]] = {}
     for item in group:
         source = item.dep.source
         if type(source.module).__name__ != "_SplitOp":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 from torch import nn
 
@@ -92,7 +92,7 @@ class RunConfig:
         if self.precision.swa_start is None:
             object.__setattr__(self, "precision", dataclasses.replace(
                 self.precision, swa_start=(epochs * 7) // 8))
-        if not 0 <= self.precision.swa_start < epochs:
+        if not 0 <= cast(int, self.precision.swa_start) < epochs:
             raise ConfigError("{} must be an epoch in [0, " + str(epochs) + "), got "
                               + value(self.precision.swa_start), "swa_start")
         for name in ("train_images", "test_images"):

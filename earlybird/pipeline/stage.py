@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from torch import nn
 
@@ -120,7 +120,7 @@ class Stage:
             nonlocal best, test_acc
             test_acc = record["test_acc"]
             best = max(best, test_acc)
-            if swa is not None and trainer.epoch > cfg.precision.swa_start:
+            if swa is not None and trainer.epoch > cast(int, cfg.precision.swa_start):
                 swa.update()
             self.log(_epoch_record(record))
             self._flush(state(False), record["epoch"])

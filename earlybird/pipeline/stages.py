@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 import torch.distributed as dist
@@ -53,7 +53,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
     standalone, env = env is None, env or setup(cfg)
     stage = Stage(env, "search", resume)
     if stage.done:
-        return _search_summary(env, stage.ckpt)
+        return _search_summary(env, cast(dict, stage.ckpt))
     model = env.model()
     pruner = _pruner(model, env)
     if stage.ckpt is not None:
@@ -65,7 +65,7 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
         _same_on_all_ranks(env, pruner)
         step = iteration if cfg.check_every else iteration * env.steps_per_epoch
         stage.log({"check": len(pruner.iterations) - 1, "iteration": iteration, "step": step,
-                   "drawn": drawn, "distances": {f"{r:g}": (pruner.distances(r) or [None])[-1]
+                   "drawn": drawn, "distances": {f"{r:g}": (pruner.distances(r) or [None])[-1]  # type: ignore[list-item]
                                                  for r in ratios}})
         return len(pruner.tickets) == len(ratios) and not cfg.full
 
@@ -175,7 +175,7 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
     if not 0 <= first < epochs:
         raise ValueError(f"--start-epoch must be in [0, {epochs}), got {first}")
     if stage.done:
-        ckpt = stage.ckpt
+        ckpt = cast(dict, stage.ckpt)
         small.load_state_dict(ckpt["model"])
     else:
         ckpt = stage.fit(small, first, cfg.precision.retrain_precision, _regularizer(small, env),
@@ -194,7 +194,7 @@ def train_dense(cfg: RunConfig, *, resume: bool = False, progress: Optional[Prog
     standalone, env = env is None, env or setup(cfg)
     stage = Stage(env, "train", resume)
     model = env.model()
-    ckpt = stage.ckpt if stage.done else stage.fit(
+    ckpt = cast(dict, stage.ckpt) if stage.done else stage.fit(
         model, 0, cfg.precision.search_precision, _regularizer(model, env), progress=progress)
     if standalone:
         _write_ledger(env)
