@@ -39,7 +39,8 @@ def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[flo
     """
     scores = scores.detach().to("cpu", torch.float64)
     layer = layout.layer_index
-    unit_of = layout.units if layout.units is not None else torch.arange(layout.num_channels)
+    unit_of = (torch.unique(layout.units, return_inverse=True)[1] if layout.units is not None
+               else torch.arange(layout.num_channels))          # units numbered 0..U-1
     n_units = int(unit_of.max()) + 1
     unit_size = torch.bincount(unit_of, minlength=n_units)
     summed = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
@@ -53,14 +54,17 @@ def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[flo
     parts: dict[int, list[int]] = {}
     for u in sorted(range(n_units), key=lambda u: unit_score[u]):   # stable: earlier first
         parts.setdefault(part_of[u], []).append(u)
-    blocks = []                     # (score, part, units, channels, layer, segment)
+    blocks = []                     # (score, part, units, channels, layer)
     for part, units in sorted(parts.items()):          # ties: earlier layer first
         k = multiples[unit_layer[units[0]]]
         first = len(units) % k or k
+        rising = float("-inf")
         for start in [0] + list(range(first, len(units), k)):
             members = units[start:start + (first if start == 0 else k)]
-            blocks.append((sum(unit_score[u] for u in members) / len(members), part, members,
-                           sum(sizes[u] for u in members), unit_layer[members[0]]))
+            # the running maximum: a mean of tied scores can round below the next block's
+            rising = max(rising, sum(unit_score[u] for u in members) / len(members))
+            blocks.append((rising, part, members, sum(sizes[u] for u in members),
+                           unit_layer[members[0]]))
     blocks.sort(key=lambda b: b[0])                     # stable: a layer's blocks keep order
     out = {}
     for ratio, budget in budgets.items():

@@ -63,7 +63,8 @@ class EarlyBirdConfig:
         None, "largest share of one layer a ticket may prune, in (0, 1); None: no limit")
     round_to: int = option(
         1, "every layer keeps a multiple of this many channels (units: a gated MLP's pairs, "
-        "a grouped conv's positions), or all of them, >= 1; attention heads are not rounded")
+        "a grouped conv's positions), or all of them, >= 1; attention heads and head dimensions "
+        "are not rounded")
     keep_weights: bool = option(
         True, "keep a CPU copy of the weights at each ticket's draw point")
     score: str = option(

@@ -13,11 +13,13 @@ export     onnx, onnxruntime               checking an ONNX export of a pruned m
 all        all of the above
 ========== =============================== ============================================
 
->>> from earlybird.extras import EXTRAS, missing
+>>> from earlybird.extras import EXTRAS, require
 >>> sorted(EXTRAS)
 ['export', 'lightning', 'lowp', 'plots']
->>> missing("plots")        # installed here
-[]
+>>> require("plot", "the plots")
+Traceback (most recent call last):
+...
+ValueError: unknown extra 'plot'; choose from ['export', 'lightning', 'lowp', 'plots']
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ from .errors import EarlyBirdError
 
 __all__ = ["EXTRAS", "MissingExtraError", "missing", "require"]
 
+# the modules each extra must make importable (lowp also installs ninja, whose binary may as
+# well come from the system: load_qtorch checks for it on PATH)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "plots": ("matplotlib",),
-    "lowp": ("qtorch", "ninja"),
+    "lowp": ("qtorch",),
     "lightning": ("lightning",),
     "export": ("onnx", "onnxruntime"),
 }
@@ -55,10 +59,7 @@ def missing(extra: str) -> list[str]:
 
 
 def require(extra: str, feature: str) -> None:
-    """Raise :class:`MissingExtraError` naming ``extra`` when ``feature`` cannot run here.
-
-    >>> require("plots", "the plots")     # matplotlib is installed: nothing happens
-    """
+    """Raise :class:`MissingExtraError` naming ``extra`` when ``feature`` cannot run here."""
     gone = missing(extra)
     if gone:
         raise MissingExtraError(

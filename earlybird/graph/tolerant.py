@@ -127,26 +127,47 @@ def _feature_split(graph: tp.DependencyGraph, node: Any) -> bool:
     grad_fn = node.grad_fn
     sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
     dim = getattr(grad_fn, "_saved_dim", None)
-    offsets = getattr(node.module, "offsets", None)
-    if (node.type != tp.ops.OPTYPE.SPLIT or sizes is None or dim is None or offsets is None
-            or len(sizes) < 3 or len(node.outputs) != len(offsets) - 1):
+    if node.type != tp.ops.OPTYPE.SPLIT or sizes is None or dim is None or len(sizes) < 3:
         return False
     dim = int(dim) - 2 ** 64 if int(dim) >= 2 ** 63 else int(dim)     # stored unsigned
-    if dim % len(sizes) != len(sizes) - 1 or int(offsets[-1]) != int(sizes[-1]):
+    width = int(sizes[-1])
+    if dim % len(sizes) != len(sizes) - 1:
+        return False
+    offsets = _split_offsets(grad_fn, width)
+    if offsets is None or len(node.outputs) != len(offsets) - 1:
         return False
     if not any(_channels_last(graph, source, sizes) for source in node.inputs):
         return False
-    for i, out in enumerate(node.outputs):
+    forward: list = []
+    backward: list = []
+    for i, out in enumerate(node.outputs):          # one dependency per chunk, in order
         chunk = offsets[i: i + 2]
-        for dep in node.dependencies:
-            if dep.target is out:
-                dep.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk,
-                                                                         reverse=False)
-        for dep in out.dependencies:
-            if dep.target is node:
-                dep.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk,
-                                                                         reverse=True)
+        dep = next((d for d in node.dependencies if d.target is out
+                    and not any(d is f for f in forward)), None)
+        back = next((d for d in out.dependencies if d.target is node
+                     and not any(d is b for b in backward)), None)
+        if dep is not None:
+            forward.append(dep)
+            dep.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk, reverse=False)
+        if back is not None:
+            backward.append(back)
+            back.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk, reverse=True)
     return True
+
+
+def _split_offsets(grad_fn: Any, width: int) -> Optional[list[int]]:
+    """The chunk boundaries ``[0, ..., width]`` of a split of ``width`` channels, from the
+    split's saved sizes (``torch.split``/``chunk``: one size; ``split`` with a list: each)."""
+    sizes = getattr(grad_fn, "_saved_split_sizes", None)
+    if sizes is None:
+        size = getattr(grad_fn, "_saved_split_size", None)
+        if not isinstance(size, int) or size < 1:
+            return None
+        sizes = [min(size, width - start) for start in range(0, width, size)]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + int(size))
+    return offsets if offsets[-1] == width else None
 
 
 def _update_each(graph: tp.DependencyGraph) -> None:

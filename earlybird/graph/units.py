@@ -52,12 +52,18 @@ def grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[
     return None if uf is None else [uf.find(i) for i in range(size)]
 
 
+# torch-pruning's nodes that move channels around (not one to one)
+_MOVERS = {"_ReshapeOp", "_ConcatOp", "_SplitOp", "_UnbindOp", "_ExpandOp", "_SliceOp"}
+
+
 def _passes(module: Any) -> bool:
     """A node the channels pass through one to one: torch-pruning's elementwise op, or a
-    module without parameters (an activation, dropout)."""
-    if type(module).__name__ == "_ElementWiseOp":
+    module without parameters (an activation, dropout) that is not one of its reshaping ops."""
+    name = type(module).__name__
+    if name == "_ElementWiseOp":
         return True
-    return isinstance(module, nn.Module) and not any(True for _ in module.parameters())
+    return (name not in _MOVERS and isinstance(module, nn.Module)
+            and not any(True for _ in module.parameters()))
 
 
 def _join(node: Any, limit: int = 8) -> Any:
@@ -84,8 +90,8 @@ def split_units(group: Any, size: int) -> Optional[list[int]]:
         if type(source.module).__name__ != "_SplitOp":
             continue
         join = _join(item.dep.target)
-        if join is None or not _passes(join.module):
-            continue
+        if join is None or type(join.module).__name__ != "_ElementWiseOp":
+            continue                                     # chunks that meet in a product or sum
         paths.setdefault(source, {}).setdefault(join, []).append(
             list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs))))
     for split, joins in paths.items():
