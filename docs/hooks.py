@@ -1,6 +1,8 @@
 """mkdocs hook: the committed benchmark results (their README tables, plots, JSON) and the
-benchmark configurations become part of the site at the paths the pages link to
-(``benchmarks/results/...``), so the docs show the results as committed, not a copy."""
+benchmark configurations become part of the site under ``benchmarks/``, so the docs show the
+results as committed, not a copy. The pages link to them as ``../benchmarks/...`` (right
+when GitHub shows ``docs/``); on the site they sit beside the pages, so the links are
+rewritten to ``benchmarks/...``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,3 +23,7 @@ def on_files(files: Files, config) -> Files:
                 files.append(File(str(path.relative_to(ROOT)), str(ROOT), config["site_dir"],
                                   config["use_directory_urls"]))
     return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    return markdown.replace("](../benchmarks/", "](benchmarks/")
