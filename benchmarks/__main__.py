@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks import common, suite as S
-from earlybird.recipe import default_schedule
+from earlybird.training.recipe import default_schedule
 
 
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:

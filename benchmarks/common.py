@@ -2,7 +2,7 @@
 
 The benchmarks train on ``benchmarks/data/cifar10-25k.npz``: 25,000 training images (2,500 per
 class) and the full 10,000-image CIFAR-10 test set, packed from the CIFAR-10 JPEG archive by
-``earlybird.data.pack_images(archive, out, train_per_class=2500, test_per_class=1000, seed=0)``.
+``earlybird.data.datasets.pack_images(archive, out, train_per_class=2500, test_per_class=1000, seed=0)``.
 """
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ from torch import nn
 if __package__ in (None, ""):                      # imported from a script in benchmarks/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from earlybird import distributed, io  # noqa: E402
-from earlybird.data import (Batches, ImageSet, folder_loaders, load_dataset,  # noqa: E402
+from earlybird.training import distributed  # noqa: E402
+from earlybird.run import io  # noqa: E402
+from earlybird.data.datasets import (Batches, ImageSet, folder_loaders, load_dataset,  # noqa: E402
                             load_packed, read_archive, subset)
-from earlybird.distributed import Dist, barrier, dist_env, from_rank0  # noqa: E402,F401
-from earlybird.models import build_model  # noqa: E402
-from earlybird.recipe import Recipe  # noqa: E402
-from earlybird.training import Trainer  # noqa: E402
+from earlybird.training.distributed import Dist, barrier, dist_env, from_rank0  # noqa: E402,F401
+from earlybird.data.models import build_model  # noqa: E402
+from earlybird.training.recipe import Recipe  # noqa: E402
+from earlybird.training.trainer import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "cifar10-25k.npz"
@@ -115,7 +116,7 @@ def load_data(setting: Setting, seed: int) -> Data:
 
     Under torchrun each rank gets ``batch_size / world`` images of every global batch (the
     epoch's one permutation, dealt out by rank) and every ``world``-th test image; losses and
-    accuracies are summed over ranks by ``earlybird.training``.
+    accuracies are summed over ranks by ``earlybird.training.trainer``.
     """
     env = dist_env()
     if setting.batch_size % env.world:
@@ -138,7 +139,7 @@ def load_data(setting: Setting, seed: int) -> Data:
     # always the same images (seed 0): the packed file is sorted by class
     train = subset(sets["train"], setting.train_images, 0)
     test = subset(sets["test"], setting.test_images, 0)
-    device = device_of(setting)              # on a GPU the images stay there (earlybird.data)
+    device = device_of(setting)              # on a GPU the images stay there (earlybird.data.batches)
     return Data(Batches(train, setting.batch_size // env.world, True, seed, drop_last=True,
                         rank=env.rank, world_size=env.world, device=device),
                 Batches(test, 500, False, rank=env.rank, world_size=env.world, device=device))
@@ -179,7 +180,7 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
           eval_every_epoch: bool = False, precision: Optional[str] = None,
           weight_masks: Optional[dict[nn.Parameter, torch.Tensor]] = None) -> dict[str, Any]:
     """Epochs ``first .. last - 1`` of the setting's schedule through the library's
-    :class:`~earlybird.training.Trainer`; returns the final test accuracy (and each epoch's
+    :class:`~earlybird.training.trainer.Trainer`; returns the final test accuracy (and each epoch's
     with ``eval_every_epoch``), the training time per epoch and the images trained on per
     epoch. With ``first == last`` it only evaluates. ``after_epoch(epoch)`` runs after each
     epoch; the rest is the Trainer's (``precision="q8"``: qtorch's 8-bit training;

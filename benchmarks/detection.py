@@ -46,9 +46,9 @@ from benchmarks.rules import RULES, detect                      # noqa: E402,F40
 from benchmarks.suite.methods import random_widths              # noqa: E402
 from benchmarks.common import Setting                           # noqa: E402
 import earlybird as eb                                          # noqa: E402
-from earlybird.flops import count_flops                         # noqa: E402
+from earlybird.costs.flops import count_flops                         # noqa: E402
 from earlybird.graph import prune_model                         # noqa: E402
-from earlybird.io import atomic_save, atomic_write, safe_load, write_text  # noqa: E402
+from earlybird.run.io import atomic_save, atomic_write, safe_load, write_text  # noqa: E402
 
 CHECKS_PER_EPOCH = 4
 WEIGHTS, SEARCH = "benchmarks.weights/1", "benchmarks.detection-search/1"

@@ -3,7 +3,7 @@ channels_last (NHWC), for the dense widths and for the odd widths pruning leaves
 
 One SGD step (forward, backward, update) at batch 128 on 32x32 inputs, median of 10 after 3
 warm-up steps, both formats side by side for each set of conv widths; the ratio says how much
-faster channels_last is. ``earlybird.training.memory_format`` picks channels_last on the CPU only
+faster channels_last is. ``earlybird.training.trainer.memory_format`` picks channels_last on the CPU only
 when every conv width is a multiple of 8, from these measurements.
 
 Run: ``python benchmarks/memory_format.py`` (about a minute on 2 cores).
@@ -20,7 +20,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from earlybird.training import memory_format  # noqa: E402
+from earlybird.training.trainer import memory_format  # noqa: E402
 
 WIDTHS = {
     "dense VGG-11 w0.25": [16, 32, 64, 64, 128, 128, 128, 128],

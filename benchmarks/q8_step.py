@@ -2,7 +2,7 @@
 kernels with ``-O3`` buys, measured side by side in one run.
 
 qtorch builds its C++ extension through ``torch.utils.cpp_extension.load`` without
-optimisation flags (so at ``-O0``); ``earlybird.precision.load_qtorch`` builds it with ``-O3``.
+optimisation flags (so at ``-O0``); ``earlybird.training.precision.load_qtorch`` builds it with ``-O3``.
 This script times one SGD step of the benchmark suite's CPU model (VGG-11 at width 0.25, batch
 125, 32x32) in fp32, in q8 with the kernels as qtorch builds them, and in q8 with earlybird's
 build, plus the block quantiser alone. Run: ``python benchmarks/q8_step.py`` (the ``-O0``
@@ -22,7 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
-from earlybird.precision import LowPrecision, load_qtorch  # noqa: E402
+from earlybird.training.precision import LowPrecision, load_qtorch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 

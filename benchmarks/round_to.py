@@ -4,7 +4,7 @@ For each model a p = 0.5 ticket is drawn three times from the same scores, with 
 1, 8 and 16, pruned, and one SGD training step (forward, backward, update) of each pruned
 model is timed in turn, round-robin, so the three share the machine's state; each in the
 input layout ``earlybird.Trainer`` trains it in (channels_last on the CPU only when every conv
-width is a multiple of 8, :func:`earlybird.training.memory_format`) and, for comparison,
+width is a multiple of 8, :func:`earlybird.training.trainer.memory_format`) and, for comparison,
 contiguous. Scores: every
 BatchNorm scale set to a seeded random value in [0.1, 1] (an untrained model's scales tie at
 1). Run: ``python benchmarks/round_to.py``; results in ``benchmarks/results/round_to/``.
@@ -22,9 +22,9 @@ import torchvision
 from torch import nn
 
 import earlybird as eb
-from earlybird.flops import count_flops
-from earlybird.io import write_text
-from earlybird.training import memory_format
+from earlybird.costs.flops import count_flops
+from earlybird.run.io import write_text
+from earlybird.training.trainer import memory_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from earlybird.criteria import COUNTING, Checks, get_criterion
-from earlybird.masks import ChannelLayout
+from earlybird.search.criteria import COUNTING, Checks, get_criterion
+from earlybird.search.masks import ChannelLayout
 
 # name: (criterion, checks per epoch it sees, window, epsilon, span in epochs of steps or None)
 RULES: dict[str, tuple[str, int, int, float, Optional[float]]] = {

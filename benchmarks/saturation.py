@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common                                   # noqa: E402
 from benchmarks import suite as S                               # noqa: E402
-from earlybird.io import write_text                             # noqa: E402
+from earlybird.run.io import write_text                             # noqa: E402
 
 # name: the setting's keys (beside the schedule), as in a suite config
 CANDIDATES: dict[str, dict[str, Any]] = {

@@ -28,9 +28,9 @@ if __package__ in (None, ""):
 
 from benchmarks import common                                   # noqa: E402
 import earlybird as eb                                          # noqa: E402
-from earlybird.flops import count_flops                         # noqa: E402
+from earlybird.costs.flops import count_flops                         # noqa: E402
 from earlybird.graph import Coefficients, coefficient_modules   # noqa: E402
-from earlybird.io import write_text                             # noqa: E402
+from earlybird.run.io import write_text                             # noqa: E402
 
 
 def _timm(name: str) -> Callable[[], nn.Module]:

@@ -4,18 +4,18 @@
 >>> eb.prune_budget(64, 0.5)
 32
 """
-from .config import EarlyBirdConfig, make_config
-from .criteria import CRITERIA, Checks, fifo_rule, normalized_rule, plateau_rule, reference_rule
-from .distance import mask_distance, max_distance, pairwise_distances
+from .search.config import EarlyBirdConfig, make_config
+from .search.criteria import CRITERIA, Checks, fifo_rule, normalized_rule, plateau_rule, reference_rule
+from .search.distance import mask_distance, max_distance, pairwise_distances
 from .errors import (CheckpointError, ConfigError, EarlyBirdError, NoTicketError,
                      UnsupportedModelError)
-from .io import atomic_save, load_pruned, save_pruned
-from .masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
-from .precision import LowPrecision, PrecisionConfig
-from .pruner import EarlyBirdPruner, Ticket
-from .recipe import Recipe
-from .training import Trainer
-from . import models  # noqa: F401 - registers the CIFAR models in timm
+from .run.io import atomic_save, load_pruned, save_pruned
+from .search.masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
+from .training.precision import LowPrecision, PrecisionConfig
+from .search.pruner import EarlyBirdPruner, Ticket
+from .training.recipe import Recipe
+from .training.trainer import Trainer
+from .data import models  # noqa: F401 - registers the CIFAR models in timm
 
 __version__ = "0.1.0"
 __all__ = [

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .distributed import dist_env
+from .training.distributed import dist_env
 from .errors import ConfigError, EarlyBirdError
 from .extras import require
-from .flops import BACKWARD_FACTOR
+from .costs.flops import BACKWARD_FACTOR
 from .pipeline import MODES, RunConfig
 from .settings import Leaf, leaves
 
@@ -161,9 +161,9 @@ def _say(text: str) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .ledger import build_ledger, LEDGER_FILE
-    from .plots import write_plots
-    from .runs import RunDir
+    from .costs.ledger import build_ledger, LEDGER_FILE
+    from .costs.plots import write_plots
+    from .run.runs import RunDir
     rows = []
     for run in args.runs:
         ledger = build_ledger(run, args.backward_factor)
@@ -240,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _say(f"run folder: {cfg.save} (config.yaml, log.jsonl, ledger.json, summary.json, "
                  "pruned-*.pt)")
             if args.command == "demo":
-                from .plots import write_plots
+                from .costs.plots import write_plots
                 pngs = write_plots(cfg.save)
                 _say(f"plots: {', '.join(str(p) for p in pngs)}")
                 _say(f"cost table: earlybird report {cfg.save}")

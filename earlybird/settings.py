@@ -142,7 +142,7 @@ def markdown_table(cls: type, flag: Any = lambda name: "--" + name.replace("_", 
     """A Markdown table of a settings class: each leaf's name, CLI option, default and help
     (the README's settings table is this text).
 
-    >>> from earlybird.recipe import Recipe
+    >>> from earlybird.training.recipe import Recipe
     >>> print(markdown_table(Recipe).splitlines()[2])
     | `epochs` | `--epochs` | `160` | length of the schedule in epochs |
     """

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 import earlybird as eb
-from earlybird.data import Batches, ImageSet, load_dataset, load_packed, pack_images, read_archive
-from earlybird.models import PRERESNET_DEPTHS, VGG_DEPTHS, preresnet_block
-from earlybird.models import build_model
-from earlybird.training import lr_at
+from earlybird.data.datasets import Batches, ImageSet, load_dataset, load_packed, pack_images, read_archive
+from earlybird.data.models import PRERESNET_DEPTHS, VGG_DEPTHS, preresnet_block
+from earlybird.data.models import build_model
+from earlybird.training.trainer import lr_at
 
 
 @pytest.mark.parametrize("name", [f"cifar_vgg{d}_bn" for d in VGG_DEPTHS] +
@@ -63,7 +63,7 @@ def test_shipped_subset_is_class_balanced_and_real():
     assert torch.bincount(test.labels).tolist() == [200] * 10
     assert train.classes[:3] == ["airplane", "automobile", "bird"]
     mean = train.images.float().mean((0, 2, 3)) / 255
-    assert torch.allclose(mean, torch.tensor(eb.data.CIFAR_MEAN), atol=0.01)
+    assert torch.allclose(mean, torch.tensor(eb.data.images.CIFAR_MEAN), atol=0.01)
 
 
 def _jpeg(color):

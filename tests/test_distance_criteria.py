@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import earlybird as eb
-from earlybird.criteria import Checks, get_criterion
+from earlybird.search.criteria import Checks, get_criterion
 
 
 def bits(s: str) -> torch.Tensor:
@@ -161,7 +161,7 @@ def test_checks_must_pair_rows_with_steps():
 
 # ----------------------------------------------------------------------------- epi (When to Prune)
 def test_layer_similarity_is_one_minus_the_mean_relative_count_change():
-    from earlybird.criteria import layer_similarity
+    from earlybird.search.criteria import layer_similarity
     assert layer_similarity([4, 3, 2], [4, 3, 2]) == 1.0
     # |4-3|/7, 0, |2-3|/5 over three layers
     assert layer_similarity([4, 3, 2], [3, 3, 3]) == pytest.approx(1 - (1 / 7 + 1 / 5) / 3)
@@ -171,7 +171,7 @@ def test_layer_similarity_is_one_minus_the_mean_relative_count_change():
 
 
 def test_epi_needs_counts_and_draws_while_the_indicator_still_rises():
-    from earlybird.criteria import epi_rule
+    from earlybird.search.criteria import epi_rule
     with pytest.raises(ValueError, match=r"needs the kept channels per layer \(Checks.counts\)"):
         epi_rule(Checks([[]], [0]), 2, 0.1)
     with pytest.raises(ValueError, match="2 rows of kept channels for 1 steps"):

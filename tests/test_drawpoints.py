@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import common, detection, suite as S  # noqa: E402
 from benchmarks.rules import rule_spec  # noqa: E402
 from benchmarks.suite import drawpoints, drawreport  # noqa: E402
-from earlybird.config import EarlyBirdConfig  # noqa: E402
+from earlybird.search.config import EarlyBirdConfig  # noqa: E402
 
 SUMMARY_KEYS = {"setting", "rule", "is_default", "ratio", "seeds", "draw_share_mean",
                 "acc_mean", "acc_std", "ns_acc_mean", "train_flops_ratio_ns",

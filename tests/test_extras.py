@@ -54,8 +54,8 @@ def test_a_missing_extra_is_named_with_the_command_that_installs_it(monkeypatch)
 
 
 def test_each_feature_refuses_without_its_extra(monkeypatch, tmp_path):
-    from earlybird.plots import write_plots
-    from earlybird.precision import load_qtorch
+    from earlybird.costs.plots import write_plots
+    from earlybird.training.precision import load_qtorch
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingExtraError, match=r"'plots' extra \(matplotlib not installed\)"):
         write_plots(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import earlybird as eb
-from earlybird.data import Batches, ImageSet
+from earlybird.data.datasets import Batches, ImageSet
 from conftest import TinyVGG, randomize_norms
 
 pytestmark = pytest.mark.gpu

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import earlybird as eb
-from earlybird.io import RECORD_ATTR
+from earlybird.run.io import RECORD_ATTR
 from conftest import randomize_norms
 
 

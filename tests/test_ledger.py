@@ -7,9 +7,9 @@ from torch import nn
 
 import earlybird as eb
 from earlybird.cli import main
-from earlybird.energy import EnergyMeter, estimate_joules
-from earlybird.flops import count_flops
-from earlybird.ledger import build_ledger, phase_cost
+from earlybird.costs.energy import EnergyMeter, estimate_joules
+from earlybird.costs.flops import count_flops
+from earlybird.costs.ledger import build_ledger, phase_cost
 from test_pipeline import TINY
 
 
@@ -84,7 +84,7 @@ def test_ledger_of_a_real_run_matches_the_log(tmp_path, capsys):
     pool = 64 * hw * hw                                     # global average pool over 2x2
     # fvcore's convention: 2 FLOPs per BatchNorm element, 1 per pooled element
     assert ledger["models"]["dense"]["flops"] == macs + 2 * norm + pool == 2_619_264
-    log = eb.runs.RunDir(save).read_log()
+    log = eb.run.runs.RunDir(save).read_log()
     search = [r for r in log if r["stage"] == "search" and "samples" in r]
     phase = ledger["phases"]["search"]
     flops = ledger["models"]["dense"]["flops"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from earlybird.masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
+from earlybird.search.masks import ChannelLayout, global_masks, keep_masks, layer_caps, prune_budget
 
 
 @pytest.mark.parametrize("n,p,k", [(10, 0.3, 3), (100, 0.29, 29), (100, 0.7, 70), (7, 0.5, 3),

@@ -161,7 +161,7 @@ def test_written_files_get_the_permissions_open_would_give(tmp_path, umask):
     old = os.umask(umask)
     try:
         eb.atomic_save({"v": 1}, tmp_path / "a.pt")
-        eb.io.atomic_write(tmp_path / "b.txt", lambda fh: fh.write(b"x"))
+        eb.run.io.atomic_write(tmp_path / "b.txt", lambda fh: fh.write(b"x"))
         with open(tmp_path / "c.txt", "w") as fh:                  # what open() gives
             fh.write("x")
     finally:

@@ -11,8 +11,8 @@ import torch
 
 import earlybird as eb
 from earlybird.cli import main
-from earlybird.io import PRUNED_FORMAT
-from earlybird.runs import CHECKPOINT_FORMAT
+from earlybird.run.io import PRUNED_FORMAT
+from earlybird.run.runs import CHECKPOINT_FORMAT
 from conftest import failure, torchrun
 
 BASE = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--train-images", "256",
@@ -47,7 +47,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     assert draw == float(search["pruner"]["iterations"][ticket_check])
     retrain = torch.load(Path(save, "retrain-0.5-finetune.pt"), weights_only=True)
     assert retrain["epoch"] == 4                            # finetuned to the schedule's end
-    log = eb.runs.RunDir(save).read_log()
+    log = eb.run.runs.RunDir(save).read_log()
     epochs = [r for r in log if r["stage"] == "retrain-0.5-finetune" and "epoch" in r]
     assert [r["epoch"] for r in epochs] == list(range(int(draw), 4))
     small = eb.load_pruned(Path(save, "pruned-0.5.pt"), eb.models.CifarVGG(11, width=0.125))
@@ -147,7 +147,7 @@ def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
     search = torch.load(save / "search.pt", weights_only=True)
     assert search["step"] == 4 * search["epoch"]           # 128 images per rank, 32 per batch
     assert set(search["pruner"]["tickets"]) == {"0.3", "0.5"}
-    summary = eb.runs.RunDir(save).read_log()
+    summary = eb.run.runs.RunDir(save).read_log()
     assert any(r.get("drawn") for r in summary if "drawn" in r)
     assert (save / "retrain-0.5-finetune.pt").exists()
 
@@ -178,7 +178,7 @@ def test_imagefolder_data_with_a_torchvision_model(tmp_path):
                "--batch-size", "4", "--test-batch-size", "4", "--workers", "0", "-q") == 0
     ckpt = torch.load(save / "train.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["model"]["fc.weight"].shape == (2, 512)
-    log = eb.runs.RunDir(save).read_log()
+    log = eb.run.runs.RunDir(save).read_log()
     assert log[0]["samples"] == 8 and log[0]["stage"] == "train"
 
 
@@ -277,7 +277,7 @@ def test_no_epoch_is_logged_or_counted_twice_wherever_a_kill_lands(tmp_path, who
     whole_and_killed(tmp_path, whole_runs, point, "--full")
     timing = {"train_s", "eval_s", "swa_s"}
     logs = [[{k: v for k, v in r.items() if k not in timing}
-             for r in eb.runs.RunDir(tmp_path / name).read_log()] for name in ("whole", "cut")]
+             for r in eb.run.runs.RunDir(tmp_path / name).read_log()] for name in ("whole", "cut")]
     assert logs[0] == logs[1]                              # every record once, in order
     epochs = [(r["stage"], r["epoch"]) for r in logs[1] if "samples" in r]
     assert len(epochs) == len(set(epochs)) and ("search", 1) in epochs

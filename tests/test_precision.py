@@ -10,8 +10,8 @@ from torch import nn
 
 import earlybird as eb
 from earlybird.cli import main
-from earlybird.data import Batches, ImageSet
-from earlybird.precision import SWA, LowPrecision, LowPrecisionUnavailable, load_qtorch
+from earlybird.data.datasets import Batches, ImageSet
+from earlybird.training.precision import SWA, LowPrecision, LowPrecisionUnavailable, load_qtorch
 from conftest import TinyVGG
 from test_pipeline import BASE
 
@@ -128,7 +128,7 @@ def test_lf_ll_and_bf16_runs_end_to_end_with_ledgers(tmp_path, search, retrain):
     assert phase["precision"] == [retrain]
     pj = {"q8": 0.23, "fp32": 4.6, "bf16": 1.5}[retrain]
     assert phase["energy_j_estimated"] == pytest.approx(phase["flops"] * pj * 1e-12)
-    log = eb.runs.RunDir(save).read_log()
+    log = eb.run.runs.RunDir(save).read_log()
     if retrain == "q8":
         assert [r["swa"] for r in log if "swa" in r] == [1]   # averaged over epoch 3 only
     pruned = torch.load(save / "retrain-0.5-finetune.pt", weights_only=True)

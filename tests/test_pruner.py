@@ -319,7 +319,7 @@ def test_function_preserved_on_tiny_residual(x32):
 
 
 def test_rules_see_the_steps_and_ratio_of_every_check(x32, monkeypatch):
-    from earlybird import criteria
+    from earlybird.search import criteria
     seen = []
 
     def spy(checks, window, epsilon, span):

@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import earlybird as eb
-from earlybird.blocks import masks_by_block
-from earlybird.masks import ChannelLayout, keep_masks, layer_caps, prune_budget
+from earlybird.search.blocks import masks_by_block
+from earlybird.search.masks import ChannelLayout, keep_masks, layer_caps, prune_budget
 
 
 def _blocks_left(scores, sizes, mask, k, caps):

@@ -10,13 +10,13 @@ import yaml
 
 import earlybird as eb
 from earlybird.cli import _config, flag, parser
-from earlybird.flops import BACKWARD_FACTOR
-from earlybird.ledger import build_ledger, phase_cost, write_ledger
-from earlybird.models import build_model, check_arch, preresnet_block
+from earlybird.costs.flops import BACKWARD_FACTOR
+from earlybird.costs.ledger import build_ledger, phase_cost, write_ledger
+from earlybird.data.models import build_model, check_arch, preresnet_block
 from earlybird.pipeline import RunConfig
-from earlybird.precision import LowPrecision, PrecisionConfig
+from earlybird.training.precision import LowPrecision, PrecisionConfig
 from earlybird.settings import leaves, markdown_table
-from earlybird.recipe import Recipe
+from earlybird.training.recipe import Recipe
 from conftest import TinyVGG
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -113,7 +113,7 @@ def test_channel_lt_prunes_the_same_share_of_every_layer_by_filter_magnitude():
     for name, scores in pruner.layout.split(raw).items():    # the largest filters stay
         assert scores[keep[name]].min() > scores[~keep[name]].max()
     # channels pruned in an earlier round (score -1) go first, then the smallest survivors
-    layout = eb.masks.ChannelLayout(("a",), (4,))
+    layout = eb.search.masks.ChannelLayout(("a",), (4,))
     assert methods.layer_ranks(torch.tensor([3., -1., 1., 2.]), layout).tolist() == [
         0.875, 0.125, 0.375, 0.625]
     with pytest.raises(ValueError, match=r"expected 4 scores, got shape \(3,\)"):

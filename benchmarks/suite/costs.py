@@ -1,8 +1,8 @@
 """What a method's training cost: FLOPs, estimated energy and measured wall-clock.
 
-Training FLOPs are :data:`earlybird.flops.BACKWARD_FACTOR` x the forward multiply-adds
+Training FLOPs are :data:`earlybird.costs.flops.BACKWARD_FACTOR` x the forward multiply-adds
 (fvcore, batch of one image) per training image; evaluation is not counted. Energy is those
-MACs at the phase's precision (:func:`earlybird.energy.estimate_joules`), wall-clock the
+MACs at the phase's precision (:func:`earlybird.costs.energy.estimate_joules`), wall-clock the
 measured training time of the parts a method uses, epoch by epoch, where an epoch that took
 over 3x its run's median epoch (the machine paused or shared for a while) counts as the median.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import statistics
 
-from earlybird.energy import estimate_joules
-from earlybird.flops import training_flops
+from earlybird.costs.energy import estimate_joules
+from earlybird.costs.flops import training_flops
 
 KEYS = ("train_flops", "energy_j", "wall_s", "train_images")
 STALL = 3.0                     # an epoch over STALL x the median epoch was held up

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import common
-from earlybird.io import atomic_write
+from earlybird.run.io import atomic_write
 
 MARKERS = "sD^v<>*PXhp"          # one per rule, in the order of the results
 

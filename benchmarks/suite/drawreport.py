@@ -20,7 +20,7 @@ from benchmarks.suite.config import Suite
 from benchmarks.suite.drawpoints import draw_path, rule_point
 from benchmarks.suite.runner import row_path
 from benchmarks.suite.stages import SLIM
-from earlybird.io import safe_load
+from earlybird.run.io import safe_load
 
 GOAL_POINTS = 0.3          # within this many points of NS ...
 GOAL_RATIOS = (0.3, 0.5)   # ... at these ratios ...
@@ -252,8 +252,8 @@ def render(results: dict, out: Path, default_rule: str) -> dict:
     """Write README.md, the two plots and summary.json from ``results`` (results.json's
     content) into ``out``; returns the summary."""
     from benchmarks.suite import drawplots
-    from earlybird.config import EarlyBirdConfig
-    from earlybird.io import write_text
+    from earlybird.search.config import EarlyBirdConfig
+    from earlybird.run.io import write_text
     summary = summarize(results)
     decision = decide(summary)
     default = EarlyBirdConfig()

@@ -14,9 +14,9 @@ from benchmarks import common
 from benchmarks.rules import detect
 from benchmarks.suite import costs
 from benchmarks.suite.stages import WEIGHTS
-from earlybird.flops import count_flops
+from earlybird.costs.flops import count_flops
 from earlybird.graph import copy_model, prune_model
-from earlybird.io import safe_load
+from earlybird.run.io import safe_load
 
 if TYPE_CHECKING:                                  # pragma: no cover
     from benchmarks.suite.config import Suite

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmarks import common
 from benchmarks.suite.registry import get
-from earlybird.io import atomic_write
+from earlybird.run.io import atomic_write
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")      # one per ratio in the frontier plot
 

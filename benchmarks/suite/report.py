@@ -14,7 +14,7 @@ from benchmarks.suite.methods.lottery import prunable_weights
 from benchmarks.suite.claims import claims, claims_markdown
 from benchmarks.suite.plots import frontier, plot
 from benchmarks.suite.registry import REGISTRY, get
-from earlybird.io import write_text
+from earlybird.run.io import write_text
 
 BAR_METHODS = ("eb", "eb-plateau")      # the EB rules the performance bar is read for
 

@@ -18,8 +18,8 @@ from torch import nn
 
 import earlybird as eb
 from benchmarks import common
-from earlybird.flops import count_flops
-from earlybird.io import atomic_save, safe_load
+from earlybird.costs.flops import count_flops
+from earlybird.run.io import atomic_save, safe_load
 
 if TYPE_CHECKING:                                  # pragma: no cover
     from benchmarks.suite.config import Suite

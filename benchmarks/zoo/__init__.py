@@ -11,7 +11,7 @@ For each model (untrained, ``num_classes=10``) and each ratio 0.3 / 0.5 / 0.7 th
 4. runs forward and backward on the pruned copy with a batch of 2 (output must be ``(2, 10)``
    and finite; models that return auxiliary outputs in training mode, torchvision's GoogLeNet
    and Inception v3, are checked on their main logits and back-propagate through all outputs),
-5. checks with ``earlybird.flops.count_flops`` that FLOPs and parameters strictly dropped and that
+5. checks with ``earlybird.costs.flops.count_flops`` that FLOPs and parameters strictly dropped and that
    the dense model was left untouched.
 
 A model's status is ``pass``, ``unsupported: <message>`` (one of earlybird's own errors, from

@@ -14,7 +14,7 @@ from torch import nn
 import earlybird as eb
 from benchmarks.zoo.models import RATIOS, REPORT_RATIO, build
 from earlybird.errors import EarlyBirdError
-from earlybird.flops import count_flops
+from earlybird.costs.flops import count_flops
 
 
 MIN_FLOPS_CUT = 0.15       # a pass cuts the FLOPs by at least this at the report ratio

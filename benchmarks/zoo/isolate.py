@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks.zoo.check import Alarm, run_model
-from earlybird.io import write_json
+from earlybird.run.io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import torchvision
 
 import earlybird as eb
 from benchmarks.zoo.models import REPORT_RATIO
-from earlybird.io import write_json, write_text
+from earlybird.run.io import write_json, write_text
 
 
 def _num(n: Optional[int], unit: str = "") -> str:
@@ -68,7 +68,7 @@ def summary(rows: list[dict], meta: dict) -> str:
              "`step()` is called twice after re-drawing every BatchNorm/LayerNorm weight in "
              "[0.1, 1.0], then each ratio is pruned with `prune(ratio, force=True)`, the pruned "
              "copy runs forward and backward on a batch of 2 (output `(2, 10)`, finite) and its "
-             "FLOPs and parameters (fvcore, `earlybird.flops.count_flops`, one multiply-add = one "
+             "FLOPs and parameters (fvcore, `earlybird.costs.flops.count_flops`, one multiply-add = one "
              "FLOP, batch 1) must be strictly below the dense model's. Status: `pass`, "
              "`unsupported: ...` (earlybird's own error), or `FAIL: ...` (anything else, a no-op, "
              "a wrong output). Models with no norm layer at all are scored by their filters' mean "

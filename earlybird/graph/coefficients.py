@@ -248,7 +248,7 @@ def kind_shares(layout: Any, mask: Tensor, coefficient_names: set) -> dict[str, 
     """The share of each kind of unit a flat keep-``mask`` prunes: ``channels`` (layers scored
     by norm scales), ``units`` (by coefficients), ``heads`` and ``head_dims``.
 
-    >>> from earlybird.masks import ChannelLayout
+    >>> from earlybird.search.masks import ChannelLayout
     >>> layout = ChannelLayout(("stem", "fc1", "attn:heads"), (2, 4, 2))
     >>> kind_shares(layout, torch.tensor([1, 1, 1, 0, 0, 0, 1, 1]).bool(), {"fc1", "attn:heads"})
     {'channels': 0.0, 'units': 0.75, 'heads': 0.0}

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from ..masks import ChannelLayout
+from ..search.masks import ChannelLayout
 from . import penalty as _penalty
 from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
                            group_coefficients)

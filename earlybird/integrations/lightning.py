@@ -18,10 +18,10 @@ from ..extras import require
 require("lightning", "EarlyBirdCallback")
 import lightning.pytorch as pl  # noqa: E402 - after the check that names the extra
 
-from ..config import EarlyBirdConfig, make_config
+from ..search.config import EarlyBirdConfig, make_config
 from ..graph import replay_history
-from ..io import atomic_save, input_spec, make_inputs
-from ..pruner import EarlyBirdPruner
+from ..run.io import atomic_save, input_spec, make_inputs
+from ..search.pruner import EarlyBirdPruner
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """``RunConfig``: every setting of an EB Train run, saved as the run folder's ``config.yaml``.
 
-It nests the optimizer recipe (:class:`~earlybird.training.Recipe`), the ticket search
+It nests the optimizer recipe (:class:`~earlybird.training.recipe.Recipe`), the ticket search
 (:class:`~earlybird.EarlyBirdConfig`) and the precision settings
-(:class:`~earlybird.precision.PrecisionConfig`); the CLI makes one option per leaf field.
+(:class:`~earlybird.training.precision.PrecisionConfig`); the CLI makes one option per leaf field.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any, Mapping, Optional, cast
 
 from torch import nn
 
-from ..config import EarlyBirdConfig
-from ..data import DATASETS
+from ..search.config import EarlyBirdConfig
+from ..data.datasets import DATASETS
 from ..errors import ConfigError
-from ..models import ARCHS, build_model, check_arch
-from ..precision import PrecisionConfig
+from ..data.models import ARCHS, build_model, check_arch
+from ..training.precision import PrecisionConfig
 from ..settings import as_dict, document, from_dict, option
-from ..recipe import Recipe
+from ..training.recipe import Recipe
 
 __all__ = ["RunConfig", "NUM_CLASSES"]
 

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
-from ..data import Batches, ImageSet, folder_loaders, load_dataset, subset
-from ..models import build_model
-from ..runs import RunDir
+from ..training import distributed
+from ..data.datasets import Batches, ImageSet, folder_loaders, load_dataset, subset
+from ..data.models import build_model
+from ..run.runs import RunDir
 from .config import NUM_CLASSES, RunConfig
 
 __all__ = ["RunEnv", "setup"]
@@ -51,7 +51,7 @@ class RunEnv:
 
 
 def setup(cfg: RunConfig) -> RunEnv:
-    """Device and process group (:func:`earlybird.distributed.setup`), data and batches."""
+    """Device and process group (:func:`earlybird.training.distributed.setup`), data and batches."""
     cfg.check_paths()
     env, device = distributed.setup()
     train, test, info = load_dataset(cfg.dataset, cfg.data, cfg.download)

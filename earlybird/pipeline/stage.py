@@ -1,4 +1,4 @@
-"""One resumable training stage of a run: a :class:`~earlybird.training.Trainer` run epoch by
+"""One resumable training stage of a run: a :class:`~earlybird.training.trainer.Trainer` run epoch by
 epoch, each epoch checkpointed, then logged.
 
 The order is what makes a kill harmless: an epoch's log records (and the checks logged during
@@ -15,11 +15,11 @@ from typing import Any, Callable, Optional, cast
 
 from torch import nn
 
-from .. import distributed
-from ..precision import SWA
+from ..training import distributed
+from ..training.precision import SWA
 from ..settings import leaves
 from ..faults import kill_point, maybe_kill
-from ..training import Progress, Trainer
+from ..training.trainer import Progress, Trainer
 from .config import RunConfig
 from .env import RunEnv
 

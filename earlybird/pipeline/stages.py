@@ -14,15 +14,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import distributed
+from ..training import distributed
 from ..errors import CheckpointError, NoTicketError
-from ..flops import count_flops
+from ..costs.flops import count_flops
 from ..graph import replay_history
-from ..io import PRUNED_FORMAT, load_pruned, safe_load, save_pruned
-from ..pruner import EarlyBirdPruner
-from ..runs import RunDir
+from ..run.io import PRUNED_FORMAT, load_pruned, safe_load, save_pruned
+from ..search.pruner import EarlyBirdPruner
+from ..run.runs import RunDir
 from ..faults import maybe_kill
-from ..training import Progress
+from ..training.trainer import Progress
 from .config import RunConfig
 from .env import RunEnv, setup
 from .stage import Stage
@@ -238,5 +238,5 @@ def run(cfg: RunConfig, mode: str = "finetune", *, resume: bool = False,
 
 def _write_ledger(env: RunEnv) -> None:
     if env.main:
-        from ..ledger import write_ledger
+        from ..costs.ledger import write_ledger
         write_ledger(env.dir.root)

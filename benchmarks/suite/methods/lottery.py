@@ -13,9 +13,9 @@ import earlybird as eb
 from benchmarks.suite import costs
 from benchmarks.suite.job import Job
 from benchmarks.suite.registry import Method, register
-from earlybird.flops import count_flops
+from earlybird.costs.flops import count_flops
 from earlybird.graph import ROOT_TYPES
-from earlybird.masks import ChannelLayout
+from earlybird.search.masks import ChannelLayout
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:

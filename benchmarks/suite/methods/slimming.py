@@ -9,8 +9,8 @@ from benchmarks import common
 from benchmarks.suite import costs
 from benchmarks.suite.job import Job
 from benchmarks.suite.registry import Method, register
-from earlybird.flops import count_flops, training_flops
-from earlybird.recipe import default_schedule
+from earlybird.costs.flops import count_flops, training_flops
+from earlybird.training.recipe import default_schedule
 
 BUDGET_OF = "eb-plateau"              # the EB Train row whose training FLOPs ns-budget spends
 

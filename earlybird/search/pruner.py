@@ -11,13 +11,13 @@ from .carry import carry_optimizer, carry_scheduler
 from .config import EarlyBirdConfig, make_config
 from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
-from .errors import CheckpointError, NoTicketError, UnsupportedModelError
-from .graph.attention import heads_layer, unit_width
-from .graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
+from ..errors import CheckpointError, NoTicketError, UnsupportedModelError
+from ..graph.attention import heads_layer, unit_width
+from ..graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
                     prune_model, refuse_untrained, resolve_layers, run_example,
                     strip_coefficients, unwrap_model)
-from .graph.coefficients import kind_shares
-from .io import attach_record, input_spec
+from ..graph.coefficients import kind_shares
+from ..run.io import attach_record, input_spec
 from .masks import check_room, keep_masks, layer_caps
 from .offload import copy_to_cpu, fetch_check, plain_state
 from .ticket import Ticket

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from .distance import pairwise_distances
+from ..search.distance import pairwise_distances
 from .flops import count_flops, training_flops
-from .graph import prune_model
-from .io import atomic_write, safe_load, write_json
-from .pipeline.config import RunConfig
-from .pruner import EarlyBirdPruner
-from .extras import require
-from .runs import CHECKPOINT_FORMAT, RunDir
+from ..graph import prune_model
+from ..run.io import atomic_write, safe_load, write_json
+from ..pipeline.config import RunConfig
+from ..search.pruner import EarlyBirdPruner
+from ..extras import require
+from ..run.runs import CHECKPOINT_FORMAT, RunDir
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from numbers import Integral, Real
 from typing import Any, Optional, Sequence
 
 from .criteria import CRITERIA
-from .errors import ConfigError
-from .settings import document, option
+from ..errors import ConfigError
+from ..settings import document, option
 
 __all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES",
            "RESIDUAL_MODES"]

@@ -5,7 +5,7 @@ FLOPs are fvcore's (one multiply-add = one FLOP). A training sample costs ``back
 the model in that phase; an evaluation sample costs one forward. Phases are read from the run's
 ``log.jsonl`` (one record per finished epoch), so a run stopped mid-way is counted up to its
 last finished epoch. Wall-clock seconds are as measured; energy is estimated from FLOPs and the
-phase's precision (:mod:`earlybird.energy`) and, where RAPL/NVML were readable, also measured.
+phase's precision (:mod:`earlybird.costs.energy`) and, where RAPL/NVML were readable, also measured.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import torch
 
 from .energy import ENERGY_SOURCE, PJ_PER_MAC, estimate_joules
 from .flops import BACKWARD_FACTOR, count_flops, training_flops
-from .io import PRUNED_FORMAT, safe_load
-from .runs import RunDir
-from .pipeline.config import RunConfig
+from ..run.io import PRUNED_FORMAT, safe_load
+from ..run.runs import RunDir
+from ..pipeline.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def pack_images(archive: Union[str, os.PathLike], out: Union[str, os.PathLike],
         arrays[f"{split}_offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
         arrays["classes"] = np.asarray(classes)
-    from .io import atomic_write
+    from ..run.io import atomic_write
     atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
 
 

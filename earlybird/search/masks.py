@@ -150,7 +150,7 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         segment_caps: most channels each of ``layout.segments`` may lose, if it has segments.
         round_to: every layer (each segment of a layer with segments) keeps a multiple of
             this many units, or all of them; one value, or one per layer. See
-            :func:`~earlybird.blocks.masks_by_block`.
+            :func:`~earlybird.search.blocks.masks_by_block`.
 
     >>> layout = ChannelLayout(("a", "b"), (3, 2))
     >>> m = keep_masks(torch.tensor([.5, .1, .5, .2, .3]), layout, [0.4], layer_caps(layout.sizes))

@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, Callable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .graph import History, replay_history
+from ..errors import CheckpointError
+from ..graph import History, replay_history
 
 __all__ = ["atomic_write", "write_text", "write_json", "atomic_save", "digest", "previous",
            "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs",

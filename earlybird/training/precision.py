@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from .errors import ConfigError, EarlyBirdError
-from .extras import require
-from .settings import document, option
+from ..errors import ConfigError, EarlyBirdError
+from ..extras import require
+from ..settings import document, option
 
 log = logging.getLogger(__name__)
 

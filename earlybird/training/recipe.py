@@ -8,8 +8,8 @@ from typing import Optional, Sequence, cast
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .settings import document, option
+from ..errors import ConfigError
+from ..settings import document, option
 
 __all__ = ["Recipe", "lr_at", "default_schedule"]
 

@@ -17,7 +17,7 @@ __all__ = ["masks_by_block"]
 def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[float, int],
                    caps: Sequence[int], segment_caps: Optional[Sequence[int]],
                    multiples: Sequence[int]) -> dict[float, Tensor]:
-    """Keep-masks (:func:`~earlybird.masks.keep_masks`) that prune at most ``budgets[ratio]``
+    """Keep-masks (:func:`~earlybird.search.masks.keep_masks`) that prune at most ``budgets[ratio]``
     channels each, where each layer keeps a multiple of ``multiples[layer]`` units.
 
     Each layer (each segment, when the layout has segments) ranks its units by score and cuts
@@ -30,7 +30,7 @@ def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[flo
     are tried, so the count pruned is at most ``floor(N * p)`` and short of it by less than
     the blocks left allow. Runs on the host.
 
-    >>> from earlybird.masks import ChannelLayout
+    >>> from earlybird.search.masks import ChannelLayout
     >>> layout = ChannelLayout(("a", "b"), (6, 4))
     >>> scores = torch.tensor([.9, .1, .8, .2, .7, .3, .6, .5, .4, .05])
     >>> mask = masks_by_block(scores, layout, {0.4: 4}, [5, 3], None, [2, 2])[0.4]

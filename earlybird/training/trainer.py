@@ -5,7 +5,7 @@ The ``earlybird`` pipeline (:mod:`earlybird.pipeline`) and the benchmark suite b
 through :class:`Trainer`.
 
 >>> import torch
->>> from earlybird.data import Batches, ImageSet
+>>> from earlybird.data.datasets import Batches, ImageSet
 >>> data = ImageSet(torch.randint(0, 255, (8, 3, 8, 8), dtype=torch.uint8), torch.arange(8) % 2,
 ...                 ["a", "b"])
 >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from . import distributed
-from .energy import EnergyMeter
-from .faults import kill_point
+from ..costs.energy import EnergyMeter
+from ..faults import kill_point
 from .precision import LowPrecision, autocast, unwrap_optimizer
 from .recipe import Recipe, default_schedule, lr_at
 
@@ -66,7 +66,7 @@ class Trainer:
     Args:
         model: the network (on ``device`` after construction).
         recipe: the optimizer and its schedule; the optimizer starts at ``epoch``'s lr.
-        batches: training batches (:class:`~earlybird.data.Batches` or a DataLoader); a
+        batches: training batches (:class:`~earlybird.data.batches.Batches` or a DataLoader); a
             ``set_epoch(epoch)`` method is called before each epoch.
         test: batches to evaluate on.
         device: where to train (default: the model's device).

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .graph import History, copy_model, replay_history
-from .graph.coefficients import detach_coefficients
+from ..graph import History, copy_model, replay_history
+from ..graph.coefficients import detach_coefficients
 
 __all__ = ["carry_optimizer", "carry_scheduler"]
 
