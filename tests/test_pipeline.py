@@ -13,6 +13,7 @@ import earlybird as eb
 from earlybird.cli import main
 from earlybird.run.io import PRUNED_FORMAT
 from earlybird.run.runs import CHECKPOINT_FORMAT
+import forked
 from conftest import failure, torchrun
 
 BASE = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--train-images", "256",
@@ -118,8 +119,8 @@ def test_prune_without_ticket_and_foreign_checkpoints(tmp_path, capsys):
 
 
 def run_cli(args, env=None, check=True):
-    return subprocess.run([sys.executable, "-m", "earlybird", *args], capture_output=True,
-                          text=True, env=env or ENV, check=check, timeout=600)
+    """``python -m earlybird <args>`` in its own process (forked with earlybird imported)."""
+    return forked.run_cli(args, env=env or ENV, check=check)
 
 
 def test_killed_search_resumes_to_the_same_ticket_and_weights(tmp_path):
