@@ -1,8 +1,8 @@
 """Errors earlybird raises on purpose, each naming what is wrong and what is allowed."""
+
 from __future__ import annotations
 
-__all__ = ["EarlyBirdError", "UnsupportedModelError", "NoTicketError", "CheckpointError",
-           "ConfigError"]
+__all__ = ["EarlyBirdError", "UnsupportedModelError", "NoTicketError", "CheckpointError", "ConfigError"]
 
 
 class EarlyBirdError(Exception):

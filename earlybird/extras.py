@@ -21,6 +21,7 @@ Traceback (most recent call last):
 ...
 ValueError: unknown extra 'plot'; choose from ['export', 'lightning', 'lowp', 'plots']
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,7 +52,7 @@ def missing(extra: str) -> list[str]:
     for module in EXTRAS[extra]:
         try:
             found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):          # ValueError: sys.modules[module] is None
+        except (ImportError, ValueError):  # ValueError: sys.modules[module] is None
             found = False
         if not found:
             gone.append(module)
@@ -64,4 +65,5 @@ def require(extra: str, feature: str) -> None:
     if gone:
         raise MissingExtraError(
             f"{feature} needs the '{extra}' extra ({', '.join(gone)} not installed): "
-            f"pip install 'earlybird-tickets[{extra}]'")
+            f"pip install 'earlybird-tickets[{extra}]'"
+        )

@@ -5,6 +5,7 @@ tests can check that a resumed run ends exactly like an uninterrupted one.
 >>> kill_point() is None                  # not set: nothing is ever killed
 True
 """
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ the CLI, which makes one option per leaf field.
 >>> from_dict(Demo, {"lr": 0.2}), as_dict(Demo())
 (Demo(lr=0.2), {'lr': 0.1})
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,23 +32,33 @@ from .errors import ConfigError
 __all__ = ["option", "document", "as_dict", "from_dict", "leaves", "Leaf", "markdown_table"]
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *,
-           choices: Optional[Sequence[Any]] = None, flags: Sequence[str] = (),
-           default_factory: Any = dataclasses.MISSING, group: Optional[str] = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: Optional[Sequence[Any]] = None,
+    flags: Sequence[str] = (),
+    default_factory: Any = dataclasses.MISSING,
+    group: Optional[str] = None,
+) -> Any:
     """A dataclass field with its help text, allowed values and extra CLI spellings.
 
     ``group`` titles a nested settings field's options in the CLI help.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "flags": tuple(flags), "group": group}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "flags": tuple(flags),
+        "group": group,
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
 def _default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:        # type: ignore[misc]
-        return f.default_factory()                          # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
     return f.default
 
 
@@ -57,34 +68,43 @@ def document(cls: type) -> type:
     for f in dataclasses.fields(cls):
         default = _default(f)
         shown = type(default).__name__ + "()" if dataclasses.is_dataclass(default) else repr(default)
-        lines += textwrap.wrap(f"{f.name}: {f.metadata.get('help', '')} (default {shown}).",
-                               96, initial_indent="    ", subsequent_indent="        ")
+        lines += textwrap.wrap(
+            f"{f.name}: {f.metadata.get('help', '')} (default {shown}).",
+            96,
+            initial_indent="    ",
+            subsequent_indent="        ",
+        )
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n".join(lines)
     return cls
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
     """Nested settings as plain data: dicts, lists, numbers, strings, None."""
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         return value
+
     return plain(obj)
 
 
 def from_dict(cls: type, data: Mapping[str, Any], source: str = "settings") -> Any:
     """Build ``cls`` from a (nested) dict; an unknown key is refused with the allowed ones."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of settings, got "
-                          f"{ConfigError.value(type(data).__name__)}")
+        raise ConfigError(
+            f"{source}: expected a mapping of settings, got {ConfigError.value(type(data).__name__)}"
+        )
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{source}: unknown settings {ConfigError.value(unknown)}; allowed: "
-                          f"{ConfigError.value(sorted(known))}")
+        raise ConfigError(
+            f"{source}: unknown settings {ConfigError.value(unknown)}; allowed: "
+            f"{ConfigError.value(sorted(known))}"
+        )
     values = {}
     for name, value in data.items():
         kind = hints[name]
@@ -98,12 +118,12 @@ def from_dict(cls: type, data: Mapping[str, Any], source: str = "settings") -> A
 class Leaf:
     """One leaf setting of a nested settings class, as the CLI sees it."""
 
-    path: tuple[str, ...]        # field names from the outer class down, e.g. ("earlybird", "ratios")
+    path: tuple[str, ...]  # field names from the outer class down, e.g. ("earlybird", "ratios")
     field: dataclasses.Field
-    kind: type                   # bool, int, float or str
-    many: bool                   # a sequence of ``kind``
-    optional: bool               # None is allowed
-    group: Optional[str]         # title of the nested settings it belongs to
+    kind: type  # bool, int, float or str
+    many: bool  # a sequence of ``kind``
+    optional: bool  # None is allowed
+    group: Optional[str]  # title of the nested settings it belongs to
 
     @property
     def name(self) -> str:
@@ -154,6 +174,8 @@ def markdown_table(cls: type, flag: Any = lambda name: "--" + name.replace("_", 
             names.append(flag("no_" + leaf.name))
         spellings = ", ".join(f"`{f}`" for f in names)
         shown = list(default) if isinstance(default, tuple) else default
-        lines.append(f"| `{leaf.name}` | {spellings} | `{shown!r}` | "
-                     f"{leaf.field.metadata['help'].replace('|', chr(92) + '|')} |")
+        lines.append(
+            f"| `{leaf.name}` | {spellings} | `{shown!r}` | "
+            f"{leaf.field.metadata['help'].replace('|', chr(92) + '|')} |"
+        )
     return "\n".join(lines)

@@ -78,8 +78,13 @@ def test_files_are_written_only_through_the_atomic_writer(path):
                          ids=[str(p.relative_to(ROOT)) for p in [*LIBRARY, *BENCHMARKS]])
 def test_modules_stay_small(path):
     # one concept per module, under ~300 lines where the concept allows (the pruner's public
-    # class and the detection experiment's script are a little longer)
-    limit = {"pruner.py": 340, "detection.py": 340}.get(path.name, 310)
+    # class and the detection experiment's script are a little longer); the library is laid out
+    # by `ruff format`, one argument a line where a call does not fit, which made the same code
+    # 15-20 % longer (2026-12-04: 310 -> 341 lines at most, the pruner 332 -> 391)
+    if path.is_relative_to(ROOT / "earlybird"):
+        limit = {"pruner.py": 400}.get(path.name, 360)
+    else:
+        limit = {"detection.py": 340}.get(path.name, 310)
     assert len(path.read_text().splitlines()) <= limit, path
 
 

@@ -10,6 +10,7 @@ lower bound used to compare phases and precisions, not a prediction of a power m
 Measured energy comes from Intel RAPL (``/sys/class/powercap/intel-rapl:*/energy_uj``, CPU
 packages) and NVIDIA NVML (``pynvml``, total energy since driver load) when they are readable.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,10 +22,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PJ_PER_MAC", "ENERGY_SOURCE", "estimate_joules", "EnergyMeter"]
 
-PJ_PER_MAC = {"fp32": 0.9 + 3.7, "fp16": 0.4 + 1.1, "bf16": 0.4 + 1.1, "int8": 0.03 + 0.2,
-              "q8": 0.03 + 0.2}
-ENERGY_SOURCE = ("Horowitz, 'Computing's energy problem (and what we can do about it)', "
-                 "ISSCC 2014, 45 nm: pJ per multiply + add")
+PJ_PER_MAC = {"fp32": 0.9 + 3.7, "fp16": 0.4 + 1.1, "bf16": 0.4 + 1.1, "int8": 0.03 + 0.2, "q8": 0.03 + 0.2}
+ENERGY_SOURCE = (
+    "Horowitz, 'Computing's energy problem (and what we can do about it)', "
+    "ISSCC 2014, 45 nm: pJ per multiply + add"
+)
 
 
 def estimate_joules(macs: float, precision: str = "fp32") -> float:
@@ -47,8 +49,13 @@ class EnergyMeter:
 
     def __init__(self, powercap: Optional[str] = None) -> None:
         root = Path(powercap or os.environ.get("EARLYBIRD_POWERCAP", "/sys/class/powercap"))
-        self._rapl = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1
-                            and (p / "energy_uj").is_file()) if root.is_dir() else []
+        self._rapl = (
+            sorted(
+                p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1 and (p / "energy_uj").is_file()
+            )
+            if root.is_dir()
+            else []
+        )
         self._last: dict[Path, int] = {}
         self._total_rapl = 0.0
         self._nvml = self._init_nvml()
@@ -60,6 +67,7 @@ class EnergyMeter:
     def _init_nvml():
         try:
             import pynvml  # type: ignore[import-not-found]
+
             pynvml.nvmlInit()
             return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
         except Exception:  # noqa: BLE001 - no NVML, no driver or no GPU: nothing to measure
@@ -81,8 +89,11 @@ class EnergyMeter:
             now = self._read(p)
             delta = now - self._last[p]
             if delta < 0:
-                span = int((p / "max_energy_range_uj").read_text()) if (
-                    p / "max_energy_range_uj").is_file() else 0
+                span = (
+                    int((p / "max_energy_range_uj").read_text())
+                    if (p / "max_energy_range_uj").is_file()
+                    else 0
+                )
                 delta += span
             self._total_rapl += delta / 1e6
             self._last[p] = now
@@ -92,4 +103,5 @@ class EnergyMeter:
         if not self._nvml:
             return 0.0
         import pynvml  # type: ignore[import-not-found]
+
         return sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._nvml) / 1e3

@@ -1,4 +1,5 @@
 """Inference FLOPs and parameters through fvcore (one multiply-add counts as one FLOP)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,7 @@ __all__ = ["FlopCount", "count_flops", "BACKWARD_FACTOR", "training_flops"]
 BACKWARD_FACTOR = 3.0
 
 
-def training_flops(forward_flops: float, samples: float,
-                   backward_factor: float = BACKWARD_FACTOR) -> float:
+def training_flops(forward_flops: float, samples: float, backward_factor: float = BACKWARD_FACTOR) -> float:
     """Training FLOPs of ``samples`` images at ``forward_flops`` each.
 
     >>> training_flops(1000, 100)

@@ -7,6 +7,7 @@ the model in that phase; an evaluation sample costs one forward. Phases are read
 last finished epoch. Wall-clock seconds are as measured; energy is estimated from FLOPs and the
 phase's precision (:mod:`earlybird.costs.energy`) and, where RAPL/NVML were readable, also measured.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,9 +29,13 @@ __all__ = ["phase_cost", "build_ledger", "write_ledger", "LEDGER_FILE"]
 LEDGER_FILE = "ledger.json"
 
 
-def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_factor: float = BACKWARD_FACTOR,
-               weights: Optional[list[float]] = None, eval_weights: Optional[list[float]] = None
-               ) -> dict[str, Any]:
+def phase_cost(
+    records: list[dict[str, Any]],
+    forward_flops: int,
+    backward_factor: float = BACKWARD_FACTOR,
+    weights: Optional[list[float]] = None,
+    eval_weights: Optional[list[float]] = None,
+) -> dict[str, Any]:
     """Sum the cost of epoch records of one model; ``weights`` scale each epoch's training part
     (a ticket drawn mid-epoch counts that epoch in part), ``eval_weights`` its evaluation.
 
@@ -41,9 +46,19 @@ def phase_cost(records: list[dict[str, Any]], forward_flops: int, backward_facto
     """
     weights = weights or [1.0] * len(records)
     eval_weights = eval_weights or [1.0] * len(records)
-    out: dict[str, Any] = {"forward_flops": forward_flops, "epochs": 0.0, "train_samples": 0.0,
-           "eval_samples": 0.0, "train_flops": 0.0, "eval_flops": 0.0, "train_s": 0.0,
-           "eval_s": 0.0, "energy_j_estimated": 0.0, "energy_j_measured": None, "precision": []}
+    out: dict[str, Any] = {
+        "forward_flops": forward_flops,
+        "epochs": 0.0,
+        "train_samples": 0.0,
+        "eval_samples": 0.0,
+        "train_flops": 0.0,
+        "eval_flops": 0.0,
+        "train_s": 0.0,
+        "eval_s": 0.0,
+        "energy_j_estimated": 0.0,
+        "energy_j_measured": None,
+        "precision": [],
+    }
     measured = []
     for rec, w, we in zip(records, weights, eval_weights):
         precision = rec.get("precision", "fp32")
@@ -94,52 +109,89 @@ def build_ledger(run: str | Path, backward_factor: float = BACKWARD_FACTOR) -> d
     for stage in ("search", "train"):
         epochs = _epochs(records, stage)
         if epochs:
-            phases[stage] = {"model": "dense", **phase_cost(epochs, models["dense"]["flops"],
-                                                              backward_factor)}
+            phases[stage] = {
+                "model": "dense",
+                **phase_cost(epochs, models["dense"]["flops"], backward_factor),
+            }
     pipelines: list[dict[str, Any]] = []
     search_epochs = _epochs(records, "search")
     for path in sorted(rd.root.glob("pruned-*.pt")):
         saved = safe_load(path, PRUNED_FORMAT)["extra"]
         ratio, draw = float(saved["ratio"]), float(saved["draw_epoch"])
         name = f"pruned-{ratio:g}"
-        models[name] = {"flops": int(saved["flops"]), "params": int(saved["params"]),
-                        "draw_epoch": draw}
+        models[name] = {"flops": int(saved["flops"]), "params": int(saved["params"]), "draw_epoch": draw}
         weights = [min(1.0, max(0.0, draw - r["epoch"])) for r in search_epochs]
         eval_weights = [1.0 if r["epoch"] + 1 <= draw else 0.0 for r in search_epochs]
-        until_draw = phase_cost(search_epochs, models["dense"]["flops"], backward_factor,
-                                weights, eval_weights)
+        until_draw = phase_cost(
+            search_epochs, models["dense"]["flops"], backward_factor, weights, eval_weights
+        )
         for mode in ("finetune", "scratch"):
             stage = RunDir.retrain_stage(ratio, mode)
             epochs = _epochs(records, stage)
             if not epochs:
                 continue
-            phases[stage] = {"model": name, **phase_cost(epochs, int(saved["flops"]),
-                                                          backward_factor)}
-            pipelines.append(_pipeline(f"EB Train ({mode})", ratio, draw,
-                                       [("search until the draw", until_draw), (stage, phases[stage])],
-                                       epochs[-1]["test_acc"], int(saved["flops"]),
-                                       int(saved["params"])))
+            phases[stage] = {"model": name, **phase_cost(epochs, int(saved["flops"]), backward_factor)}
+            pipelines.append(
+                _pipeline(
+                    f"EB Train ({mode})",
+                    ratio,
+                    draw,
+                    [("search until the draw", until_draw), (stage, phases[stage])],
+                    epochs[-1]["test_acc"],
+                    int(saved["flops"]),
+                    int(saved["params"]),
+                )
+            )
     for stage, label in (("search", "dense (search run to the end)"), ("train", "dense baseline")):
         epochs = _epochs(records, stage)
         if epochs and (stage == "train" or len(epochs) >= cfg.recipe.epochs):
-            pipelines.append(_pipeline(label, None, None, [(stage, phases[stage])],
-                                       epochs[-1]["test_acc"], models["dense"]["flops"],
-                                       models["dense"]["params"]))
-    return {"run": str(rd.root), "unit": "FLOPs: one multiply-add = one FLOP (fvcore)",
-            "backward_factor": backward_factor, "energy_pj_per_mac": PJ_PER_MAC,
-            "energy_source": ENERGY_SOURCE, "models": models, "phases": phases,
-            "pipelines": pipelines, "config": cfg.as_dict()}
+            pipelines.append(
+                _pipeline(
+                    label,
+                    None,
+                    None,
+                    [(stage, phases[stage])],
+                    epochs[-1]["test_acc"],
+                    models["dense"]["flops"],
+                    models["dense"]["params"],
+                )
+            )
+    return {
+        "run": str(rd.root),
+        "unit": "FLOPs: one multiply-add = one FLOP (fvcore)",
+        "backward_factor": backward_factor,
+        "energy_pj_per_mac": PJ_PER_MAC,
+        "energy_source": ENERGY_SOURCE,
+        "models": models,
+        "phases": phases,
+        "pipelines": pipelines,
+        "config": cfg.as_dict(),
+    }
 
 
-def _pipeline(method: str, ratio: Optional[float], draw: Optional[float],
-              parts: list[tuple[str, dict]], test_acc: float, flops: int, params: int) -> dict:
+def _pipeline(
+    method: str,
+    ratio: Optional[float],
+    draw: Optional[float],
+    parts: list[tuple[str, dict]],
+    test_acc: float,
+    flops: int,
+    params: int,
+) -> dict:
     measured = [p["energy_j_measured"] for _, p in parts]
-    return {"method": method, "ratio": ratio, "draw_epoch": draw, "test_acc": test_acc,
-            "flops": flops, "params": params, "phases": [name for name, _ in parts],
-            "train_flops": sum(p["flops"] for _, p in parts),
-            "energy_j_estimated": sum(p["energy_j_estimated"] for _, p in parts),
-            "energy_j_measured": None if None in measured else sum(measured),
-            "wall_s": sum(p["wall_s"] for _, p in parts)}
+    return {
+        "method": method,
+        "ratio": ratio,
+        "draw_epoch": draw,
+        "test_acc": test_acc,
+        "flops": flops,
+        "params": params,
+        "phases": [name for name, _ in parts],
+        "train_flops": sum(p["flops"] for _, p in parts),
+        "energy_j_estimated": sum(p["energy_j_estimated"] for _, p in parts),
+        "energy_j_measured": None if None in measured else sum(measured),
+        "wall_s": sum(p["wall_s"] for _, p in parts),
+    }
 
 
 def write_ledger(run: str | Path, backward_factor: float = BACKWARD_FACTOR) -> Path:

@@ -7,6 +7,7 @@
 * ``flops-vs-draw.png``: training FLOPs of EB Train had the ticket been drawn at each check
   (the paper's Figure 5), when the search recorded several checks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,10 @@ __all__ = ["write_plots"]
 def _plt():
     require("plots", "plots")
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -67,9 +70,15 @@ def plot_pairwise(state: dict, cfg: RunConfig, out: Path) -> list[Path]:
             continue
         d = pairwise_distances(masks)
         fig, ax = plt.subplots(figsize=(5.2, 4.4))
-        im = ax.imshow(d.numpy(), cmap="viridis_r", origin="lower", vmin=0,
-                       extent=(its[0] - .5, its[-1] + .5, its[0] - .5, its[-1] + .5)
-                       if len(its) > 1 and its == list(range(its[0], its[-1] + 1)) else None)
+        im = ax.imshow(
+            d.numpy(),
+            cmap="viridis_r",
+            origin="lower",
+            vmin=0,
+            extent=(its[0] - 0.5, its[-1] + 0.5, its[0] - 0.5, its[-1] + 0.5)
+            if len(its) > 1 and its == list(range(its[0], its[-1] + 1))
+            else None,
+        )
         fig.colorbar(im, ax=ax, label="mask distance")
         ax.contour(its, its, d.numpy(), levels=[cfg.earlybird.epsilon], colors="red", linewidths=1)
         ticket = state["pruner"]["tickets"].get(key)
@@ -80,10 +89,20 @@ def plot_pairwise(state: dict, cfg: RunConfig, out: Path) -> list[Path]:
         ax.set_title(f"p = {key}: pairwise mask distance (red: {cfg.earlybird.epsilon:g})")
         ax.set_xlabel(_xlabel(cfg))
         ax.set_ylabel(_xlabel(cfg))
-        paths.append(_save(fig, out, f"pairwise-{key}", {
-            "ratio": float(key), "iterations": its, "epsilon": cfg.earlybird.epsilon,
-            "drawn_at": None if ticket is None else its[int(ticket["check"])],
-            "distance": d.tolist()}))
+        paths.append(
+            _save(
+                fig,
+                out,
+                f"pairwise-{key}",
+                {
+                    "ratio": float(key),
+                    "iterations": its,
+                    "epsilon": cfg.earlybird.epsilon,
+                    "drawn_at": None if ticket is None else its[int(ticket["check"])],
+                    "distance": d.tolist(),
+                },
+            )
+        )
     return paths
 
 
@@ -94,7 +113,7 @@ def plot_consecutive(state: dict, cfg: RunConfig, out: Path) -> Path:
     data: dict[str, Any] = {"iterations": its[1:], "epsilon": cfg.earlybird.epsilon, "ratios": {}}
     for key, masks in state["pruner"]["masks"].items():
         dist = (masks[1:] != masks[:-1]).double().mean(1).tolist() if len(masks) > 1 else []
-        line, = ax.plot(its[1:len(dist) + 1], dist, marker=".", label=f"p = {key}")
+        (line,) = ax.plot(its[1 : len(dist) + 1], dist, marker=".", label=f"p = {key}")
         ticket = state["pruner"]["tickets"].get(key)
         drawn = None if ticket is None else its[int(ticket["check"])]
         if drawn is not None:
@@ -129,8 +148,9 @@ def plot_layers(state: dict, out: Path) -> Path:
     return _save(fig, out, "layers", data)
 
 
-def plot_flops_vs_draw(state: dict, cfg: RunConfig, records: list[dict], out: Path,
-                       max_points: int = 16) -> Path | None:
+def plot_flops_vs_draw(
+    state: dict, cfg: RunConfig, records: list[dict], out: Path, max_points: int = 16
+) -> Path | None:
     """Training FLOPs of search-until-t plus retraining the ticket of check t to the end."""
     its = state["pruner"]["iterations"].tolist()
     per_epoch = [r["samples"] for r in records if r.get("stage") == "search" and "samples" in r]
@@ -155,14 +175,12 @@ def plot_flops_vs_draw(state: dict, cfg: RunConfig, records: list[dict], out: Pa
             t = its[c] / steps
             flops = training_flops(dense * t + count_flops(small, x).flops * (epochs - t), samples)
             rows.append((t, flops))
-        line, = ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", ms=3,
-                        label=f"p = {key}")
+        (line,) = ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", ms=3, label=f"p = {key}")
         ticket = state["pruner"]["tickets"].get(key)
         if ticket is not None:
             ax.axvline(its[int(ticket["check"])] / steps, color=line.get_color(), ls=":", lw=1)
         data["ratios"][key] = {"draw_epoch": [r[0] for r in rows], "train_flops": [r[1] for r in rows]}
-    ax.axhline(training_flops(dense * epochs, samples), color="gray", lw=1,
-               label="dense, full schedule")
+    ax.axhline(training_flops(dense * epochs, samples), color="gray", lw=1, label="dense, full schedule")
     ax.set_xlabel("epoch at which the ticket is drawn")
     ax.set_ylabel("training FLOPs (search + retrain)")
     ax.set_title("EB Train cost vs draw point (dotted: where the rule drew)")

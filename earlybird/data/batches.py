@@ -1,5 +1,6 @@
 """Batches of an in-memory image set: shuffled and augmented reproducibly per epoch, on the CPU
 or on the training device (the GPU fast path)."""
+
 from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence, Union
@@ -26,11 +27,20 @@ class Batches:
     ([(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 32, 32)], 3)
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, train: bool, seed: int = 0,
-                 mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD,
-                 pad: int = 4, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1,
-                 device: Union[str, torch.device, None] = None) -> None:
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        mean: Sequence[float] = CIFAR_MEAN,
+        std: Sequence[float] = CIFAR_STD,
+        pad: int = 4,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        device: Union[str, torch.device, None] = None,
+    ) -> None:
         self.data, self.batch_size, self.train, self.seed = data, batch_size, train, seed
         self.pad, self.drop_last = pad, drop_last
         self.rank, self.world_size = rank, world_size
@@ -51,7 +61,7 @@ class Batches:
         else:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             idx = torch.randperm(n, generator=g)
-        return idx[self.rank::self.world_size]
+        return idx[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         n = len(self._indices())
@@ -62,7 +72,7 @@ class Batches:
         drawn on the CPU batch by batch (the generators of :meth:`_draws`), one copy over."""
         parts: list[list[Tensor]] = [[], [], [], []]
         for b in batches:
-            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             parts[0].append(sel)
             if self.train:
                 for part, value in zip(parts[1:], self._draws(b, len(sel))):

@@ -7,6 +7,7 @@ several times faster than per-image PIL transforms, and the order and augmentati
 batches it would have seen. Larger images go through torchvision's ``ImageFolder`` and a
 ``DataLoader`` (RandomResizedCrop 224 and flip for training, resize 256 + center crop 224 to test).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,9 +26,20 @@ from .images import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, ImageSet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageSet", "Batches", "DATASETS", "CIFAR_MEAN", "CIFAR_STD", "load_dataset",
-           "load_packed", "pack_images", "read_archive", "subset", "folder_loaders",
-           "SUBSET_FILE"]
+__all__ = [
+    "ImageSet",
+    "Batches",
+    "DATASETS",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "load_dataset",
+    "load_packed",
+    "pack_images",
+    "read_archive",
+    "subset",
+    "folder_loaders",
+    "SUBSET_FILE",
+]
 
 DATASETS = ("cifar10-subset", "cifar10", "cifar100", "imagenet", "imagefolder")
 SUBSET_FILE = "cifar10_subset.npz"
@@ -35,6 +47,7 @@ SUBSET_FILE = "cifar10_subset.npz"
 
 def _decode(blobs: Sequence[bytes]) -> Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
+
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB))
 
@@ -48,7 +61,7 @@ def _archive_files(path: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
                 found[split].setdefault(f.parent.name, []).append((f.name, f.read_bytes()))
     elif path.is_file() and tarfile.is_tarfile(path):
         with tarfile.open(path) as tar:
-            for member in tar:                        # sequential: a .tar.gz cannot seek back
+            for member in tar:  # sequential: a .tar.gz cannot seek back
                 parts = Path(member.name).parts
                 if member.isfile() and len(parts) == 3 and parts[0] in found:
                     blob = tar.extractfile(member).read()  # type: ignore[union-attr]
@@ -74,8 +87,13 @@ def read_archive(path: Union[str, os.PathLike]) -> dict[str, ImageSet]:
     return out
 
 
-def pack_images(archive: Union[str, os.PathLike], out: Union[str, os.PathLike],
-                train_per_class: int = 1000, test_per_class: int = 200, seed: int = 0) -> None:
+def pack_images(
+    archive: Union[str, os.PathLike],
+    out: Union[str, os.PathLike],
+    train_per_class: int = 1000,
+    test_per_class: int = 200,
+    seed: int = 0,
+) -> None:
     """Pack a class-balanced random subset of an archive's JPEGs into one ``.npz`` file.
 
     The JPEG bytes are kept as they are (no re-encoding); the file loads without pickle.
@@ -98,6 +116,7 @@ def pack_images(archive: Union[str, os.PathLike], out: Union[str, os.PathLike],
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
         arrays["classes"] = np.asarray(classes)
     from ..run.io import atomic_write
+
     atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays))  # type: ignore[arg-type]
 
 
@@ -112,19 +131,23 @@ def load_packed(path: Union[str, os.PathLike, None] = None) -> dict[str, ImageSe
         out = {}
         for split in ("train", "test"):
             raw, offsets = z[f"{split}_jpeg"].tobytes(), z[f"{split}_offsets"]
-            blobs = [raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+            blobs = [raw[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
             out[split] = ImageSet(_decode(blobs), torch.from_numpy(z[f"{split}_labels"]), classes)
     return out
 
 
 def _torchvision_cifar(name: str, root: str, download: bool) -> dict[str, ImageSet]:
     from torchvision import datasets
+
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     out = {}
     for split in ("train", "test"):
         ds = cls(root, train=split == "train", download=download)
-        out[split] = ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                              torch.tensor(ds.targets), list(ds.classes))
+        out[split] = ImageSet(
+            torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+            torch.tensor(ds.targets),
+            list(ds.classes),
+        )
     return out
 
 
@@ -151,16 +174,19 @@ def load_dataset(name: str, data: Optional[str] = None, download: bool = False):
         sets = _torchvision_cifar(name, data or "./data", download)
         return sets["train"], sets["test"], {"size": 32, "mean": CIFAR_MEAN, "std": CIFAR_STD}
     if data is None or not Path(data, "train").is_dir():
-        raise FileNotFoundError(f"--data must be a folder with train/ and val/ (or test/) "
-                                f"sub-folders for {name}, got {data!r}")
+        raise FileNotFoundError(
+            f"--data must be a folder with train/ and val/ (or test/) sub-folders for {name}, got {data!r}"
+        )
     from torchvision import datasets
     from torchvision import transforms as T
+
     val = Path(data, "val") if Path(data, "val").is_dir() else Path(data, "test")
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = datasets.ImageFolder(str(Path(data, "train")), T.Compose(
-        [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm]))
-    test = datasets.ImageFolder(str(val), T.Compose(
-        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm]))
+    train = datasets.ImageFolder(
+        str(Path(data, "train")),
+        T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm]),
+    )
+    test = datasets.ImageFolder(str(val), T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm]))
     return train, test, {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
@@ -181,20 +207,35 @@ def subset(data: Any, n: Optional[int], seed: int = 0) -> Any:
     return torch.utils.data.Subset(data, idx.tolist())
 
 
-def folder_loaders(train: Any, test: Any, batch_size: int, test_batch_size: int, seed: int,
-                   workers: int, rank: int = 0, world: int = 1) -> tuple[Any, Any]:
+def folder_loaders(
+    train: Any,
+    test: Any,
+    batch_size: int,
+    test_batch_size: int,
+    seed: int,
+    workers: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[Any, Any]:
     """DataLoaders for image folders (ImageNet): shuffled training batches of ``batch_size``
     per rank (a DistributedSampler under torchrun, ``set_epoch`` forwarded), and each rank's
     every ``world``-th test image, each image seen exactly once."""
     from torch.utils.data import DataLoader, DistributedSampler
-    keep: dict[str, Any] = dict(num_workers=workers, pin_memory=True,
-                                persistent_workers=workers > 0)
+
+    keep: dict[str, Any] = dict(num_workers=workers, pin_memory=True, persistent_workers=workers > 0)
     if world == 1:
-        train_l = DataLoader(train, batch_size, shuffle=True, drop_last=True,
-                             generator=torch.Generator().manual_seed(seed), **keep)
+        train_l = DataLoader(
+            train,
+            batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+            **keep,
+        )
     else:
-        sampler: DistributedSampler = DistributedSampler(train, world, rank, shuffle=True,
-                                                         seed=seed, drop_last=True)
+        sampler: DistributedSampler = DistributedSampler(
+            train, world, rank, shuffle=True, seed=seed, drop_last=True
+        )
         train_l = DataLoader(train, batch_size, sampler=sampler, drop_last=True, **keep)
         train_l.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
     shard = torch.utils.data.Subset(test, range(rank, len(test), world))

@@ -1,5 +1,6 @@
 """Images held in memory, and the normalisation constants of the datasets (a module of its own
 so that :mod:`.data` and :mod:`.batches` both build on it)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ no classifier MLP (average pool, one linear layer), and pre-activation ResNets f
 Initialisation follows the reference: conv weights ``N(0, 2/(k*k*out))``, BN gamma 0.5 (equal
 gammas tie; the pruner breaks ties by position), linear ``N(0, 0.01)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,18 +17,27 @@ import torch
 from timm.models import register_model
 from torch import Tensor, nn
 
-__all__ = ["CifarVGG", "PreResNet", "VGG_CFGS", "VGG_DEPTHS", "PRERESNET_DEPTHS", "ARCHS",
-           "preresnet_block", "build_model", "check_arch", "cifar_vit"]
+__all__ = [
+    "CifarVGG",
+    "PreResNet",
+    "VGG_CFGS",
+    "VGG_DEPTHS",
+    "PRERESNET_DEPTHS",
+    "ARCHS",
+    "preresnet_block",
+    "build_model",
+    "check_arch",
+    "cifar_vit",
+]
 
 ARCHS = ("vgg", "preresnet", "vit", "resnet18", "resnet50")
-VIT_HEADS = 3                      # the CIFAR ViT's heads (DeiT-Tiny's); width 1.0 is 192 wide
+VIT_HEADS = 3  # the CIFAR ViT's heads (DeiT-Tiny's); width 1.0 is 192 wide
 
 VGG_CFGS: dict[int, list[Union[int, str]]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
 }
 
 
@@ -57,8 +67,14 @@ class CifarVGG(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, depth: int = 16, num_classes: int = 10, width: float = 1.0,
-                 in_chans: int = 3, bn_gamma: float = 0.5) -> None:
+    def __init__(
+        self,
+        depth: int = 16,
+        num_classes: int = 10,
+        width: float = 1.0,
+        in_chans: int = 3,
+        bn_gamma: float = 0.5,
+    ) -> None:
         super().__init__()
         if depth not in VGG_CFGS:
             raise ValueError(f"VGG depth must be one of {sorted(VGG_CFGS)}, got {depth}")
@@ -71,8 +87,11 @@ class CifarVGG(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
             out = _scaled(int(v), width)
-            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             c = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -140,8 +159,10 @@ def preresnet_block(depth: int) -> Literal["basic", "bottleneck"]:
         return "basic"
     if (depth - 2) % 9 == 0 and depth >= 11:
         return "bottleneck"
-    raise ValueError(f"PreResNet depth must be 6n+2 (basic, up to 110) or 9n+2 (bottleneck), "
-                     f"e.g. 20, 56, 101, 110, 164; got {depth}")
+    raise ValueError(
+        f"PreResNet depth must be 6n+2 (basic, up to 110) or 9n+2 (bottleneck), "
+        f"e.g. 20, 56, 101, 110, 164; got {depth}"
+    )
 
 
 class PreResNet(nn.Module):
@@ -151,8 +172,15 @@ class PreResNet(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, depth: int = 56, num_classes: int = 10, width: float = 1.0,
-                 block: Optional[str] = None, in_chans: int = 3, bn_gamma: float = 0.5) -> None:
+    def __init__(
+        self,
+        depth: int = 56,
+        num_classes: int = 10,
+        width: float = 1.0,
+        block: Optional[str] = None,
+        in_chans: int = 3,
+        bn_gamma: float = 0.5,
+    ) -> None:
         super().__init__()
         kind = block or preresnet_block(depth)
         if kind not in ("basic", "bottleneck"):
@@ -196,8 +224,9 @@ def _drop_timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _register(cls: type, depth: int, name: str, doc: str) -> None:
     def build(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return cls(depth, **_drop_timm_kwargs({"pretrained": pretrained, **kwargs}))
+
     build.__name__, build.__doc__, build.__module__ = name, doc, __name__
-    globals()[name] = build             # timm lists it in this module's __all__
+    globals()[name] = build  # timm lists it in this module's __all__
     register_model(build)
 
 
@@ -218,9 +247,17 @@ def cifar_vit(depth: int = 6, num_classes: int = 10, width: float = 1.0) -> nn.M
     96
     """
     from timm.models.vision_transformer import VisionTransformer
+
     dim = max(1, round(192 * width / VIT_HEADS)) * VIT_HEADS
-    return VisionTransformer(img_size=32, patch_size=4, embed_dim=dim, depth=depth,
-                             num_heads=VIT_HEADS, mlp_ratio=4.0, num_classes=num_classes)
+    return VisionTransformer(
+        img_size=32,
+        patch_size=4,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=VIT_HEADS,
+        mlp_ratio=4.0,
+        num_classes=num_classes,
+    )
 
 
 def check_arch(arch: str, depth: Optional[int]) -> None:
@@ -239,9 +276,12 @@ def check_arch(arch: str, depth: Optional[int]) -> None:
         preresnet_block(depth or 56)
     elif arch not in ARCHS:
         import timm
+
         if not timm.is_model(arch):
-            raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)} or any timm model "
-                             f"name (e.g. {', '.join(timm.list_models('resnet*')[:3])}, ...)")
+            raise ValueError(
+                f"unknown arch {arch!r}; choose from {list(ARCHS)} or any timm model "
+                f"name (e.g. {', '.join(timm.list_models('resnet*')[:3])}, ...)"
+            )
 
 
 def build_model(arch: str, depth: Optional[int], num_classes: int, width: float = 1.0) -> nn.Module:
@@ -264,10 +304,11 @@ def build_model(arch: str, depth: Optional[int], num_classes: int, width: float 
         return cifar_vit(depth or 6, num_classes, width)
     if arch in ("resnet18", "resnet50"):
         import torchvision
+
         return getattr(torchvision.models, arch)(num_classes=num_classes)
     import timm
+
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
-                                 zero_init_last=False)
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, zero_init_last=False)
     except TypeError:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes)

@@ -12,6 +12,7 @@ relative position bias table) and lowers ``num_heads`` (and ``attn_dim``) so the
 with fewer heads of the same width. Each cut enters the pruning history as
 ``[name, "drop-heads", spec]`` (:func:`drop_heads` replays it).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, cast
@@ -22,12 +23,21 @@ from torch import nn
 
 from .coefficients import Coefficients
 
-__all__ = ["HEADS", "DIMS", "find_attentions", "head_coefficients", "drop_heads",
-           "heads_layer", "attention_unit", "unit_width", "dims_spec"]
+__all__ = [
+    "HEADS",
+    "DIMS",
+    "find_attentions",
+    "head_coefficients",
+    "drop_heads",
+    "heads_layer",
+    "attention_unit",
+    "unit_width",
+    "dims_spec",
+]
 # (:mod:`.headgroups` joins these units to a ChannelGraph: trials and coefficients)
 
-HEADS = ":heads"          # a layout name ``<attention>:heads`` stands for an attention's heads
-DIMS = ":dims"            # ``<attention>:dims``: the same head dimensions in every head
+HEADS = ":heads"  # a layout name ``<attention>:heads`` stands for an attention's heads
+DIMS = ":dims"  # ``<attention>:dims``: the same head dimensions in every head
 
 
 def attention_unit(name: str) -> Optional[tuple[str, str]]:
@@ -70,20 +80,33 @@ def _out(attention: nn.Module, name: str) -> int:
 def _spec(attention: nn.Module) -> Optional[dict[str, Any]]:
     heads = getattr(attention, "num_heads", None)
     proj = getattr(attention, "proj", None)
-    if (isinstance(attention, nn.MultiheadAttention) or not isinstance(heads, int) or heads < 2
-            or not isinstance(proj, nn.Linear) or proj.in_features % heads):
+    if (
+        isinstance(attention, nn.MultiheadAttention)
+        or not isinstance(heads, int)
+        or heads < 2
+        or not isinstance(proj, nn.Linear)
+        or proj.in_features % heads
+    ):
         return None
     width = proj.in_features
-    producers = [n for n, c in attention.named_children() if isinstance(c, nn.Linear)
-                 and n != "proj" and c.out_features % width == 0]
+    producers = [
+        n
+        for n, c in attention.named_children()
+        if isinstance(c, nn.Linear) and n != "proj" and c.out_features % width == 0
+    ]
     made = sum(_out(attention, n) // width for n in producers)
-    if made != 3:                                     # queries, keys and values, exactly
+    if made != 3:  # queries, keys and values, exactly
         return None
     norm = getattr(attention, "norm", None)
     if norm is not None and any(True for _ in norm.parameters()):
-        return None                                   # a norm over the heads' output: not yet
-    return {"heads": heads, "head_dim": width // heads, "producers": producers, "proj": "proj",
-            "outputs": {n: _out(attention, n) // width for n in producers}}
+        return None  # a norm over the heads' output: not yet
+    return {
+        "heads": heads,
+        "head_dim": width // heads,
+        "producers": producers,
+        "proj": "proj",
+        "outputs": {n: _out(attention, n) // width for n in producers},
+    }
 
 
 def find_attentions(model: nn.Module, skip: Any = ()) -> dict[str, dict[str, Any]]:
@@ -103,11 +126,13 @@ def head_coefficients(name: str, spec: Mapping[str, Any], mode: str = "whole") -
     hd = spec["head_dim"]
     width = spec["heads"] * hd
     if mode == "whole":
-        return Coefficients(spec["heads"], [(f"{name}.{spec['proj']}",
-                                             [i // hd for i in range(width)])])
+        return Coefficients(spec["heads"], [(f"{name}.{spec['proj']}", [i // hd for i in range(width)])])
     # a dimension scaled in the queries, keys and values alike: 0 silences it exactly
-    return Coefficients(hd, [(f"{name}.{p}", [i % hd for i in range(
-        outputs * width)]) for p, outputs in spec["outputs"].items()], outputs=True)
+    return Coefficients(
+        hd,
+        [(f"{name}.{p}", [i % hd for i in range(outputs * width)]) for p, outputs in spec["outputs"].items()],
+        outputs=True,
+    )
 
 
 @torch.no_grad()
@@ -120,22 +145,25 @@ def drop_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
     inner = [h * hd + d for h in drop for d in range(hd)]
     for p in spec["producers"]:
         layer = attention.get_submodule(p)
-        tp.prune_linear_out_channels(layer, [s * width + i for s in range(
-            layer.out_features // width) for i in inner])
+        tp.prune_linear_out_channels(
+            layer, [s * width + i for s in range(layer.out_features // width) for i in inner]
+        )
     keep_heads = [h for h in range(heads) if h not in drop]
     keep = [h * hd + d for h in keep_heads for d in range(hd)]
     for key, value in list(vars(attention)["_parameters"].items()) + list(
-            vars(attention)["_buffers"].items()):
+        vars(attention)["_buffers"].items()
+    ):
         if value is None:
             continue
-        if value.dim() == 1 and value.shape[0] == width:          # q_bias, v_bias
+        if value.dim() == 1 and value.shape[0] == width:  # q_bias, v_bias
             cut = value.detach()[keep].clone()
-        elif value.dim() == 2 and value.shape[1] == heads:       # a bias table, heads last
+        elif value.dim() == 2 and value.shape[1] == heads:  # a bias table, heads last
             cut = value.detach()[:, keep_heads].clone()
         else:
             continue
-        setattr(attention, key, nn.Parameter(cut, value.requires_grad)
-                if isinstance(value, nn.Parameter) else cut)
+        setattr(
+            attention, key, nn.Parameter(cut, value.requires_grad) if isinstance(value, nn.Parameter) else cut
+        )
     tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
     setattr(attention, "num_heads", len(keep_heads))
     if isinstance(getattr(attention, "attn_dim", None), int):
@@ -145,5 +173,10 @@ def drop_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
 def dims_spec(spec: Mapping[str, Any], dims: list[int]) -> dict[str, Any]:
     """The ``"heads"`` history entry's spec (:func:`~.heads.replay_heads`) that cuts ``dims``
     from every head of an attention ``spec`` describes."""
-    return {"width": spec["heads"] * spec["head_dim"], "heads": spec["heads"],
-            "producers": list(spec["producers"]), "proj": spec["proj"], "dims": sorted(dims)}
+    return {
+        "width": spec["heads"] * spec["head_dim"],
+        "heads": spec["heads"],
+        "producers": list(spec["producers"]),
+        "proj": spec["proj"],
+        "dims": sorted(dims),
+    }

@@ -13,6 +13,7 @@ All coefficients of a model live in one ``nn.ModuleDict`` at ``model.eb_coeffici
 are in ``model.parameters()`` and ``model.state_dict()``); :func:`strip_coefficients` folds and
 removes them again.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,9 +23,18 @@ from typing import Any, Mapping, Optional, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Coefficients", "gather_map", "reading_layers", "attach_coefficients", "detach_coefficients",
-           "strip_coefficients", "coefficient_modules", "refuse_untrained",
-           "group_coefficients", "ATTRIBUTE"]
+__all__ = [
+    "Coefficients",
+    "gather_map",
+    "reading_layers",
+    "attach_coefficients",
+    "detach_coefficients",
+    "strip_coefficients",
+    "coefficient_modules",
+    "refuse_untrained",
+    "group_coefficients",
+    "ATTRIBUTE",
+]
 
 log = logging.getLogger(__name__)
 ATTRIBUTE = "eb_coefficients"
@@ -37,15 +47,13 @@ class Coefficients(nn.Module):
     for each of its input (output) channels the coefficient that scales it (-1: none). One
     coefficient may scale several channels (an attention head's dimensions)."""
 
-    def __init__(self, size: int, readers: list[tuple[str, list[int]]],
-                 outputs: bool = False) -> None:
+    def __init__(self, size: int, readers: list[tuple[str, list[int]]], outputs: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.readers = [name for name, _ in readers]
-        self.outputs = outputs             # True: the layers' outputs are scaled, not inputs
+        self.outputs = outputs  # True: the layers' outputs are scaled, not inputs
         for k, (_, gather) in enumerate(readers):
-            self.register_buffer(f"gather{k}", torch.tensor(gather, dtype=torch.long),
-                                 persistent=False)
+            self.register_buffer(f"gather{k}", torch.tensor(gather, dtype=torch.long), persistent=False)
 
     def gather(self, k: int) -> Tensor:
         """Per input channel of reader ``k``, the index of its coefficient (-1: none)."""
@@ -54,7 +62,7 @@ class Coefficients(nn.Module):
     def scale_for(self, k: int, dtype: torch.dtype) -> Tensor:
         """Reader ``k``'s input scale: its coefficient on each channel, 1 where none is."""
         one = torch.ones(1, dtype=dtype, device=self.weight.device)
-        return torch.cat([self.weight.to(dtype), one])[self.gather(k)]   # -1 picks the 1
+        return torch.cat([self.weight.to(dtype), one])[self.gather(k)]  # -1 picks the 1
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, readers={self.readers}"
@@ -72,8 +80,9 @@ def gather_map(channels: int, index: list[int]) -> list[int]:
     return out
 
 
-def reading_layers(group: Any, size: int, is_out: Any, units: Optional[list[int]] = None
-                   ) -> Optional[list[tuple[nn.Module, list[int]]]]:
+def reading_layers(
+    group: Any, size: int, is_out: Any, units: Optional[list[int]] = None
+) -> Optional[list[tuple[nn.Module, list[int]]]]:
     """The conv/linear layers that read a group's channels: ``[(layer, input channel per group
     channel)]``; None when coefficients cannot stand in for the group's norm scale: a unit
     enters some reader twice or not at all, a grouped (not depthwise) conv reads it, or a
@@ -87,20 +96,25 @@ def reading_layers(group: Any, size: int, is_out: Any, units: Optional[list[int]
         module = item.dep.target.module
         if not isinstance(module, LAYERS):
             if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
-                return None                            # a norm, an embedding, a layer scale
-            continue                                   # activations, dropout, torch-pruning's ops
+                return None  # a norm, an embedding, a layer scale
+            continue  # activations, dropout, torch-pruning's ops
         if is_out(item.dep.handler):
-            continue                                   # a layer that writes the channels
-        if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1 and not (
-                module.groups == module.in_channels == module.out_channels):
+            continue  # a layer that writes the channels
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups != 1
+            and not (module.groups == module.in_channels == module.out_channels)
+        ):
             return None
         seen = found.setdefault(module, {})
-        for idx, root in zip(item.idxs, item.root_idxs):      # keyed by unit
+        for idx, root in zip(item.idxs, item.root_idxs):  # keyed by unit
             if seen.setdefault(unit[int(root)], int(idx)) != int(idx):
                 return None
     firsts = sorted(set(unit))
-    if not found or any(sorted(m) != firsts or len(set(m.values())) != len(firsts)
-                        or max(m.values()) >= _inputs(layer) for layer, m in found.items()):
+    if not found or any(
+        sorted(m) != firsts or len(set(m.values())) != len(firsts) or max(m.values()) >= _inputs(layer)
+        for layer, m in found.items()
+    ):
         return None
     return [(module, [m[unit[r]] for r in range(size)]) for module, m in found.items()]
 
@@ -109,8 +123,7 @@ def _inputs(layer: nn.Module) -> int:
     return int(layer.in_features if isinstance(layer, nn.Linear) else cast(int, layer.in_channels))
 
 
-def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
-                 args: tuple) -> tuple:
+def _scale_input(coefficients: Coefficients, k: int, module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook of a reading layer: its input times the coefficients."""
     x = args[0]
     dim = -1 if isinstance(module, nn.Linear) else 1
@@ -119,8 +132,7 @@ def _scale_input(coefficients: Coefficients, k: int, module: nn.Module,
     return (x * coefficients.scale_for(k, x.dtype).view(shape), *args[1:])
 
 
-def _scale_output(coefficients: Coefficients, k: int, module: nn.Module, args: tuple,
-                  out: Tensor) -> Tensor:
+def _scale_output(coefficients: Coefficients, k: int, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
     """Forward hook of a producing linear layer: its output times the coefficients."""
     return out * coefficients.scale_for(k, out.dtype)
 
@@ -130,9 +142,13 @@ def attach_coefficients(model: nn.Module, made: dict[str, Coefficients]) -> None
     hook each reading layer. The model's output does not change (every coefficient is 1)."""
     holder = nn.ModuleDict({_key(name): c for name, c in made.items()})
     model.add_module(ATTRIBUTE, holder)
-    log.info("%d units in %d groups without a norm scale get slimming coefficients (model.%s); "
-             "the optimizer must train them", sum(c.weight.numel() for c in made.values()),
-             len(made), ATTRIBUTE)
+    log.info(
+        "%d units in %d groups without a norm scale get slimming coefficients (model.%s); "
+        "the optimizer must train them",
+        sum(c.weight.numel() for c in made.values()),
+        len(made),
+        ATTRIBUTE,
+    )
     for coefficients in made.values():
         coefficients.to(next(model.parameters()).device)
         for k, reader in enumerate(coefficients.readers):
@@ -181,49 +197,57 @@ def strip_coefficients(model: nn.Module) -> dict[str, Tensor]:
             layer = model.get_submodule(reader)
             w = cast(Tensor, layer.weight)
             scale = coefficients.scale_for(k, w.dtype).detach().to(w.device)
-            if coefficients.outputs:                    # rows (and bias) of a producer
+            if coefficients.outputs:  # rows (and bias) of a producer
                 w *= scale.view(-1, 1)
                 if layer.bias is not None:
                     cast(Tensor, layer.bias).mul_(scale)
             elif isinstance(layer, nn.Linear) or layer.groups == 1:
                 w *= scale.view([1, -1] + [1] * (w.dim() - 2))
-            else:                                       # depthwise: filter j reads channel j
+            else:  # depthwise: filter j reads channel j
                 w *= scale.view([-1] + [1] * (w.dim() - 1))
     detach_coefficients(model)
     return {name: c.weight.detach().clone() for name, c in made.items()}
 
 
 def _key(name: str) -> str:
-    return name.replace(".", "/")          # ModuleDict keys may not contain dots
+    return name.replace(".", "/")  # ModuleDict keys may not contain dots
 
 
 def _name(key: str) -> str:
     return key.replace("/", ".")
 
 
-def refuse_untrained(made: list[Coefficients], first_check: bool, stripped: bool = False
-                     ) -> bool:
+def refuse_untrained(made: list[Coefficients], first_check: bool, stripped: bool = False) -> bool:
     """True once some coefficient has moved from 1 (or there are none). A ticket must never be
     drawn from coefficients nothing trains: when none moved although the model trained (after
     the first check, or with gradients present), raise with what to do; also after
     ``remove_coefficients()`` (``stripped``), whose units can no longer be scored."""
     if stripped:
-        raise RuntimeError("remove_coefficients() was called: the units it folded can no "
-                           "longer be scored; build a new pruner to search again")
+        raise RuntimeError(
+            "remove_coefficients() was called: the units it folded can no "
+            "longer be scored; build a new pruner to search again"
+        )
     if not made or any(bool((c.weight.detach() != 1).any()) for c in made):
         return True
     if first_check and all(c.weight.grad is None for c in made):
-        return False                                   # nothing trained yet: cannot tell
+        return False  # nothing trained yet: cannot tell
     raise RuntimeError(
         f"the {sum(c.weight.numel() for c in made)} slimming coefficients of {len(made)} "
         "group(s) without a norm scale (model.eb_coefficients) have not moved since the pruner "
         "was built: the optimizer does not train them. Build the optimizer after the pruner, "
-        "or add them to it: optimizer.add_param_group({'params': pruner.coefficients()})")
+        "or add them to it: optimizer.add_param_group({'params': pruner.coefficients()})"
+    )
 
 
-def group_coefficients(graph: Any, group: Any, size: int, names: Mapping[nn.Module, str],
-                       made: dict[str, Coefficients], earlier: Mapping[str, Coefficients],
-                       units: Optional[list[int]] = None) -> Optional[dict[nn.Module, set]]:
+def group_coefficients(
+    graph: Any,
+    group: Any,
+    size: int,
+    names: Mapping[nn.Module, str],
+    made: dict[str, Coefficients],
+    earlier: Mapping[str, Coefficients],
+    units: Optional[list[int]] = None,
+) -> Optional[dict[nn.Module, set]]:
     """Coefficients for a group without a norm scale whose channels only conv/linear layers
     read: ``{Coefficients: {(coefficient, group channel)}}``, one coefficient per unit
     (``units`` as :func:`reading_layers` takes them; made once per group root into ``made``;
@@ -236,10 +260,11 @@ def group_coefficients(graph: Any, group: Any, size: int, names: Mapping[nn.Modu
         return None
     firsts = sorted(set(unit))
     if name not in made:
-        made[name] = Coefficients(len(firsts), [(names[m], gather_map(
-            _inputs(m), [idx[f] for f in firsts])) for m, idx in readers])
+        made[name] = Coefficients(
+            len(firsts), [(names[m], gather_map(_inputs(m), [idx[f] for f in firsts])) for m, idx in readers]
+        )
         if name in earlier and earlier[name].weight.shape == made[name].weight.shape:
-            made[name].weight = earlier[name].weight      # trained values (and optimizer)
+            made[name].weight = earlier[name].weight  # trained values (and optimizer)
     position = {f: k for k, f in enumerate(firsts)}
     return {made[name]: {(position[unit[c]], c) for c in range(size)}}
 
@@ -255,8 +280,15 @@ def kind_shares(layout: Any, mask: Tensor, coefficient_names: set) -> dict[str, 
     """
     pruned: dict[str, list[int]] = {}
     for name, part in layout.split(mask).items():
-        kind = ("heads" if name.endswith(":heads") else "head_dims" if name.endswith(":dims")
-                else "units" if name in coefficient_names else "channels")
+        kind = (
+            "heads"
+            if name.endswith(":heads")
+            else "head_dims"
+            if name.endswith(":dims")
+            else "units"
+            if name in coefficient_names
+            else "channels"
+        )
         counts = pruned.setdefault(kind, [0, 0])
         counts[0] += int((~part.bool()).sum())
         counts[1] += part.numel()

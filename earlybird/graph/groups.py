@@ -8,6 +8,7 @@ the mean ``|w|`` of the output filters of every conv/linear layer coupled to it.
 with norm layers, a group with no norm scale of its own (a transformer's MLP hidden units) is
 ranked by slimming coefficients made for it (:mod:`.coefficients`, ``coefficients=True``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from ..search.masks import ChannelLayout
 from . import penalty as _penalty
-from .coefficients import (Coefficients, attach_coefficients, detach_coefficients,
-                           group_coefficients)
+from .coefficients import Coefficients, attach_coefficients, detach_coefficients, group_coefficients
 from .headgroups import add_heads, tie_excluded
 from .heads import tied_units
 from .scored import ScoredLayer
@@ -44,7 +44,8 @@ def coupled(group: Any, size: int, accept: Any) -> Optional[dict[nn.Module, set]
         module = item.dep.target.module
         if accept(item, module):
             found.setdefault(module, set()).update(
-                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs))
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)
+            )
     covered = {r for pairs in found.values() for _, r in pairs}
     return found if found and len(covered) == size else None
 
@@ -68,15 +69,22 @@ class ChannelGraph:
             the model at ``model.eb_coefficients``.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any,
-                 ignored: Sequence[nn.Module] = (), score: str = "auto",
-                 strict: bool = False, coefficients: bool = True, heads: str = "whole",
-                 residual: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        ignored: Sequence[nn.Module] = (),
+        score: str = "auto",
+        strict: bool = False,
+        coefficients: bool = True,
+        heads: str = "whole",
+        residual: bool = True,
+    ) -> None:
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {list(SCORES)}")
         self.model = model
         refuse_frozen_norms(model)
-        self._earlier = detach_coefficients(model)       # a second pruner reuses them
+        self._earlier = detach_coefficients(model)  # a second pruner reuses them
         self._made: dict[str, Coefficients] = {}
         self._use_coefficients, self._residual = False, True
         self.graph = build_graph(model, example_inputs, strict=strict)
@@ -86,51 +94,69 @@ class ChannelGraph:
         groups = [self._rooted_first(g, order) for g in groups]
         groups.sort(key=lambda g: order[g[0].dep.target.module])
         self.score = "weight" if score == "weight" else "norm"
-        self.ties: dict[str, Any] = {}                   # found after exclusion, below
-        found = self._collect(groups, names)             # (every group, residual or not)
+        self.ties: dict[str, Any] = {}  # found after exclusion, below
+        found = self._collect(groups, names)  # (every group, residual or not)
         self._use_coefficients = coefficients and score != "weight" and bool(found[1])
-        self._residual = residual                        # a model with norms: units without
-        if self._use_coefficients or not residual:       # one get coefficients
+        self._residual = residual  # a model with norms: units without
+        if self._use_coefficients or not residual:  # one get coefficients
             found = self._collect(groups, names)
         if not found[1] and score == "auto":
-            log.warning("%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
-                        "scoring channels by their filters' mean |w| instead (score='weight')",
-                        type(model).__name__)
+            log.warning(
+                "%s has no channel group coupled to a BatchNorm or LayerNorm scale; "
+                "scoring channels by their filters' mean |w| instead (score='weight')",
+                type(model).__name__,
+            )
             self.score = "weight"
             found = self._collect(groups, names)
-        self.excluded: dict[str, str] = failed if strict else {**failed, **exclusions(
-            model, example_inputs, found, names, self.graph)}
-        self.ties = {} if strict else tie_excluded(model, example_inputs, self.graph, groups,
-                                                   self.excluded, names)
+        self.excluded: dict[str, str] = (
+            failed if strict else {**failed, **exclusions(model, example_inputs, found, names, self.graph)}
+        )
+        self.ties = (
+            {} if strict else tie_excluded(model, example_inputs, self.graph, groups, self.excluded, names)
+        )
         self.excluded = {n: why for n, why in self.excluded.items() if n not in self.ties}
         self.prunable_share = 1.0
-        if self.excluded or self.ties:                   # (ties change the units)
+        if self.excluded or self.ties:  # (ties change the units)
             scored = sum(found[1]) + sum(out_width(model.get_submodule(n)) for n in failed)
-            found = self._collect([g for g in groups if names[g[0].dep.target.module]
-                                   not in self.excluded], names)
+            found = self._collect(
+                [g for g in groups if names[g[0].dep.target.module] not in self.excluded], names
+            )
             if self.excluded:
                 report(model, self.excluded, sum(found[1]), scored)
             self.prunable_share = sum(found[1]) / scored
-        if self._use_coefficients and heads != "off" and not strict:     # attention heads
-            found, made, left = add_heads(model, example_inputs, found, {
-                a for tie in self.ties.values() for a in tie["attentions"]}, self._earlier, heads)
+        if self._use_coefficients and heads != "off" and not strict:  # attention heads
+            found, made, left = add_heads(
+                model,
+                example_inputs,
+                found,
+                {a for tie in self.ties.values() for a in tie["attentions"]},
+                self._earlier,
+                heads,
+            )
             self._made.update(made)
             self.excluded.update(left)
         layer_names, sizes, units, segments, norms = found
         if not sizes:
-            what = ("is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score "
-                    "filters instead)" if self.score == "norm" else "has a conv or linear filter")
+            what = (
+                "is coupled to a BatchNorm or LayerNorm scale (pass score='weight' to score filters instead)"
+                if self.score == "norm"
+                else "has a conv or linear filter"
+            )
             raise UnsupportedModelError(
                 f"{type(model).__name__} has nothing earlybird can prune: no channel group outside "
-                f"ignored_layers {what}")
+                f"ignored_layers {what}"
+            )
         offset = sum(sizes)
         unit_t = torch.tensor(units)
         grouped = bool((unit_t != torch.arange(offset)).any())
         seg_t = torch.tensor(segments)
         split = int(seg_t.max()) + 1 > len(sizes)
-        self.layout = ChannelLayout(tuple(layer_names), tuple(sizes),
-                                    torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
-                                    seg_t if split else None)
+        self.layout = ChannelLayout(
+            tuple(layer_names),
+            tuple(sizes),
+            torch.unique(unit_t, return_inverse=True)[1] if grouped else None,
+            seg_t if split else None,
+        )
         self.norms = list(norms.values())
         scored = {id(n.module) for n in self.norms}
         self.coefficients = {n: c for n, c in self._made.items() if id(c) in scored}
@@ -155,7 +181,7 @@ class ChannelGraph:
             root = group[0].dep.target.module
             size = len(group[0].idxs)
             if not self._residual and joined_by_addition(group):
-                continue                                 # residual="keep"
+                continue  # residual="keep"
             found = (self._filter_channels if filters else self._norm_channels)(group, size)
             if found is None and not filters and self._use_coefficients:
                 found = self._coefficient_channels(group, size, names)
@@ -167,8 +193,11 @@ class ChannelGraph:
                     entry.src.append(idx)
                     entry.dst.append(offset + root_idx)
             tie = self.ties.get(names[root])
-            unit = (tied_units(tie) if tie else grouped_units(self.graph, group, size)
-                    or split_units(group, size) or list(range(size)))
+            unit = (
+                tied_units(tie)
+                if tie
+                else grouped_units(self.graph, group, size) or split_units(group, size) or list(range(size))
+            )
             units.extend(offset + u for u in unit)
             local = self._segments(group, size)
             segments.extend(first + s for s in local)
@@ -185,8 +214,7 @@ class ChannelGraph:
         sig: list[set] = [set() for _ in range(size)]
         for item in group:
             module = item.dep.target.module
-            if (isinstance(module, ROOT_TYPES)
-                    and self.graph.is_out_channel_pruning_fn(item.dep.handler)):
+            if isinstance(module, ROOT_TYPES) and self.graph.is_out_channel_pruning_fn(item.dep.handler):
                 for r in item.root_idxs:
                     sig[int(r)].add(id(module))
         ids: dict[frozenset, int] = {}
@@ -195,17 +223,25 @@ class ChannelGraph:
     def _filter_channels(self, group: Any, size: int) -> Optional[dict[nn.Module, set]]:
         """Conv/linear layers whose output filters are a group's channels:
         ``{module: {(filter, root channel)}}``, or None when some channel has no filter."""
-        return coupled(group, size, lambda item, module: isinstance(
-            module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-            and self.graph.is_out_channel_pruning_fn(item.dep.handler))
+        return coupled(
+            group,
+            size,
+            lambda item, module: (
+                isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                and self.graph.is_out_channel_pruning_fn(item.dep.handler)
+            ),
+        )
 
     def _rooted_first(self, group: Any, order: Mapping[nn.Module, int]) -> Any:
         """The same group, rooted at its first conv/linear in module order, so that names and
         the concatenation order do not depend on how torch-pruning walked the graph."""
         size = len(group[0].idxs)
-        members = [item.dep.target.module for item in group
-                   if isinstance(item.dep.target.module, ROOT_TYPES)
-                   and self.graph.is_out_channel_pruning_fn(item.dep.handler)]
+        members = [
+            item.dep.target.module
+            for item in group
+            if isinstance(item.dep.target.module, ROOT_TYPES)
+            and self.graph.is_out_channel_pruning_fn(item.dep.handler)
+        ]
         first = min(members, key=order.__getitem__, default=group[0].dep.target.module)
         if first is group[0].dep.target.module:
             return group
@@ -213,27 +249,33 @@ class ChannelGraph:
         if pruner.get_out_channels(first) != size:
             return group
         try:
-            return self.graph.get_pruning_group(first, pruner.prune_out_channels,
-                                                list(range(size)))
+            return self.graph.get_pruning_group(first, pruner.prune_out_channels, list(range(size)))
         except Exception:  # noqa: BLE001 - the group as torch-pruning rooted it still holds
             return group
 
-    def _coefficient_channels(self, group: Any, size: int,
-                              names: Mapping[nn.Module, str]) -> Optional[dict[nn.Module, set]]:
+    def _coefficient_channels(
+        self, group: Any, size: int, names: Mapping[nn.Module, str]
+    ) -> Optional[dict[nn.Module, set]]:
         name = names[group[0].dep.target.module]
         if name in self.ties or grouped_units(self.graph, group, size) is not None:
-            return None                                  # units tie channels: not yet
-        return group_coefficients(self.graph, group, size, names, self._made, self._earlier,
-                                  split_units(group, size))
+            return None  # units tie channels: not yet
+        return group_coefficients(
+            self.graph, group, size, names, self._made, self._earlier, split_units(group, size)
+        )
 
     @staticmethod
     def _norm_channels(group: Any, size: int) -> Optional[dict[nn.Module, set]]:
         """Norm layers coupled to a group: ``{module: {(channel, root channel)}}``, or None
         when some group channel has no norm channel (such groups are not scored)."""
-        return coupled(group, size, lambda item, module: isinstance(module, NORM_TYPES)
-                        and getattr(module, "weight", None) is not None
-                        and not (isinstance(module, nn.LayerNorm)
-                                 and len(module.normalized_shape) != 1))
+        return coupled(
+            group,
+            size,
+            lambda item, module: (
+                isinstance(module, NORM_TYPES)
+                and getattr(module, "weight", None) is not None
+                and not (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1)
+            ),
+        )
 
     def _index_tensors(self) -> None:
         src: list[int] = []
@@ -252,8 +294,7 @@ class ChannelGraph:
         if device.type == "cpu":
             return self._src, self._dst, self._count
         if device not in self._devices:
-            self._devices[device] = (self._src.to(device), self._dst.to(device),
-                                     self._count.to(device))
+            self._devices[device] = (self._src.to(device), self._dst.to(device), self._count.to(device))
         return self._devices[device]
 
     def _flat_weights(self) -> Tensor:
@@ -267,15 +308,19 @@ class ChannelGraph:
         """torch-pruning's group of all channels of the layer ``name`` (a ``layout`` name)."""
         root = self.model.get_submodule(name)
         pruner = self.graph.get_pruner_of_module(root)
-        return self.graph.get_pruning_group(root, pruner.prune_out_channels,
-                                            list(range(pruner.get_out_channels(root))))
+        return self.graph.get_pruning_group(
+            root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root)))
+        )
 
     def readers(self, name: str, accept: Callable[[nn.Module], bool]) -> dict[nn.Module, list]:
         """The layers ``accept`` takes that read the channels of group ``name`` as inputs:
         ``{module: sorted [(input channel, group channel)]}``."""
         group = self.group(name)
-        found = coupled(group, len(group[0].idxs), lambda item, m: accept(m) and not
-                        self.graph.is_out_channel_pruning_fn(item.dep.handler))
+        found = coupled(
+            group,
+            len(group[0].idxs),
+            lambda item, m: accept(m) and not self.graph.is_out_channel_pruning_fn(item.dep.handler),
+        )
         return {m: sorted(pairs) for m, pairs in (found or {}).items()}
 
     def filter_scores(self, per_filter: Callable[[nn.Module], Tensor]) -> Tensor:

@@ -3,6 +3,7 @@ each prunable attention's heads (or head dimensions) become a scored layer with 
 and embeddings left out as groups are kept when tied to their heads, each after a trial on a
 copy of the model. (The head operations themselves live in :mod:`.attention` and
 :mod:`.heads`; this module builds on them, on :mod:`.surgery` and on :mod:`.exclusion`.)"""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -20,8 +21,9 @@ from .trace import run_example
 __all__ = ["trial_heads", "add_heads", "tie_excluded"]
 
 
-def trial_heads(model: nn.Module, example_inputs: Any, name: str, spec: Mapping[str, Any],
-                mode: str = "whole") -> Optional[str]:
+def trial_heads(
+    model: nn.Module, example_inputs: Any, name: str, spec: Mapping[str, Any], mode: str = "whole"
+) -> Optional[str]:
     """Why dropping one head (``mode="dims"``: one dimension of every head) of attention
     ``name`` on a copy breaks the model, or None."""
     small = copy_model(model)
@@ -39,9 +41,14 @@ def trial_heads(model: nn.Module, example_inputs: Any, name: str, spec: Mapping[
     return None
 
 
-def add_heads(model: nn.Module, example_inputs: Any, found: tuple, skip: Any,
-              earlier: Mapping[str, Coefficients], mode: str = "whole"
-              ) -> tuple[tuple, dict[str, Coefficients], dict[str, str]]:
+def add_heads(
+    model: nn.Module,
+    example_inputs: Any,
+    found: tuple,
+    skip: Any,
+    earlier: Mapping[str, Coefficients],
+    mode: str = "whole",
+) -> tuple[tuple, dict[str, Coefficients], dict[str, str]]:
     """``found`` (a ChannelGraph's collected groups) with every prunable attention's heads
     (``mode="whole"``) or head dimensions (``"dims"``) appended as a layer
     ``<attention>:heads`` (``:dims``) scored by coefficients (reused from ``earlier`` where a
@@ -60,8 +67,9 @@ def add_heads(model: nn.Module, example_inputs: Any, found: tuple, skip: Any,
         if key in earlier and earlier[key].weight.shape == coefficients.weight.shape:
             coefficients.weight = earlier[key].weight
         offset, first = sum(sizes), max(segments, default=-1) + 1
-        norms[coefficients] = ScoredLayer(coefficients, list(range(heads)),
-                                          [offset + h for h in range(heads)])
+        norms[coefficients] = ScoredLayer(
+            coefficients, list(range(heads)), [offset + h for h in range(heads)]
+        )
         layer_names.append(key)
         sizes.append(heads)
         units.extend(offset + h for h in range(heads))
@@ -70,8 +78,14 @@ def add_heads(model: nn.Module, example_inputs: Any, found: tuple, skip: Any,
     return (layer_names, sizes, units, segments, norms), made, excluded
 
 
-def tie_excluded(model: nn.Module, example_inputs: Any, graph: Any, groups: Sequence[Any],
-                 excluded: Mapping[str, str], names: Mapping[nn.Module, str]) -> dict[str, Tie]:
+def tie_excluded(
+    model: nn.Module,
+    example_inputs: Any,
+    graph: Any,
+    groups: Sequence[Any],
+    excluded: Mapping[str, str],
+    names: Mapping[nn.Module, str],
+) -> dict[str, Tie]:
     """Of the ``excluded`` groups, those read by attention layers whose pruning works when tied
     to their heads (a trial cutting the first and last unit, one head dimension each):
     ``{group root: tie}``."""

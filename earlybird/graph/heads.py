@@ -18,6 +18,7 @@ entries, replayed in order (:func:`replay_heads`). Heads keep equal sizes and
 ``heads x head_dim`` stays the embedding width; a ``head_dim`` attribute is updated, the
 attention scale is left as trained.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, cast
@@ -28,11 +29,10 @@ from torch import nn
 
 __all__ = ["Tie", "find_ties", "tied_units", "prune_heads", "replay_heads"]
 
-Tie = dict   # {"heads": int, "width": int, "attentions": {attention name: [producer names]}}
+Tie = dict  # {"heads": int, "width": int, "attentions": {attention name: [producer names]}}
 
 
-def find_ties(model: nn.Module, graph: Any, group: Any, names: Mapping[nn.Module, str]
-              ) -> Optional[Tie]:
+def find_ties(model: nn.Module, graph: Any, group: Any, names: Mapping[nn.Module, str]) -> Optional[Tie]:
     """The attention layers reading the embedding ``group`` (torch-pruning's group of all its
     channels), or None when none does or their head counts differ. A producer is a child linear
     layer of the attention that reads the group and makes a whole number (1 to 3) of
@@ -47,9 +47,15 @@ def find_ties(model: nn.Module, graph: Any, group: Any, names: Mapping[nn.Module
         parent_name, _, child = names[layer].rpartition(".")
         parent = model.get_submodule(parent_name)
         count = getattr(parent, "num_heads", None)
-        if (isinstance(parent, nn.MultiheadAttention) or not isinstance(count, int)
-                or count < 1 or size % count or layer.in_features != size
-                or layer.out_features % size or layer.out_features // size > 3):
+        if (
+            isinstance(parent, nn.MultiheadAttention)
+            or not isinstance(count, int)
+            or count < 1
+            or size % count
+            or layer.in_features != size
+            or layer.out_features % size
+            or layer.out_features // size > 3
+        ):
             continue
         found.setdefault(parent_name, []).append(child)
         heads.add(count)
@@ -82,8 +88,11 @@ def _proj(attention: nn.Module, producers: Sequence[str], width: int) -> Optiona
     linear child."""
     if isinstance(getattr(attention, "proj", None), nn.Linear):
         return "proj"
-    others = [n for n, c in attention.named_children() if isinstance(c, nn.Linear)
-              and n not in producers and c.in_features == width]
+    others = [
+        n
+        for n, c in attention.named_children()
+        if isinstance(c, nn.Linear) and n not in producers and c.in_features == width
+    ]
     return others[0] if len(others) == 1 else None
 
 
@@ -101,8 +110,7 @@ def prune_heads(model: nn.Module, tie: Tie, removed: int) -> list[list]:
             raise ValueError(f"{name!r} has no single layer reading its heads' output")
         layers = [cast(nn.Linear, attention.get_submodule(p)) for p in producers]
         dims = _weakest_dims(layers, width, heads, count)
-        spec = {"width": width, "heads": heads, "producers": list(producers), "proj": proj,
-                "dims": dims}
+        spec = {"width": width, "heads": heads, "producers": list(producers), "proj": proj, "dims": dims}
         replay_heads(model, name, spec)
         entries.append([name, "heads", spec])
     return entries
@@ -123,13 +131,17 @@ def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
         tp.prune_linear_out_channels(layer, idxs)
     keep = sorted(set(range(width)) - set(inner))
     for key, value in list(vars(attention)["_parameters"].items()) + list(
-            vars(attention)["_buffers"].items()):
+        vars(attention)["_buffers"].items()
+    ):
         if value is not None and value.dim() == 1 and value.shape[0] == width:
             pruned = value.detach()[keep].clone()
-            setattr(attention, key, nn.Parameter(pruned, value.requires_grad)
-                    if isinstance(value, nn.Parameter) else pruned)
+            setattr(
+                attention,
+                key,
+                nn.Parameter(pruned, value.requires_grad) if isinstance(value, nn.Parameter) else pruned,
+            )
     tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
     if isinstance(getattr(attention, "head_dim", None), int):
         attention.head_dim = head_dim - len(dims)
-    if isinstance(getattr(attention, "attn_dim", None), int):        # timm's Attention
+    if isinstance(getattr(attention, "attn_dim", None), int):  # timm's Attention
         attention.attn_dim = heads * (head_dim - len(dims))

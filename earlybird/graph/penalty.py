@@ -1,4 +1,5 @@
 """The slimming penalty: its gradient, added to the scored layers' ``weight.grad``."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,7 @@ def add_penalty_grad(graph: Any, strength: float, penalty: str) -> None:
     if penalty == "l1":
         for norm in graph.norms:
             w = norm.module.weight
-            if w.grad is not None and w.requires_grad:       # frozen layers stay as they are
+            if w.grad is not None and w.requires_grad:  # frozen layers stay as they are
                 w.grad.add_(torch.sign(w), alpha=strength)
         return
     flat = graph._flat_weights()

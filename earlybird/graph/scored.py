@@ -1,5 +1,6 @@
 """A layer whose channels score group channels (a norm layer, a conv/linear layer's filters or
 slimming coefficients), as :class:`~.groups.ChannelGraph` gathers them."""
+
 from __future__ import annotations
 
 from typing import cast
@@ -17,8 +18,8 @@ class ScoredLayer:
     to flat group channel ``dst[i]``."""
 
     module: nn.Module
-    src: list[int]       # channel index in the norm layer (output filter of a weight-scored layer)
-    dst: list[int]       # flat group-channel index it is coupled to
+    src: list[int]  # channel index in the norm layer (output filter of a weight-scored layer)
+    dst: list[int]  # flat group-channel index it is coupled to
     filters: bool = False  # True: a conv/linear layer scored by its filters' mean |w|
 
     def values(self) -> Tensor:

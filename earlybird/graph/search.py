@@ -11,6 +11,7 @@ a search past the whole bound refuses it, naming what it got through.
 The time bound uses ``SIGALRM``, so it holds on the main thread of a Unix process (scripts,
 notebooks, the CLI); elsewhere the search runs unbounded, as torch-pruning's does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["GROUP_SECONDS", "SEARCH_SECONDS", "SearchTimeout", "search_groups"]
 
-GROUP_SECONDS = 15.0      # one group's search; a normal group takes well under a second
-SEARCH_SECONDS = 180.0    # the whole search (DenseNet-201 at 64 px, the slowest zoo pass: ~30 s)
+GROUP_SECONDS = 15.0  # one group's search; a normal group takes well under a second
+SEARCH_SECONDS = 180.0  # the whole search (DenseNet-201 at 64 px, the slowest zoo pass: ~30 s)
 
 
 class SearchTimeout(Exception):
@@ -42,8 +43,7 @@ def _bounded(seconds: float) -> Iterator[None]:
     """Raise :class:`SearchTimeout` inside the block after ``seconds`` (main thread only). A
     real-time timer already running (a caller's own ``signal.alarm``) is put back after, less
     the time spent; if it would fire first, it is left to fire alone."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal,
-                                                                                "setitimer"):
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
     outer, interval = signal.getitimer(signal.ITIMER_REAL)
@@ -53,6 +53,7 @@ def _bounded(seconds: float) -> Iterator[None]:
 
     def expire(signum: int, frame: Any) -> None:
         raise SearchTimeout
+
     started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -62,12 +63,16 @@ def _bounded(seconds: float) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if outer > 0:
-            signal.setitimer(signal.ITIMER_REAL,
-                             max(outer - (time.monotonic() - started), 1e-3), interval)
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3), interval)
 
 
-def search_groups(graph: tp.DependencyGraph, model: nn.Module, ignored: Sequence[nn.Module],
-                  root_types: tuple, strict: bool = False) -> tuple[list[Any], dict[str, str]]:
+def search_groups(
+    graph: tp.DependencyGraph,
+    model: nn.Module,
+    ignored: Sequence[nn.Module],
+    root_types: tuple,
+    strict: bool = False,
+) -> tuple[list[Any], dict[str, str]]:
     """torch-pruning's groups of ``model`` (one per root layer not in ``ignored``), and
     ``{root layer: why}`` for the roots whose search failed or ran past :data:`GROUP_SECONDS`."""
     group_seconds, search_seconds = GROUP_SECONDS, SEARCH_SECONDS
@@ -88,23 +93,30 @@ def search_groups(graph: tp.DependencyGraph, model: nn.Module, ignored: Sequence
             raise UnsupportedModelError(
                 f"torch-pruning's channel search of {type(model).__name__} ran past "
                 f"{search_seconds:g} s after {len(groups)} groups ({len(failed)} left out); its "
-                "reshapes and permutes (window partitions) make the search too slow to prune it")
+                "reshapes and permutes (window partitions) make the search too slow to prune it"
+            )
         try:
             with _bounded(min(group_seconds, left)):
-                group = graph.get_pruning_group(m, pruner.prune_out_channels,
-                                                list(range(pruner.get_out_channels(m))))
+                group = graph.get_pruning_group(
+                    m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m)))
+                )
         except SearchTimeout:
-            why = (f"torch-pruning's search of its channels ran past {min(group_seconds, left):g} s"
-                   " (reshapes and permutes)")
+            why = (
+                f"torch-pruning's search of its channels ran past {min(group_seconds, left):g} s"
+                " (reshapes and permutes)"
+            )
         except MemoryError:
-            why = ("torch-pruning ran out of memory mapping its channels through reshapes and "
-                   "permutes (window partitions blow its index lists up)")
+            why = (
+                "torch-pruning ran out of memory mapping its channels through reshapes and "
+                "permutes (window partitions blow its index lists up)"
+            )
         except Exception as exc:  # noqa: BLE001 - torch-pruning's internals, named once
-            why = (f"torch-pruning could not group its channels: {type(exc).__name__}: "
-                   f"{' '.join(str(exc).split())[:160]}")
+            why = (
+                f"torch-pruning could not group its channels: {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:160]}"
+            )
         else:
-            modules = [dep.target.module for dep, _ in group
-                       if graph.is_out_channel_pruning_fn(dep.handler)]
+            modules = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
             visited.update(modules)
             if not any(x in ignored for x in modules):
                 groups.append(group)

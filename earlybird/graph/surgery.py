@@ -1,4 +1,5 @@
 """Real pruning: channels removed from a model, and the pruning history that rebuilds it."""
+
 from __future__ import annotations
 
 import copy
@@ -13,11 +14,20 @@ from .coefficients import strip_coefficients
 from .heads import prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
 
-if TYPE_CHECKING:                                  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover
     from .groups import ChannelGraph
 
-__all__ = ["History", "copy_model", "prune_model", "plain_history", "replay_history",
-           "sync_attributes", "zero_pruned_channels", "check_runs", "memory_format_of"]
+__all__ = [
+    "History",
+    "copy_model",
+    "prune_model",
+    "plain_history",
+    "replay_history",
+    "sync_attributes",
+    "zero_pruned_channels",
+    "check_runs",
+    "memory_format_of",
+]
 
 History = list  # [[root name, is_out_channel_pruning, [channel indices]] or
 #                  [attention name, "heads", {width, heads, producers, proj, dims}] or
@@ -38,8 +48,12 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor],
-                ties: Optional[Mapping[str, Any]] = None) -> History:
+def prune_model(
+    model: nn.Module,
+    example_inputs: Any,
+    keep: Mapping[str, Tensor],
+    ties: Optional[Mapping[str, Any]] = None,
+) -> History:
     """Physically remove every channel whose keep-mask is False, group by group, in place.
 
     ``ties`` (a :class:`~.groups.ChannelGraph`'s ``ties``): embeddings whose attention layers
@@ -50,15 +64,14 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
     """
     strip_coefficients(model)
     whole = {n: m for n, m in keep.items() if heads_layer(n) is not None}
-    with all_trainable(model):          # torch-pruning's new parameters keep frozen ones frozen
+    with all_trainable(model):  # torch-pruning's new parameters keep frozen ones frozen
         graph = build_graph(model, example_inputs)
-        heads = _prune_groups(model, graph, {n: m for n, m in keep.items() if n not in whole},
-                              ties or {})
+        heads = _prune_groups(model, graph, {n: m for n, m in keep.items() if n not in whole}, ties or {})
     sync_attributes(model)
     history = plain_history(graph.pruning_history())
     for at, entry in reversed(heads):
         history.insert(at, entry)
-    for name, mask in whole.items():            # attention heads or head dimensions, last
+    for name, mask in whole.items():  # attention heads or head dimensions, last
         drop = (~mask.bool()).nonzero().flatten().tolist()
         if drop:
             attention, kind = cast(tuple[str, str], attention_unit(name))
@@ -73,8 +86,9 @@ def prune_model(model: nn.Module, example_inputs: Any, keep: Mapping[str, Tensor
     return history
 
 
-def _prune_groups(model: nn.Module, graph: Any, keep: Mapping[str, Tensor],
-                  ties: Mapping[str, Any]) -> list[tuple[int, list]]:
+def _prune_groups(
+    model: nn.Module, graph: Any, keep: Mapping[str, Tensor], ties: Mapping[str, Any]
+) -> list[tuple[int, list]]:
     """Prune each group of ``keep``; returns the head cuts of tied embeddings, each with the
     length of torch-pruning's history when it was made."""
     heads: list[tuple[int, list]] = []
@@ -87,12 +101,14 @@ def _prune_groups(model: nn.Module, graph: Any, keep: Mapping[str, Tensor],
             fn = graph.get_pruner_of_module(root).prune_out_channels
             group = graph.get_pruning_group(root, fn, idxs)
             if not graph.check_pruning_group(group):
-                raise UnsupportedModelError(f"pruning {len(idxs)} channels of {name!r} would empty "
-                                            "a layer coupled to it")
+                raise UnsupportedModelError(
+                    f"pruning {len(idxs)} channels of {name!r} would empty a layer coupled to it"
+                )
             group.prune()
             if name in ties:
-                heads.extend((len(graph.pruning_history()), e)
-                             for e in prune_heads(model, ties[name], len(idxs)))
+                heads.extend(
+                    (len(graph.pruning_history()), e) for e in prune_heads(model, ties[name], len(idxs))
+                )
     return heads
 
 
@@ -100,7 +116,8 @@ def memory_format_of(model: nn.Module) -> torch.memory_format:
     """``channels_last`` if the model's conv weights are laid out so, else contiguous."""
     weights = [p for p in model.parameters() if p.dim() == 4]
     if all(w.is_contiguous(memory_format=torch.channels_last) for w in weights) and any(
-            not w.is_contiguous() for w in weights):     # (a 1x1 conv's weight is both)
+        not w.is_contiguous() for w in weights
+    ):  # (a 1x1 conv's weight is both)
         return torch.channels_last
     return torch.contiguous_format
 
@@ -123,13 +140,12 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
                 graph.load_pruning_history(chunk)
                 chunk = []
                 if entry is not None:
-                    (replay_heads if entry[1] == "heads" else drop_heads)(model, entry[0],
-                                                                          entry[2])
-        except (AttributeError, ValueError, IndexError, AssertionError, KeyError,
-                RuntimeError) as exc:
+                    (replay_heads if entry[1] == "heads" else drop_heads)(model, entry[0], entry[2])
+        except (AttributeError, ValueError, IndexError, AssertionError, KeyError, RuntimeError) as exc:
             raise UnsupportedModelError(
                 f"the pruning history does not fit this model ({type(exc).__name__}: {exc}); "
-                "build the model with the same constructor and arguments as the pruned one") from exc
+                "build the model with the same constructor and arguments as the pruned one"
+            ) from exc
     sync_attributes(model)
     return model
 
@@ -140,10 +156,16 @@ def sync_attributes(model: nn.Module) -> None:
     MetaFormer scales by ``scale.view(self.shape)``)."""
     for m in model.modules():
         own = list(m.parameters(recurse=False))
-        shape = getattr(m, "shape", None)          # timm's Scale: scale.view(self.shape)
-        if (len(own) == 1 and own[0].dim() == 1 and isinstance(shape, tuple) and shape
-                and all(isinstance(d, int) for d in shape) and set(shape[1:]) <= {1}
-                and shape[0] != own[0].numel()):
+        shape = getattr(m, "shape", None)  # timm's Scale: scale.view(self.shape)
+        if (
+            len(own) == 1
+            and own[0].dim() == 1
+            and isinstance(shape, tuple)
+            and shape
+            and all(isinstance(d, int) for d in shape)
+            and set(shape[1:]) <= {1}
+            and shape[0] != own[0].numel()
+        ):
             setattr(m, "shape", (own[0].numel(), *shape[1:]))
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
@@ -172,4 +194,5 @@ def check_runs(small: nn.Module, example_inputs: Any, ratio: float) -> None:
             f"{type(small).__name__} pruned at ratio {ratio:g} no longer runs "
             f"({type(cause).__name__}: {' '.join(str(cause).split())[:200]}): it computes with "
             "channel counts kept outside its layers (a split size, a reshape constant) that "
-            "torch-pruning cannot update") from exc
+            "torch-pruning cannot update"
+        ) from exc

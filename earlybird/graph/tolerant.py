@@ -12,6 +12,7 @@ a channels-last tensor's trailing dimensions maps the channels as they lie; and 
 tensor of the model can have are dropped. Groups through such a node may still
 couple the wrong channels: :mod:`.exclusion` finds those and leaves them out.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,12 @@ def _spatial_slice(graph: tp.DependencyGraph, node: Any) -> bool:
     the second is not."""
     grad_fn = node.grad_fn
     sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
-    if node.type != tp.ops.OPTYPE.SLICE or sizes is None or len(sizes) != 4 or getattr(
-            grad_fn, "_saved_dim", None) != 1:
+    if (
+        node.type != tp.ops.OPTYPE.SLICE
+        or sizes is None
+        or len(sizes) != 4
+        or getattr(grad_fn, "_saved_dim", None) != 1
+    ):
         return False
     return any(_channels_last(graph, source, sizes) for source in node.inputs)
 
@@ -89,8 +94,7 @@ class _LastDimFlatten:
         hybrid: Any = type(idxs[0]) if idxs else None
         if self.reverse:
             return list(dict.fromkeys(hybrid(i.idx % self.channels, i.root_idx) for i in idxs))
-        return [hybrid(k * self.channels + i.idx, i.root_idx)
-                for k in range(self.stride) for i in idxs]
+        return [hybrid(k * self.channels + i.idx, i.root_idx) for k in range(self.stride) for i in idxs]
 
 
 def _channels_last_flatten(graph: tp.DependencyGraph, node: Any) -> None:
@@ -129,7 +133,7 @@ def _feature_split(graph: tp.DependencyGraph, node: Any) -> bool:
     dim = getattr(grad_fn, "_saved_dim", None)
     if node.type != tp.ops.OPTYPE.SPLIT or sizes is None or dim is None or len(sizes) < 3:
         return False
-    dim = int(dim) - 2 ** 64 if int(dim) >= 2 ** 63 else int(dim)     # stored unsigned
+    dim = int(dim) - 2**64 if int(dim) >= 2**63 else int(dim)  # stored unsigned
     width = int(sizes[-1])
     if dim % len(sizes) != len(sizes) - 1:
         return False
@@ -140,12 +144,14 @@ def _feature_split(graph: tp.DependencyGraph, node: Any) -> bool:
         return False
     forward: list = []
     backward: list = []
-    for i, out in enumerate(node.outputs):          # one dependency per chunk, in order
-        chunk = offsets[i: i + 2]
-        dep = next((d for d in node.dependencies if d.target is out
-                    and not any(d is f for f in forward)), None)
-        back = next((d for d in out.dependencies if d.target is node
-                     and not any(d is b for b in backward)), None)
+    for i, out in enumerate(node.outputs):  # one dependency per chunk, in order
+        chunk = offsets[i : i + 2]
+        dep = next(
+            (d for d in node.dependencies if d.target is out and not any(d is f for f in forward)), None
+        )
+        back = next(
+            (d for d in out.dependencies if d.target is node and not any(d is b for b in backward)), None
+        )
         if dep is not None:
             forward.append(dep)
             dep.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk, reverse=False)
@@ -176,21 +182,21 @@ def _update_each(graph: tp.DependencyGraph) -> None:
     Every mapping it sets is then :class:`_Capped`."""
     bound = getattr(graph, "index_bound", None)
     if bound is None:
-        bound = graph.index_bound = max((max(p.shape) for p in graph.model.parameters()
-                                         if p.dim()), default=1)
+        bound = graph.index_bound = max(
+            (max(p.shape) for p in graph.model.parameters() if p.dim()), default=1
+        )
     for node in list(graph.module2node.values()):
         update = _UPDATES.get(node.type)
-        if update is not None and not _spatial_slice(graph, node) and not _feature_split(
-                graph, node):
+        if update is not None and not _spatial_slice(graph, node) and not _feature_split(graph, node):
             try:
                 update(graph, node)
                 _channels_last_flatten(graph, node)
             except (ZeroDivisionError, TypeError) as exc:
-                log.debug("no channel mapping through %s (%s: %s)", node.name,
-                          type(exc).__name__, exc)
+                log.debug("no channel mapping through %s (%s: %s)", node.name, type(exc).__name__, exc)
         for dep in node.dependencies:
-            dep.index_mapping = [m if m is None or isinstance(m, _Capped) else _Capped(m, bound)
-                                 for m in dep.index_mapping]
+            dep.index_mapping = [
+                m if m is None or isinstance(m, _Capped) else _Capped(m, bound) for m in dep.index_mapping
+            ]
 
 
 @contextlib.contextmanager
@@ -213,13 +219,17 @@ def out_params(layer: nn.Module) -> list[str]:
     output channel (timm's ``ScaledStdConv2d.gain``, shape ``[out, 1, 1, 1]``), which
     torch-pruning's own pruners leave unpruned."""
     width = getattr(layer, "out_channels", getattr(layer, "out_features", None))
-    return [n for n, p in layer.named_parameters(recurse=False)
-            if n not in ("weight", "bias") and p.dim() and p.shape[0] == width]
+    return [
+        n
+        for n, p in layer.named_parameters(recurse=False)
+        if n not in ("weight", "bias") and p.dim() and p.shape[0] == width
+    ]
 
 
 def with_out_params(base: Any, names: Sequence[str]) -> Any:
     """torch-pruning's pruner ``base`` for one layer, that also prunes the parameters ``names``
     along their first dimension when it prunes the layer's output channels."""
+
     class Pruner(type(base)):  # type: ignore[misc]  # torch-pruning's pruner of that layer
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
             keep = sorted(set(range(self.get_out_channels(layer))) - set(idxs))
@@ -227,6 +237,7 @@ def with_out_params(base: Any, names: Sequence[str]) -> Any:
             for name in names:
                 setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), keep, 0))
             return layer
+
     return Pruner()
 
 
@@ -237,10 +248,16 @@ class Graph(tp.DependencyGraph):
     pruners that prune those too."""
 
     def build_dependency(self, model: nn.Module, *args: Any, **kwargs: Any) -> "Graph":
-        extra = {type(m): (m, out_params(m)) for m in model.modules()
-                 if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
-        pruners = {t: with_out_params(tp.pruner.function.PrunerBox[tp.ops.module2type(m)], names)
-                   for t, (m, names) in extra.items() if names}
+        extra = {
+            type(m): (m, out_params(m))
+            for m in model.modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        }
+        pruners = {
+            t: with_out_params(tp.pruner.function.PrunerBox[tp.ops.module2type(m)], names)
+            for t, (m, names) in extra.items()
+            if names
+        }
         if pruners:
             kwargs["customized_pruners"] = {**pruners, **(kwargs.get("customized_pruners") or {})}
         with tolerant_index_mapping():
@@ -265,8 +282,9 @@ def linear_calls(layers: Sequence[nn.Module]) -> Iterator[None]:
         return
     original, active = F.linear, set()
 
-    def linear(input: torch.Tensor, weight: torch.Tensor,
-               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def linear(
+        input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         layer = owners.get(id(weight))
         if layer is None or layer in active:
             return original(input, weight, bias)

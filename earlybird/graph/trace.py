@@ -1,4 +1,5 @@
 """Tracing a model with torch-pruning: its dependency graph, and the layers the trace missed."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,19 @@ from .tolerant import Graph, linear_calls
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NORM_TYPES", "ROOT_TYPES", "kept_modes", "run_example", "run_inputs", "build_graph",
-           "find_classifier", "unwrap_model", "resolve_layers", "all_trainable",
-           "refuse_frozen_norms"]
+__all__ = [
+    "NORM_TYPES",
+    "ROOT_TYPES",
+    "kept_modes",
+    "run_example",
+    "run_inputs",
+    "build_graph",
+    "find_classifier",
+    "unwrap_model",
+    "resolve_layers",
+    "all_trainable",
+    "refuse_frozen_norms",
+]
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -41,7 +52,8 @@ def run_example(model: nn.Module, example_inputs: Any) -> Any:
             return run_inputs(model, example_inputs)
         except Exception as exc:  # noqa: BLE001 - any failure means the inputs do not fit
             raise UnsupportedModelError(
-                f"example_inputs do not run through the model: {type(exc).__name__}: {exc}") from exc
+                f"example_inputs do not run through the model: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 @contextlib.contextmanager
@@ -53,15 +65,14 @@ def all_trainable(model: nn.Module) -> Iterator[None]:
         model.get_parameter(n).requires_grad_(True)
     try:
         yield
-    finally:                # by name: pruning replaces the parameters inside
+    finally:  # by name: pruning replaces the parameters inside
         params = dict(model.named_parameters())
         for n in frozen:
             if n in params:
                 params[n].requires_grad_(False)
 
 
-def build_graph(model: nn.Module, example_inputs: Any, strict: bool = False
-                ) -> tp.DependencyGraph:
+def build_graph(model: nn.Module, example_inputs: Any, strict: bool = False) -> tp.DependencyGraph:
     """Trace ``model`` once with ``example_inputs``; a failure names the model.
 
     The trace runs in eval mode. Layers that only run in training (Inception's and GoogLeNet's
@@ -90,20 +101,20 @@ def _build_graph(model: nn.Module, example_inputs: Any, strict: bool) -> tp.Depe
         raise UnsupportedModelError(
             f"{type(model).__name__} uses the weights of {len(functional)} layer(s) through "
             f"plain functions instead of calling the modules (e.g. {', '.join(functional[:3])}); "
-            "torch-pruning cannot follow their channels, so pruning would break them")
+            "torch-pruning cannot follow their channels, so pruning would break them"
+        )
     if called:
-        log.debug("layers that run only in training mode, tracing in training mode: %s",
-                  called[:5])
+        log.debug("layers that run only in training mode, tracing in training mode: %s", called[:5])
     if functional:
         log.debug("layers used through F.linear, traced as calls: %s", functional[:5])
     if called or functional:
-        graph = _trace(model, example_inputs, train=bool(called),
-                       through=[model.get_submodule(n) for n in functional])
+        graph = _trace(
+            model, example_inputs, train=bool(called), through=[model.get_submodule(n) for n in functional]
+        )
     return graph
 
 
-def _probe(model: nn.Module, example_inputs: Any,
-           names: Sequence[str]) -> tuple[list[str], list[str]]:
+def _probe(model: nn.Module, example_inputs: Any, names: Sequence[str]) -> tuple[list[str], list[str]]:
     """One training-mode forward and backward pass on the doubled example batch, everything
     restored after it. Of the layers ``names`` (not reached by the eval-mode trace), returns
     those called as modules (they run only in training: auxiliary classifiers) and those never
@@ -113,21 +124,29 @@ def _probe(model: nn.Module, example_inputs: Any,
     grads = {p: p.grad for p in model.parameters()}
     layers = {n: model.get_submodule(n) for n in names}
     called: set[str] = set()
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n))
-             for n, m in layers.items()]
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n)) for n, m in layers.items()]
     try:
         with kept_modes(model), torch.enable_grad():
             model.train()
             for p in model.parameters():
                 p.grad = None
             out = run_inputs(model, _doubled(example_inputs))
-            tensors = [out] if isinstance(out, Tensor) else [
-                t for t in (out.values() if isinstance(out, Mapping) else out)
-                if isinstance(t, Tensor) and t.requires_grad]
+            tensors = (
+                [out]
+                if isinstance(out, Tensor)
+                else [
+                    t
+                    for t in (out.values() if isinstance(out, Mapping) else out)
+                    if isinstance(t, Tensor) and t.requires_grad
+                ]
+            )
             if tensors:
                 cast(Tensor, sum(t.float().sum() for t in tensors)).backward()
-            functional = [n for n, m in layers.items() if n not in called
-                          and getattr(m, "weight", None) is not None and m.weight.grad is not None]
+            functional = [
+                n
+                for n, m in layers.items()
+                if n not in called and getattr(m, "weight", None) is not None and m.weight.grad is not None
+            ]
     except Exception as exc:  # noqa: BLE001 - cannot tell: trace in training mode as before
         log.debug("training-mode probe failed: %s", exc)
         return list(names), []
@@ -140,23 +159,28 @@ def _probe(model: nn.Module, example_inputs: Any,
     return [n for n in names if n in called], functional
 
 
-def _trace(model: nn.Module, example_inputs: Any, train: bool,
-           through: Sequence[nn.Module] = ()) -> tp.DependencyGraph:
+def _trace(
+    model: nn.Module, example_inputs: Any, train: bool, through: Sequence[nn.Module] = ()
+) -> tp.DependencyGraph:
     forward = None
     if train:
+
         def forward(m: nn.Module, inputs: Any) -> Any:
             m.train()
             return run_inputs(m, _doubled(inputs))
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k
-               or "num_batches_tracked" in k} if train else {}
+
+    buffers = (
+        {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches_tracked" in k}
+        if train
+        else {}
+    )
     with kept_modes(model), torch.enable_grad(), linear_calls(through):
         try:
-            return Graph().build_dependency(model, example_inputs, forward_fn=forward,
-                                                         verbose=False)
+            return Graph().build_dependency(model, example_inputs, forward_fn=forward, verbose=False)
         except Exception as exc:  # noqa: BLE001
             raise UnsupportedModelError(
-                f"torch-pruning could not trace {type(model).__name__}: "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"torch-pruning could not trace {type(model).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             if buffers:
                 model.load_state_dict(buffers, strict=False)
@@ -177,9 +201,13 @@ def _untraced(model: nn.Module, graph: tp.DependencyGraph) -> list[str]:
     torch-pruning prunes as a whole (``nn.MultiheadAttention`` and its ``out_proj``)."""
     kinds = ROOT_TYPES + NORM_TYPES
     traced = {name for name, m in model.named_modules() if m in graph.module2node}
-    return [name for name, m in model.named_modules()
-            if isinstance(m, kinds) and m not in graph.module2node
-            and not any(name.startswith(t + ".") for t in traced if t)]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, kinds)
+        and m not in graph.module2node
+        and not any(name.startswith(t + ".") for t in traced if t)
+    ]
 
 
 def run_inputs(model: nn.Module, inputs: Any) -> Any:
@@ -212,10 +240,11 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise UnsupportedModelError(
             f"got a {type(model).__name__}; pass the wrapped model (`model.module`) and wrap the "
-            "pruned model again after pruning")
+            "pruned model again after pruning"
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return getattr(model, "_orig_mod", model)     # torch.compile keeps the module here
+    return getattr(model, "_orig_mod", model)  # torch.compile keeps the module here
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[Union[nn.Module, str]]) -> list[nn.Module]:
@@ -243,4 +272,5 @@ def refuse_frozen_norms(model: nn.Module) -> None:
             f"{type(model).__name__} normalises with FrozenBatchNorm2d ({len(frozen)} layers, "
             f"e.g. {frozen[0]!r}): its fixed scales are buffers that torch-pruning does not "
             "prune, so its channels cannot be removed; build the model with nn.BatchNorm2d and "
-            "freeze those (requires_grad=False), which earlybird traces and leaves unchanged")
+            "freeze those (requires_grad=False), which earlybird traces and leaves unchanged"
+        )

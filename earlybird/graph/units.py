@@ -1,4 +1,5 @@
 """Pruning units: channels that must be pruned together inside one group."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -37,7 +38,7 @@ def grouped_units(graph: tp.DependencyGraph, group: Any, size: int) -> Optional[
         elif not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
             continue
         elif conv.groups == conv.in_channels == conv.out_channels:
-            continue                                    # depthwise: channels stay independent
+            continue  # depthwise: channels stay independent
         else:
             out = graph.is_out_channel_pruning_fn(item.dep.handler)
             block = (conv.out_channels if out else conv.in_channels) // conv.groups
@@ -62,8 +63,9 @@ def _passes(module: Any) -> bool:
     name = type(module).__name__
     if name == "_ElementWiseOp":
         return True
-    return (name not in _MOVERS and isinstance(module, nn.Module)
-            and not any(True for _ in module.parameters()))
+    return (
+        name not in _MOVERS and isinstance(module, nn.Module) and not any(True for _ in module.parameters())
+    )
 
 
 def _join(node: Any, limit: int = 8) -> Any:
@@ -91,13 +93,13 @@ def split_units(group: Any, size: int) -> Optional[list[int]]:
             continue
         join = _join(item.dep.target)
         if join is None or type(join.module).__name__ != "_ElementWiseOp":
-            continue                                     # chunks that meet in a product or sum
+            continue  # chunks that meet in a product or sum
         paths.setdefault(source, {}).setdefault(join, []).append(
-            list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs))))
+            list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
+        )
     for split, joins in paths.items():
         for chunks in joins.values():
-            if len(chunks) < 2 or len(chunks) != len(split.outputs) or len(
-                    {len(c) for c in chunks}) != 1:
+            if len(chunks) < 2 or len(chunks) != len(split.outputs) or len({len(c) for c in chunks}) != 1:
                 continue
             uf = uf or _UnionFind(size)
             first: dict[int, int] = {}
@@ -110,5 +112,6 @@ def split_units(group: Any, size: int) -> Optional[list[int]]:
 def joined_by_addition(group: Any) -> bool:
     """The group's channels meet in an addition (a residual stage, a transformer's embedding
     with its position embedding and every block's output)."""
-    return any(type(getattr(item.dep.target, "grad_fn", None)).__name__.startswith("AddBackward")
-               for item in group)
+    return any(
+        type(getattr(item.dep.target, "grad_fn", None)).__name__.startswith("AddBackward") for item in group
+    )

@@ -5,6 +5,7 @@ Example (the README's Lightning snippet runs a complete one)::
     from earlybird.integrations.lightning import EarlyBirdCallback
     trainer = lightning.Trainer(callbacks=[EarlyBirdCallback(ratios=[0.5], on_detect="prune")])
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,11 +53,19 @@ class EarlyBirdCallback(pl.Callback):
             applied over ``config``.
     """
 
-    def __init__(self, ratios: Optional[Sequence[float]] = None, *,
-                 config: Optional[EarlyBirdConfig] = None, example_inputs: Any = None,
-                 model_attr: str = "model", every_n_steps: Optional[int] = None,
-                 on_detect: str = "stop", prune_ratio: Optional[float] = None,
-                 save_dir: Optional[str] = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        ratios: Optional[Sequence[float]] = None,
+        *,
+        config: Optional[EarlyBirdConfig] = None,
+        example_inputs: Any = None,
+        model_attr: str = "model",
+        every_n_steps: Optional[int] = None,
+        on_detect: str = "stop",
+        prune_ratio: Optional[float] = None,
+        save_dir: Optional[str] = None,
+        **settings: Any,
+    ) -> None:
         if on_detect not in ON_DETECT:
             raise ValueError(f"on_detect must be one of {list(ON_DETECT)}, got {on_detect!r}")
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
@@ -68,9 +77,9 @@ class EarlyBirdCallback(pl.Callback):
             raise ValueError(f"prune_ratio {self.prune_ratio} is not one of ratios {list(self.ratios)}")
         self.example_inputs, self.model_attr = example_inputs, model_attr
         self.every_n_steps, self.on_detect, self.save_dir = every_n_steps, on_detect, save_dir
-        self._last_step = -1                              # the optimizer step last checked
+        self._last_step = -1  # the optimizer step last checked
         self.pruner: Optional[EarlyBirdPruner] = None
-        self.history: Optional[list] = None               # pruning history once pruned
+        self.history: Optional[list] = None  # pruning history once pruned
         self._pending: Optional[dict[str, Any]] = None
 
     @property
@@ -82,18 +91,17 @@ class EarlyBirdCallback(pl.Callback):
         return getattr(pl_module, self.model_attr, pl_module)
 
     def _inputs(self, pl_module: pl.LightningModule) -> Any:
-        inputs = self.example_inputs if self.example_inputs is not None else \
-            pl_module.example_input_array
+        inputs = self.example_inputs if self.example_inputs is not None else pl_module.example_input_array
         if inputs is None:
-            raise ValueError("EarlyBirdCallback needs example_inputs= or the LightningModule's "
-                             "example_input_array")
+            raise ValueError(
+                "EarlyBirdCallback needs example_inputs= or the LightningModule's example_input_array"
+            )
         return inputs.to(pl_module.device) if isinstance(inputs, torch.Tensor) else inputs
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.pruner is not None or self.history is not None:
             return
-        self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module),
-                                      config=self.config)
+        self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module), config=self.config)
         original = pl_module.on_load_checkpoint
 
         def rebuild_then_load(checkpoint: dict[str, Any]) -> None:
@@ -109,16 +117,17 @@ class EarlyBirdCallback(pl.Callback):
         pl_module.on_load_checkpoint = rebuild_then_load  # type: ignore[method-assign]
 
     # ----------------------------------------------------------------------------- hooks
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
-        if self.pruner is not None:                        # gradients are unscaled here
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.pruner is not None:  # gradients are unscaled here
             self.pruner.regularize()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step        # under gradient accumulation several batches share it
-        if self.every_n_steps and step > 0 and step != self._last_step \
-                and step % self.every_n_steps == 0:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step  # under gradient accumulation several batches share it
+        if self.every_n_steps and step > 0 and step != self._last_step and step % self.every_n_steps == 0:
             self._last_step = step
             self._check(trainer, pl_module, step)
 
@@ -130,8 +139,7 @@ class EarlyBirdCallback(pl.Callback):
         if self.pruner is None:
             return
         drawn = self.pruner.step(iteration=iteration)
-        metrics = {f"earlybird/distance_{r:g}": d[-1] for r in self.ratios
-                   if (d := self.pruner.distances(r))}
+        metrics = {f"earlybird/distance_{r:g}": d[-1] for r in self.ratios if (d := self.pruner.distances(r))}
         metrics["earlybird/tickets"] = float(len(self.pruner.tickets))
         if trainer.logger is not None:
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
@@ -145,10 +153,12 @@ class EarlyBirdCallback(pl.Callback):
         if self.on_detect == "stop":
             # every rank holds the same weights and draws the same tickets; act only together
             if trainer.strategy.reduce_boolean_decision(
-                    len(self.pruner.tickets) == len(self.ratios), all=True):
+                len(self.pruner.tickets) == len(self.ratios), all=True
+            ):
                 trainer.should_stop = True
         elif self.on_detect == "prune" and trainer.strategy.reduce_boolean_decision(
-                self.prune_ratio in drawn, all=True):
+            self.prune_ratio in drawn, all=True
+        ):
             self._prune_in_place(trainer, pl_module)
 
     def _prune_in_place(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -161,7 +171,7 @@ class EarlyBirdCallback(pl.Callback):
         else:
             raise ValueError(f"on_detect='prune' needs the network in pl_module.{self.model_attr}")
         self.pruner = None
-        trainer.strategy.setup_optimizers(trainer)       # configure_optimizers on the new model
+        trainer.strategy.setup_optimizers(trainer)  # configure_optimizers on the new model
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ It nests the optimizer recipe (:class:`~earlybird.training.recipe.Recipe`), the 
 (:class:`~earlybird.EarlyBirdConfig`) and the precision settings
 (:class:`~earlybird.training.precision.PrecisionConfig`); the CLI makes one option per leaf field.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,14 +26,16 @@ __all__ = ["RunConfig", "NUM_CLASSES"]
 
 NUM_CLASSES = {"cifar10-subset": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 # where the keys of a flat config.yaml (earlybird before 0.2) live now
-_LEGACY = {**{k: ("recipe", k) for k in ("epochs", "schedule", "gamma", "lr", "momentum",
-                                         "weight_decay")},
-           **{k: ("earlybird", k) for k in ("ratios", "epsilon", "window", "criterion", "span")},
-           "s": ("earlybird", "sparsity"),
-           **{k: ("precision", k) for k in ("search_precision", "retrain_precision", "swa",
-                                            "swa_start")},
-           **{k: ("precision", "q8", k) for k in ("wl_weight", "wl_grad", "wl_activate",
-                                                  "wl_error", "wl_momentum", "rounding")}}
+_LEGACY = {
+    **{k: ("recipe", k) for k in ("epochs", "schedule", "gamma", "lr", "momentum", "weight_decay")},
+    **{k: ("earlybird", k) for k in ("ratios", "epsilon", "window", "criterion", "span")},
+    "s": ("earlybird", "sparsity"),
+    **{k: ("precision", k) for k in ("search_precision", "retrain_precision", "swa", "swa_start")},
+    **{
+        k: ("precision", "q8", k)
+        for k in ("wl_weight", "wl_grad", "wl_activate", "wl_error", "wl_momentum", "rounding")
+    },
+}
 
 
 @document
@@ -46,55 +49,74 @@ class RunConfig:
     """
 
     save: str = option("runs/eb", "run folder")
-    dataset: str = option("cifar10-subset", "cifar10-subset: the shipped 10,000/2,000-image "
-                          "CIFAR-10 subset; cifar10 | cifar100 (torchvision); imagenet | "
-                          "imagefolder (train/ and val/ folders)", choices=DATASETS, group="data")
-    data: Optional[str] = option(None, "dataset folder or archive (e.g. the full CIFAR-10 JPEG "
-                                 ".tar.gz for cifar10-subset; train/ and val/ folders for "
-                                 "imagenet)", group="data")
+    dataset: str = option(
+        "cifar10-subset",
+        "cifar10-subset: the shipped 10,000/2,000-image "
+        "CIFAR-10 subset; cifar10 | cifar100 (torchvision); imagenet | "
+        "imagefolder (train/ and val/ folders)",
+        choices=DATASETS,
+        group="data",
+    )
+    data: Optional[str] = option(
+        None,
+        "dataset folder or archive (e.g. the full CIFAR-10 JPEG "
+        ".tar.gz for cifar10-subset; train/ and val/ folders for "
+        "imagenet)",
+        group="data",
+    )
     download: bool = option(False, "download CIFAR (online)", group="data")
-    train_images: Optional[int] = option(None, "use this many training images (a random "
-                                         "subset drawn with the seed)", group="data")
+    train_images: Optional[int] = option(
+        None, "use this many training images (a random subset drawn with the seed)", group="data"
+    )
     test_images: Optional[int] = option(None, "use this many test images", group="data")
     arch: str = option("vgg", f"{' | '.join(ARCHS)} | any timm model name", group="model")
-    depth: Optional[int] = option(16, "VGG 11/13/16/19, PreResNet 6n+2 (basic) or 9n+2 "
-                                  "(bottleneck)", group="model")
+    depth: Optional[int] = option(
+        16, "VGG 11/13/16/19, PreResNet 6n+2 (basic) or 9n+2 (bottleneck)", group="model"
+    )
     width: float = option(1.0, "channel multiplier of vgg/preresnet", group="model")
     num_classes: Optional[int] = option(None, "classes (default: the dataset's)", group="model")
     recipe: Recipe = option(default_factory=Recipe, group="training")
     batch_size: int = option(256, "global batch size", group="training")
     test_batch_size: int = option(256, "batch size of the evaluation", group="training")
-    sparsity_regularization: bool = option(False, "L1 penalty on norm scales (network "
-                                           "slimming), in every stage", group="training")
+    sparsity_regularization: bool = option(
+        False, "L1 penalty on norm scales (network slimming), in every stage", group="training"
+    )
     seed: int = option(0, "random seed (weights, data order, subsets)", group="training")
     workers: int = option(2, "DataLoader workers (ImageFolder)", group="training")
-    check_every: Optional[int] = option(None, "check every N optimizer steps (None: once per "
-                                        "epoch, before its training)", group="early-bird")
-    full: bool = option(False, "search: train the dense model to the end even after every "
-                        "ticket", group="early-bird")
+    check_every: Optional[int] = option(
+        None, "check every N optimizer steps (None: once per epoch, before its training)", group="early-bird"
+    )
+    full: bool = option(
+        False, "search: train the dense model to the end even after every ticket", group="early-bird"
+    )
     earlybird: EarlyBirdConfig = option(default_factory=EarlyBirdConfig, group="early-bird")
     precision: PrecisionConfig = option(default_factory=PrecisionConfig, group="precision")
 
     def __post_init__(self) -> None:
         value = ConfigError.value
         if self.dataset not in DATASETS:
-            raise ConfigError("unknown {} " + value(self.dataset) + "; choose from "
-                              + value(list(DATASETS)), "dataset")
+            raise ConfigError(
+                "unknown {} " + value(self.dataset) + "; choose from " + value(list(DATASETS)), "dataset"
+            )
         for name in ("batch_size", "test_batch_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError("{} must be > 0", name)
         if not self.width > 0:
             raise ConfigError("{} must be > 0, got " + value(self.width), "width")
         if self.check_every is not None and self.check_every < 1:
-            raise ConfigError("{} must be >= 1 optimizer steps, got " + value(self.check_every),
-                              "check_every")
+            raise ConfigError(
+                "{} must be >= 1 optimizer steps, got " + value(self.check_every), "check_every"
+            )
         epochs = self.recipe.epochs
         if self.precision.swa_start is None:
-            object.__setattr__(self, "precision", dataclasses.replace(
-                self.precision, swa_start=(epochs * 7) // 8))
+            object.__setattr__(
+                self, "precision", dataclasses.replace(self.precision, swa_start=(epochs * 7) // 8)
+            )
         if not 0 <= cast(int, self.precision.swa_start) < epochs:
-            raise ConfigError("{} must be an epoch in [0, " + str(epochs) + "), got "
-                              + value(self.precision.swa_start), "swa_start")
+            raise ConfigError(
+                "{} must be an epoch in [0, " + str(epochs) + "), got " + value(self.precision.swa_start),
+                "swa_start",
+            )
         for name in ("train_images", "test_images"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError("{} must be >= 1", name)
@@ -104,8 +126,11 @@ class RunConfig:
 
     def check_paths(self) -> None:
         """Refuse a ``data`` path that is not there (torchvision's CIFAR may download it)."""
-        if self.data is not None and self.dataset not in ("cifar10", "cifar100") \
-                and not os.path.exists(self.data):
+        if (
+            self.data is not None
+            and self.dataset not in ("cifar10", "cifar100")
+            and not os.path.exists(self.data)
+        ):
             raise ConfigError("{} " + ConfigError.value(self.data) + " does not exist", "data")
 
     @property

@@ -1,4 +1,5 @@
 """A run's environment: its settings, data, device, place under torchrun and run folder."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,11 +60,20 @@ def setup(cfg: RunConfig) -> RunEnv:
     train, test = subset(train, cfg.train_images, cfg.seed), subset(test, cfg.test_images, cfg.seed)
     per_rank = max(1, cfg.batch_size // env.world)
     if isinstance(train, ImageSet):
-        train_b = Batches(train, per_rank, True, cfg.seed, info["mean"], info["std"],
-                          rank=env.rank, world_size=env.world, device=device)
-        test_b = Batches(test, cfg.test_batch_size, False, rank=env.rank, world_size=env.world,
-                         device=device)
+        train_b = Batches(
+            train,
+            per_rank,
+            True,
+            cfg.seed,
+            info["mean"],
+            info["std"],
+            rank=env.rank,
+            world_size=env.world,
+            device=device,
+        )
+        test_b = Batches(test, cfg.test_batch_size, False, rank=env.rank, world_size=env.world, device=device)
     else:
-        train_b, test_b = folder_loaders(train, test, per_rank, cfg.test_batch_size, cfg.seed,
-                                         cfg.workers, env.rank, env.world)
+        train_b, test_b = folder_loaders(
+            train, test, per_rank, cfg.test_batch_size, cfg.seed, cfg.workers, env.rank, env.world
+        )
     return RunEnv(cfg, train_b, test_b, info["size"], num_classes, device, env)

@@ -7,6 +7,7 @@ it) are held until the checkpoint that contains them is written, and only then a
 after it, the resumed stage appends from the checkpoint what the log lacks. Either way every
 epoch is logged, and counted by the ledger, exactly once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,17 +54,21 @@ class Stage:
         self.env, self.name = env, name
         self.ckpt = env.dir.load_checkpoint(name)
         if self.ckpt is not None and not resume:
-            raise FileExistsError(f"{env.dir.checkpoint(name)} exists; pass --resume to "
-                                  "continue that run or choose another --save folder")
+            raise FileExistsError(
+                f"{env.dir.checkpoint(name)} exists; pass --resume to "
+                "continue that run or choose another --save folder"
+            )
         saved = env.dir.read_config()
         if saved is not None:
             diff = _changed(saved, env.cfg)
             if diff:
-                raise ValueError(f"{env.dir.config} was written with other settings "
-                                 f"({', '.join(diff)}); use the same settings or another "
-                                 "--save folder")
+                raise ValueError(
+                    f"{env.dir.config} was written with other settings "
+                    f"({', '.join(diff)}); use the same settings or another "
+                    "--save folder"
+                )
         self._pending: list[dict[str, Any]] = []
-        if self.ckpt is not None and env.main:    # a kill may have landed before its log lines
+        if self.ckpt is not None and env.main:  # a kill may have landed before its log lines
             env.dir.reconcile_log(self.ckpt.get("log", []))
 
     @property
@@ -85,22 +90,38 @@ class Stage:
             env.dir.append_log(records, torn=torn)
             maybe_kill(self.name, epoch, "torn")
 
-    def fit(self, model: nn.Module, first_epoch: int, precision: str,
-            regularize: Optional[Callable[[], None]] = None,
-            before_epoch: Optional[Callable[[int], bool]] = None,
-            on_check: Optional[Callable[[int], bool]] = None,
-            extra: Callable[[], dict] = dict,
-            progress: Optional[Progress] = None) -> dict[str, Any]:
+    def fit(
+        self,
+        model: nn.Module,
+        first_epoch: int,
+        precision: str,
+        regularize: Optional[Callable[[], None]] = None,
+        before_epoch: Optional[Callable[[int], bool]] = None,
+        on_check: Optional[Callable[[int], bool]] = None,
+        extra: Callable[[], dict] = dict,
+        progress: Optional[Progress] = None,
+    ) -> dict[str, Any]:
         """Train ``model`` from ``first_epoch`` (or the checkpoint) to the recipe's end at
         ``precision``; ``before_epoch(epoch) -> stop`` runs before each epoch and once after
         the last, ``on_check(step) -> stop`` every ``check_every`` steps. Returns the final
         checkpoint's contents."""
         env, cfg, ckpt = self.env, self.env.cfg, self.ckpt
-        trainer = Trainer(model, cfg.recipe, env.train, test=env.test, device=env.device,
-                          precision=precision, low_precision=cfg.precision.q8,
-                          regularize=regularize, check_every=cfg.check_every,
-                          on_check=on_check, progress=progress, stage=self.name,
-                          epoch=first_epoch, step=0)
+        trainer = Trainer(
+            model,
+            cfg.recipe,
+            env.train,
+            test=env.test,
+            device=env.device,
+            precision=precision,
+            low_precision=cfg.precision.q8,
+            regularize=regularize,
+            check_every=cfg.check_every,
+            on_check=on_check,
+            progress=progress,
+            stage=self.name,
+            epoch=first_epoch,
+            step=0,
+        )
         swa = SWA(model) if cfg.precision.swa else None
         best, test_acc = 0.0, float("nan")
         if ckpt is not None:
@@ -112,9 +133,15 @@ class Stage:
             env.dir.write_config(cfg.as_dict())
 
         def state(done: bool) -> dict[str, Any]:
-            return {**trainer.state_dict(), "best_acc": best, "test_acc": test_acc,
-                    "done": done, "precision": precision,
-                    **({"swa": swa.state_dict()} if swa is not None else {}), **extra()}
+            return {
+                **trainer.state_dict(),
+                "best_acc": best,
+                "test_acc": test_acc,
+                "done": done,
+                "precision": precision,
+                **({"swa": swa.state_dict()} if swa is not None else {}),
+                **extra(),
+            }
 
         def after(record: dict[str, Any]) -> None:
             nonlocal best, test_acc
@@ -124,8 +151,14 @@ class Stage:
                 swa.update()
             self.log(_epoch_record(record))
             self._flush(state(False), record["epoch"])
-            log.info("%s epoch %d: loss %.4f, train %.2f%%, test %.2f%%", self.name,
-                     record["epoch"], record["loss"], record["train_acc"], test_acc)
+            log.info(
+                "%s epoch %d: loss %.4f, train %.2f%%, test %.2f%%",
+                self.name,
+                record["epoch"],
+                record["loss"],
+                record["train_acc"],
+                test_acc,
+            )
 
         trainer.fit(before_epoch=before_epoch, after_epoch=after)
         if swa is not None and swa.count and trainer.epoch >= cfg.recipe.epochs:
@@ -133,8 +166,7 @@ class Stage:
             swa.apply(env.train)
             test_acc = trainer.evaluate()["test_acc"]
             best = max(best, test_acc)
-            self.log({"swa": swa.count, "test_acc": test_acc,
-                      "swa_s": time.perf_counter() - started})
+            self.log({"swa": swa.count, "test_acc": test_acc, "swa_s": time.perf_counter() - started})
         trainer.close()
         record = state(True)
         self._flush(record, trainer.epoch)
@@ -144,6 +176,20 @@ class Stage:
 
 def _epoch_record(record: dict[str, Any]) -> dict[str, Any]:
     """An epoch's log line: the trainer's record with the keys the log has always had."""
-    keep = ("epoch", "step", "lr", "test_acc", "loss", "train_acc", "samples", "train_s",
-            "eval_s", "eval_samples", "precision", "train_j", "eval_j", "energy_sources")
+    keep = (
+        "epoch",
+        "step",
+        "lr",
+        "test_acc",
+        "loss",
+        "train_acc",
+        "samples",
+        "train_s",
+        "eval_s",
+        "eval_samples",
+        "precision",
+        "train_j",
+        "eval_j",
+        "energy_sources",
+    )
     return {k: record[k] for k in keep if k in record}

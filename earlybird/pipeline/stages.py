@@ -4,6 +4,7 @@ Each stage checkpoints after every epoch (atomically) and, with ``resume=True``,
 its last checkpoint or is skipped when already done. Under ``torchrun`` every rank trains its
 shard of each batch, every rank draws the same ticket (checked), and only rank 0 writes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,16 +39,19 @@ def _same_on_all_ranks(env: RunEnv, pruner: EarlyBirdPruner) -> None:
     if env.dist.world == 1:
         return
     order = torch.arange(pruner.layout.num_channels, dtype=torch.float64)
-    sig = torch.tensor([float(len(pruner.tickets))] + [
-        float(pruner.history(r)[-1].double() @ order) for r in pruner.config.ratios])
+    sig = torch.tensor(
+        [float(len(pruner.tickets))]
+        + [float(pruner.history(r)[-1].double() @ order) for r in pruner.config.ratios]
+    )
     gathered = [torch.zeros_like(sig) for _ in range(env.dist.world)]
     dist.all_gather(gathered, sig)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
         raise RuntimeError("ranks drew different masks; the replicas' weights have diverged")
 
 
-def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress] = None,
-           env: Optional[RunEnv] = None) -> dict[str, Any]:
+def search(
+    cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress] = None, env: Optional[RunEnv] = None
+) -> dict[str, Any]:
     """Dense training with slimming and early-bird checks; stops once every ratio has a ticket
     (or at the schedule's end; ``cfg.full`` trains on to the end regardless)."""
     standalone, env = env is None, env or setup(cfg)
@@ -64,15 +68,30 @@ def search(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress]
         drawn = pruner.step(iteration=iteration)
         _same_on_all_ranks(env, pruner)
         step = iteration if cfg.check_every else iteration * env.steps_per_epoch
-        stage.log({"check": len(pruner.iterations) - 1, "iteration": iteration, "step": step,
-                   "drawn": drawn, "distances": {f"{r:g}": (pruner.distances(r) or [None])[-1]  # type: ignore[list-item]
-                                                 for r in ratios}})
+        stage.log(
+            {
+                "check": len(pruner.iterations) - 1,
+                "iteration": iteration,
+                "step": step,
+                "drawn": drawn,
+                "distances": {
+                    f"{r:g}": (pruner.distances(r) or [None])[-1]  # type: ignore[list-item]
+                    for r in ratios
+                },
+            }
+        )
         return len(pruner.tickets) == len(ratios) and not cfg.full
 
-    record = stage.fit(model, 0, cfg.precision.search_precision,
-                       pruner.regularize if cfg.sparsity_regularization else None,
-                       None if cfg.check_every else check, check if cfg.check_every else None,
-                       lambda: {"pruner": pruner.state_dict()}, progress)
+    record = stage.fit(
+        model,
+        0,
+        cfg.precision.search_precision,
+        pruner.regularize if cfg.sparsity_regularization else None,
+        None if cfg.check_every else check,
+        check if cfg.check_every else None,
+        lambda: {"pruner": pruner.state_dict()},
+        progress,
+    )
     if standalone:
         _write_ledger(env)
     return _search_summary(env, record)
@@ -99,43 +118,59 @@ def _search_summary(env: RunEnv, record: dict[str, Any]) -> dict[str, Any]:
     for r, t in record["pruner"]["tickets"].items():
         it = iterations[int(t["check"])]
         tickets[r] = {"check": int(t["check"]), "iteration": it, "draw_epoch": _draw_epoch(env, it)}
-    return {"epochs": int(record["epoch"]), "steps": int(record["step"]),
-            "test_acc": float(record["test_acc"]), "tickets": tickets}
+    return {
+        "epochs": int(record["epoch"]),
+        "steps": int(record["step"]),
+        "test_acc": float(record["test_acc"]),
+        "tickets": tickets,
+    }
 
 
 def _load_search(env: RunEnv) -> tuple[nn.Module, EarlyBirdPruner, dict]:
     ckpt = env.dir.load_checkpoint("search")
     if ckpt is None:
-        raise FileNotFoundError(f"no search checkpoint in {env.dir.root}; run `earlybird search "
-                                f"--save {env.dir.root}` first")
+        raise FileNotFoundError(
+            f"no search checkpoint in {env.dir.root}; run `earlybird search --save {env.dir.root}` first"
+        )
     model = env.model()
     pruner = _pruner(model, env)
     try:
         pruner.load_state_dict(ckpt["pruner"])
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{env.dir.checkpoint('search')} does not fit --arch "
-                              f"{env.cfg.arch} --depth {env.cfg.depth}: {exc}") from exc
+        raise CheckpointError(
+            f"{env.dir.checkpoint('search')} does not fit --arch "
+            f"{env.cfg.arch} --depth {env.cfg.depth}: {exc}"
+        ) from exc
     return model, pruner, ckpt
 
 
-def prune(cfg: RunConfig, ratio: float, *, force: bool = False,
-          env: Optional[RunEnv] = None) -> dict[str, Any]:
+def prune(
+    cfg: RunConfig, ratio: float, *, force: bool = False, env: Optional[RunEnv] = None
+) -> dict[str, Any]:
     """Physically prune the search's ticket for ``ratio`` into ``pruned-<ratio>.pt``."""
     env = env or setup(cfg)
     model, pruner, ckpt = _load_search(env)
     ratio = float(ratio)
     if ratio not in pruner.tickets and not force:
-        raise NoTicketError(f"the search in {env.dir.root} has no ticket for ratio {ratio} "
-                            f"(tickets: {sorted(pruner.tickets)}); pass --force to prune by the "
-                            "last mask")
+        raise NoTicketError(
+            f"the search in {env.dir.root} has no ticket for ratio {ratio} "
+            f"(tickets: {sorted(pruner.tickets)}); pass --force to prune by the "
+            "last mask"
+        )
     small = pruner.prune(ratio, force=force)
     ticket = pruner.tickets.get(ratio)
     iteration = ticket.iteration if ticket else pruner.iterations[-1] if pruner.iterations else 0
     dense_cost, small_cost = count_flops(model, env.example()), count_flops(small, env.example())
-    info = {"ratio": ratio, "draw_epoch": _draw_epoch(env, iteration), "forced": ticket is None,
-            "params": small_cost.params, "flops": small_cost.flops,
-            "dense_params": dense_cost.params, "dense_flops": dense_cost.flops}
+    info = {
+        "ratio": ratio,
+        "draw_epoch": _draw_epoch(env, iteration),
+        "forced": ticket is None,
+        "params": small_cost.params,
+        "flops": small_cost.flops,
+        "dense_params": dense_cost.params,
+        "dense_flops": dense_cost.flops,
+    }
     maybe_kill("prune")
     if env.main:
         save_pruned(small, env.dir.pruned(ratio), **info)
@@ -146,14 +181,22 @@ def prune(cfg: RunConfig, ratio: float, *, force: bool = False,
 def _pruned_info(env: RunEnv, ratio: float) -> dict[str, Any]:
     path = env.dir.pruned(ratio)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run `earlybird prune --ratio {ratio:g} "
-                                f"--save {env.dir.root}` first")
+        raise FileNotFoundError(
+            f"{path} does not exist; run `earlybird prune --ratio {ratio:g} --save {env.dir.root}` first"
+        )
     return safe_load(path, PRUNED_FORMAT)
 
 
-def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: bool = False,
-            start_epoch: Optional[int] = None, progress: Optional[Progress] = None,
-            env: Optional[RunEnv] = None) -> dict[str, Any]:
+def retrain(
+    cfg: RunConfig,
+    ratio: float,
+    mode: str = "finetune",
+    *,
+    resume: bool = False,
+    start_epoch: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    env: Optional[RunEnv] = None,
+) -> dict[str, Any]:
     """Train the pruned model: ``finetune`` from the ticket's weights over the epochs left after
     its draw point, or ``scratch`` (re-initialised) over the full schedule."""
     if mode not in MODES:
@@ -169,42 +212,62 @@ def retrain(cfg: RunConfig, ratio: float, mode: str = "finetune", *, resume: boo
         small = replay_history(env.model(seed_offset=1), env.example(), saved["history"])
         first = 0 if start_epoch is None else start_epoch
     if mode == "finetune" and start_epoch is None and first >= epochs:
-        raise ValueError(f"the ticket for ratio {ratio:g} was drawn at the end of the schedule "
-                         f"(epoch {first} of {epochs}): nothing is left to finetune; use "
-                         "--mode scratch, --start-epoch, or a longer schedule")
+        raise ValueError(
+            f"the ticket for ratio {ratio:g} was drawn at the end of the schedule "
+            f"(epoch {first} of {epochs}): nothing is left to finetune; use "
+            "--mode scratch, --start-epoch, or a longer schedule"
+        )
     if not 0 <= first < epochs:
         raise ValueError(f"--start-epoch must be in [0, {epochs}), got {first}")
     if stage.done:
         ckpt = cast(dict, stage.ckpt)
         small.load_state_dict(ckpt["model"])
     else:
-        ckpt = stage.fit(small, first, cfg.precision.retrain_precision, _regularizer(small, env),
-                         progress=progress)
+        ckpt = stage.fit(
+            small, first, cfg.precision.retrain_precision, _regularizer(small, env), progress=progress
+        )
     if standalone:
         _write_ledger(env)
     cost = count_flops(small, env.example())
-    return {"ratio": ratio, "mode": mode, "start_epoch": first, "test_acc": float(ckpt["test_acc"]),
-            "best_acc": float(ckpt["best_acc"]), "params": cost.params, "flops": cost.flops,
-            "draw_epoch": saved["extra"]["draw_epoch"]}
+    return {
+        "ratio": ratio,
+        "mode": mode,
+        "start_epoch": first,
+        "test_acc": float(ckpt["test_acc"]),
+        "best_acc": float(ckpt["best_acc"]),
+        "params": cost.params,
+        "flops": cost.flops,
+        "draw_epoch": saved["extra"]["draw_epoch"],
+    }
 
 
-def train_dense(cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress] = None,
-                env: Optional[RunEnv] = None) -> dict[str, Any]:
+def train_dense(
+    cfg: RunConfig, *, resume: bool = False, progress: Optional[Progress] = None, env: Optional[RunEnv] = None
+) -> dict[str, Any]:
     """The unpruned baseline: the full schedule, slimming only if asked."""
     standalone, env = env is None, env or setup(cfg)
     stage = Stage(env, "train", resume)
     model = env.model()
-    ckpt = cast(dict, stage.ckpt) if stage.done else stage.fit(
-        model, 0, cfg.precision.search_precision, _regularizer(model, env), progress=progress)
+    ckpt = (
+        cast(dict, stage.ckpt)
+        if stage.done
+        else stage.fit(model, 0, cfg.precision.search_precision, _regularizer(model, env), progress=progress)
+    )
     if standalone:
         _write_ledger(env)
     cost = count_flops(model, env.example())
-    return {"test_acc": float(ckpt["test_acc"]), "best_acc": float(ckpt["best_acc"]),
-            "params": cost.params, "flops": cost.flops, "epochs": int(ckpt["epoch"])}
+    return {
+        "test_acc": float(ckpt["test_acc"]),
+        "best_acc": float(ckpt["best_acc"]),
+        "params": cost.params,
+        "flops": cost.flops,
+        "epochs": int(ckpt["epoch"]),
+    }
 
 
-def run(cfg: RunConfig, mode: str = "finetune", *, resume: bool = False,
-        progress: Optional[Progress] = None) -> dict[str, Any]:
+def run(
+    cfg: RunConfig, mode: str = "finetune", *, resume: bool = False, progress: Optional[Progress] = None
+) -> dict[str, Any]:
     """search -> prune -> retrain for every ratio that drew a ticket; writes ``summary.json``."""
     if mode not in MODES:
         raise ValueError(f"unknown retrain mode {mode!r}; choose from {list(MODES)}")
@@ -218,18 +281,23 @@ def run(cfg: RunConfig, mode: str = "finetune", *, resume: bool = False,
         else:
             info = _pruned_info(env, ratio)["extra"]
         if mode == "finetune" and math.floor(info["draw_epoch"]) >= cfg.recipe.epochs:
-            log.warning("the ticket for ratio %g was drawn at the end of the schedule: nothing "
-                        "is left to finetune, not retrained", ratio)
+            log.warning(
+                "the ticket for ratio %g was drawn at the end of the schedule: nothing "
+                "is left to finetune, not retrained",
+                ratio,
+            )
             late.append(ratio)
             continue
         rows.append(retrain(cfg, ratio, mode, resume=resume, progress=progress, env=env))
     dense, _, _ = _load_search(env)
     dense_cost = count_flops(dense, env.example())
-    summary = {"search": found, "dense": {"params": dense_cost.params, "flops": dense_cost.flops,
-                                          "test_acc": found["test_acc"]},
-               "retrain": rows, "missing": [r for r in cfg.earlybird.ratios
-                                            if f"{r}" not in found["tickets"]],
-               "drawn_at_the_end": late}
+    summary = {
+        "search": found,
+        "dense": {"params": dense_cost.params, "flops": dense_cost.flops, "test_acc": found["test_acc"]},
+        "retrain": rows,
+        "missing": [r for r in cfg.earlybird.ratios if f"{r}" not in found["tickets"]],
+        "drawn_at_the_end": late,
+    }
     if env.main:
         env.dir.write_json(env.dir.summary, summary)
     _write_ledger(env)
@@ -239,4 +307,5 @@ def run(cfg: RunConfig, mode: str = "finetune", *, resume: bool = False,
 def _write_ledger(env: RunEnv) -> None:
     if env.main:
         from ..costs.ledger import write_ledger
+
         write_ledger(env.dir.root)

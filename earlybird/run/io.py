@@ -4,6 +4,7 @@ A pruned model is saved as its pruning history (layer names and channel indices)
 of the example inputs, and its state dict. Loading replays the history on a freshly built dense
 model, so a file never carries code: it loads with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,21 @@ from torch import Tensor, nn
 from ..errors import CheckpointError
 from ..graph import History, replay_history
 
-__all__ = ["atomic_write", "write_text", "write_json", "atomic_save", "digest", "previous",
-           "safe_load", "save_pruned", "load_pruned", "input_spec", "make_inputs",
-           "attach_record", "PRUNED_FORMAT"]
+__all__ = [
+    "atomic_write",
+    "write_text",
+    "write_json",
+    "atomic_save",
+    "digest",
+    "previous",
+    "safe_load",
+    "save_pruned",
+    "load_pruned",
+    "input_spec",
+    "make_inputs",
+    "attach_record",
+    "PRUNED_FORMAT",
+]
 
 PathLike = Union[str, os.PathLike]
 PRUNED_FORMAT = "earlybird.pruned/1"
@@ -55,6 +68,7 @@ def digest(obj: Any) -> str:
             h.update(b"]")
         else:
             h.update(repr(value).encode())
+
     feed(obj)
     return h.hexdigest()
 
@@ -72,8 +86,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], *,
-                 keep_previous: bool = False) -> Path:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], *, keep_previous: bool = False) -> Path:
     """The one way earlybird writes a file: ``write(fh)`` into a temporary file beside
     ``path``, flush, fsync, then rename it over ``path``.
 
@@ -92,7 +105,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())          # as open() would: mkstemp makes it 0600
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would: mkstemp makes it 0600
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -127,8 +140,10 @@ def atomic_save(obj: Any, path: PathLike, *, keep_previous: bool = False) -> Non
     A dict gets a ``sha256`` entry over its contents, checked by :func:`safe_load`.
     """
     if isinstance(obj, dict):
-        obj = {**{k: v for k, v in obj.items() if k != "sha256"}, "sha256": digest(
-            {k: v for k, v in obj.items() if k != "sha256"})}
+        obj = {
+            **{k: v for k, v in obj.items() if k != "sha256"},
+            "sha256": digest({k: v for k, v in obj.items() if k != "sha256"}),
+        }
     atomic_write(path, lambda fh: torch.save(obj, fh), keep_previous=keep_previous)
 
 
@@ -146,22 +161,28 @@ def safe_load(path: PathLike, expected_format: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or code-carrying files
-        raise CheckpointError(f"{path}: not a readable earlybird file "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-                              f"{_fallback(path)}") from exc
+        raise CheckpointError(
+            f"{path}: not a readable earlybird file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"{_fallback(path)}"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a {expected_format!r} file, found {found!r}")
     if "sha256" in obj and digest({k: v for k, v in obj.items() if k != "sha256"}) != obj["sha256"]:
-        raise CheckpointError(f"{path}: contents do not match its checksum (corrupted or "
-                              f"tampered with){_fallback(path)}")
+        raise CheckpointError(
+            f"{path}: contents do not match its checksum (corrupted or tampered with){_fallback(path)}"
+        )
     return obj
 
 
 def _fallback(path: Path) -> str:
     prev = previous(path)
-    return (f"; the previous good file is {prev}: copy it over {path.name} to resume from it"
-            if prev.is_file() else "")
+    return (
+        f"; the previous good file is {prev}: copy it over {path.name} to resume from it"
+        if prev.is_file()
+        else ""
+    )
 
 
 def input_spec(example_inputs: Any) -> Any:
@@ -172,8 +193,10 @@ def input_spec(example_inputs: Any) -> Any:
         return {"dict": {str(k): input_spec(v) for k, v in example_inputs.items()}}
     if isinstance(example_inputs, (list, tuple)):
         return {"list": [input_spec(v) for v in example_inputs]}
-    raise TypeError(f"example_inputs must be a tensor or a list/tuple/dict of tensors, "
-                    f"got {type(example_inputs).__name__}")
+    raise TypeError(
+        f"example_inputs must be a tensor or a list/tuple/dict of tensors, "
+        f"got {type(example_inputs).__name__}"
+    )
 
 
 def make_inputs(spec: Any, device: Union[str, torch.device] = "cpu") -> Any:
@@ -203,10 +226,20 @@ def save_pruned(model: nn.Module, path: PathLike, **extra: Any) -> None:
     """
     record = getattr(model, RECORD_ATTR, None)
     if record is None:
-        raise ValueError("this model carries no pruning history; save models returned by "
-                         "EarlyBirdPruner.prune() (a dense model saves with torch.save(state_dict))")
-    atomic_save({"format": PRUNED_FORMAT, "history": record["history"], "inputs": record["inputs"],
-                 "state_dict": model.state_dict(), "extra": dict(extra)}, path)
+        raise ValueError(
+            "this model carries no pruning history; save models returned by "
+            "EarlyBirdPruner.prune() (a dense model saves with torch.save(state_dict))"
+        )
+    atomic_save(
+        {
+            "format": PRUNED_FORMAT,
+            "history": record["history"],
+            "inputs": record["inputs"],
+            "state_dict": model.state_dict(),
+            "extra": dict(extra),
+        },
+        path,
+    )
 
 
 def load_pruned(path: PathLike, model: nn.Module) -> nn.Module:
@@ -220,8 +253,10 @@ def load_pruned(path: PathLike, model: nn.Module) -> nn.Module:
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the rebuilt model; was it made from "
-                              f"this architecture? ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(
+            f"{path}: its weights do not fit the rebuilt model; was it made from "
+            f"this architecture? ({str(exc).splitlines()[0]})"
+        ) from exc
     attach_record(model, obj["history"], obj["inputs"])
     return model
 

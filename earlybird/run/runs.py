@@ -5,6 +5,7 @@ after the checkpoint that holds them is written, and a resumed stage appends wha
 checkpoint holds but the log lacks (:meth:`RunDir.reconcile_log`), so whatever instant a kill
 lands, every epoch is logged exactly once.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ class RunDir:
         write_json(path, data, indent=2, sort_keys=True)
 
     def save_checkpoint(self, stage: str, state: dict[str, Any]) -> None:
-        atomic_save({"format": CHECKPOINT_FORMAT, "stage": stage, **state}, self.checkpoint(stage),
-                    keep_previous=True)
+        atomic_save(
+            {"format": CHECKPOINT_FORMAT, "stage": stage, **state}, self.checkpoint(stage), keep_previous=True
+        )
 
     def load_checkpoint(self, stage: str) -> Optional[dict[str, Any]]:
         path = self.checkpoint(stage)
@@ -88,7 +90,7 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
         with open(self.log, "ab") as fh:
-            fh.write(data[:len(data) // 2] if torn else data)
+            fh.write(data[: len(data) // 2] if torn else data)
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -1,6 +1,7 @@
 """Rounded tickets: every layer keeps a multiple of ``k`` units (``round_to``), so pruned widths
 suit tensor cores and vector units (multiples of 8 or 16), under one global threshold over
 blocks of ``k`` units."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
@@ -8,15 +9,20 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:                       # (masks imports this module)
+if TYPE_CHECKING:  # (masks imports this module)
     from .masks import ChannelLayout
 
 __all__ = ["masks_by_block"]
 
 
-def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[float, int],
-                   caps: Sequence[int], segment_caps: Optional[Sequence[int]],
-                   multiples: Sequence[int]) -> dict[float, Tensor]:
+def masks_by_block(
+    scores: Tensor,
+    layout: "ChannelLayout",
+    budgets: Mapping[float, int],
+    caps: Sequence[int],
+    segment_caps: Optional[Sequence[int]],
+    multiples: Sequence[int],
+) -> dict[float, Tensor]:
     """Keep-masks (:func:`~earlybird.search.masks.keep_masks`) that prune at most ``budgets[ratio]``
     channels each, where each layer keeps a multiple of ``multiples[layer]`` units.
 
@@ -39,33 +45,42 @@ def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[flo
     """
     scores = scores.detach().to("cpu", torch.float64)
     layer = layout.layer_index
-    unit_of = (torch.unique(layout.units, return_inverse=True)[1] if layout.units is not None
-               else torch.arange(layout.num_channels))          # units numbered 0..U-1
+    unit_of = (
+        torch.unique(layout.units, return_inverse=True)[1]
+        if layout.units is not None
+        else torch.arange(layout.num_channels)
+    )  # units numbered 0..U-1
     n_units = int(unit_of.max()) + 1
     unit_size = torch.bincount(unit_of, minlength=n_units)
     summed = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
     unit_score = (summed / unit_size).tolist()
-    unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
-        0, unit_of, layer, "amax", include_self=False).tolist()
-    part_of = (unit_layer if layout.segments is None else torch.zeros(
-        n_units, dtype=torch.long).scatter_reduce_(0, unit_of, layout.segments, "amax",
-                                                   include_self=False).tolist())
+    unit_layer = (
+        torch.zeros(n_units, dtype=torch.long)
+        .scatter_reduce_(0, unit_of, layer, "amax", include_self=False)
+        .tolist()
+    )
+    part_of = (
+        unit_layer
+        if layout.segments is None
+        else torch.zeros(n_units, dtype=torch.long)
+        .scatter_reduce_(0, unit_of, layout.segments, "amax", include_self=False)
+        .tolist()
+    )
     sizes = unit_size.tolist()
     parts: dict[int, list[int]] = {}
-    for u in sorted(range(n_units), key=lambda u: unit_score[u]):   # stable: earlier first
+    for u in sorted(range(n_units), key=lambda u: unit_score[u]):  # stable: earlier first
         parts.setdefault(part_of[u], []).append(u)
-    blocks = []                     # (score, part, units, channels, layer)
-    for part, units in sorted(parts.items()):          # ties: earlier layer first
+    blocks = []  # (score, part, units, channels, layer)
+    for part, units in sorted(parts.items()):  # ties: earlier layer first
         k = multiples[unit_layer[units[0]]]
         first = len(units) % k or k
         rising = float("-inf")
         for start in [0] + list(range(first, len(units), k)):
-            members = units[start:start + (first if start == 0 else k)]
+            members = units[start : start + (first if start == 0 else k)]
             # the running maximum: a mean of tied scores can round below the next block's
             rising = max(rising, sum(unit_score[u] for u in members) / len(members))
-            blocks.append((rising, part, members, sum(sizes[u] for u in members),
-                           unit_layer[members[0]]))
-    blocks.sort(key=lambda b: b[0])                     # stable: a layer's blocks keep order
+            blocks.append((rising, part, members, sum(sizes[u] for u in members), unit_layer[members[0]]))
+    blocks.sort(key=lambda b: b[0])  # stable: a layer's blocks keep order
     out = {}
     for ratio, budget in budgets.items():
         left = budget
@@ -78,10 +93,13 @@ def masks_by_block(scores: Tensor, layout: "ChannelLayout", budgets: Mapping[flo
                 break
             if part in closed:
                 continue
-            seg_ok = segment_caps is None or layout.segments is None or (
-                lost_part[part] + channels <= segment_caps[part])
+            seg_ok = (
+                segment_caps is None
+                or layout.segments is None
+                or (lost_part[part] + channels <= segment_caps[part])
+            )
             if channels > left or lost[lyr] + channels > caps[lyr] or not seg_ok:
-                closed.add(part)                        # its later blocks rank above this one
+                closed.add(part)  # its later blocks rank above this one
                 continue
             pruned_unit[members] = True
             lost[lyr] += channels

@@ -4,6 +4,7 @@
 pruner, :class:`~earlybird.pipeline.RunConfig` (which nests it), the ``earlybird`` CLI (whose
 options and help come from these fields) and the Lightning callback all take it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,7 @@ from .criteria import CRITERIA
 from ..errors import ConfigError
 from ..settings import document, option
 
-__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES",
-           "RESIDUAL_MODES"]
+__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES", "RESIDUAL_MODES"]
 
 PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
@@ -40,103 +40,176 @@ class EarlyBirdConfig:
     """
 
     ratios: Sequence[float] = option(
-        (0.3, 0.5, 0.7), "pruning ratios to draw a ticket for, each in (0, 1), no duplicates")
+        (0.3, 0.5, 0.7), "pruning ratios to draw a ticket for, each in (0, 1), no duplicates"
+    )
     epsilon: float = option(
-        0.1, "the rule's threshold in (0, 1]: the largest mask distance that counts as not "
+        0.1,
+        "the rule's threshold in (0, 1]: the largest mask distance that counts as not "
         "moving (reference, fifo), as a share of the largest reachable distance (normalized), "
         "the largest change of the distance as a share of its early level (plateau), or 1 "
-        "minus the threshold on the early pruning indicator (epi)")
+        "minus the threshold on the early pruning indicator (epi)",
+    )
     window: int = option(
-        5, "masks (reference, normalized) or consecutive distances (fifo) looked at, >= 2; "
-        "plateau: (window - 1) // 2 checks make its span when span is None")
+        5,
+        "masks (reference, normalized) or consecutive distances (fifo) looked at, >= 2; "
+        "plateau: (window - 1) // 2 checks make its span when span is None",
+    )
     criterion: str = option(
-        "plateau", "detection rule: plateau (chosen from benchmarks/detection.py: its tickets "
+        "plateau",
+        "detection rule: plateau (chosen from benchmarks/detection.py: its tickets "
         "retrain better), reference (the released code's rule), fifo (the paper's "
         "Algorithm 1), normalized, or epi (When to Prune's early pruning indicator: how alike "
-        "the kept channels per layer are)", choices=sorted(CRITERIA))
+        "the kept channels per layer are)",
+        choices=sorted(CRITERIA),
+    )
     sparsity: float = option(
-        1e-4, "strength s of the slimming penalty regularize() adds, >= 0", flags=("--s",))
+        1e-4, "strength s of the slimming penalty regularize() adds, >= 0", flags=("--s",)
+    )
     penalty: str = option(
-        "l1", "l1 (s * sign(gamma)) or group_lasso (over coupled channels)", choices=PENALTIES)
+        "l1", "l1 (s * sign(gamma)) or group_lasso (over coupled channels)", choices=PENALTIES
+    )
     min_channels: int = option(1, "channels every layer keeps, >= 1")
     max_layer_ratio: Optional[float] = option(
-        None, "largest share of one layer a ticket may prune, in (0, 1); None: no limit")
+        None, "largest share of one layer a ticket may prune, in (0, 1); None: no limit"
+    )
     round_to: int = option(
-        1, "every layer keeps a multiple of this many channels (units: a gated MLP's pairs, "
+        1,
+        "every layer keeps a multiple of this many channels (units: a gated MLP's pairs, "
         "a grouped conv's positions), or all of them, >= 1; attention heads and head dimensions "
-        "are not rounded")
-    keep_weights: bool = option(
-        True, "keep a CPU copy of the weights at each ticket's draw point")
+        "are not rounded",
+    )
+    keep_weights: bool = option(True, "keep a CPU copy of the weights at each ticket's draw point")
     score: str = option(
-        "auto", "what ranks channels: norm (mean |gamma| of the coupled BatchNorm/LayerNorm "
+        "auto",
+        "what ranks channels: norm (mean |gamma| of the coupled BatchNorm/LayerNorm "
         "channels), weight (mean |w| of the coupled filters) or auto (norm scales; filters "
-        "only for a model without norm layers)", choices=SCORES)
+        "only for a model without norm layers)",
+        choices=SCORES,
+    )
     span: Optional[int] = option(
-        None, "plateau rule only: the span compared, in the counter passed to step() "
-        "(optimizer steps, recommended), >= 1; None: the last (window - 1) // 2 checks")
+        None,
+        "plateau rule only: the span compared, in the counter passed to step() "
+        "(optimizer steps, recommended), >= 1; None: the last (window - 1) // 2 checks",
+    )
     coefficients: bool = option(
-        True, "give every prunable unit without a norm scale (a transformer's MLP hidden units) "
+        True,
+        "give every prunable unit without a norm scale (a transformer's MLP hidden units) "
         "a slimming coefficient, initialised to 1, that ranks it; the optimizer must train "
         "them (build it after the pruner). Models without any norm layer are scored by their "
-        "filters instead")
+        "filters instead",
+    )
     heads: str = option(
-        "whole", "attention heads (a module with num_heads, q/k/v producers and a proj): whole "
+        "whole",
+        "attention heads (a module with num_heads, q/k/v producers and a proj): whole "
         "(one coefficient per head; a ticket removes whole heads, num_heads shrinks), dims "
         "(one per head dimension; the same dimensions leave every head, head_dim shrinks) or "
-        "off (heads are not pruned)", choices=HEAD_MODES)
+        "off (heads are not pruned)",
+        choices=HEAD_MODES,
+    )
     residual: str = option(
-        "prune", "channel groups joined by an addition (a ResNet stage, a transformer's "
+        "prune",
+        "channel groups joined by an addition (a ResNet stage, a transformer's "
         "embedding/residual width): prune them too, or keep their width whole",
-        choices=RESIDUAL_MODES)
+        choices=RESIDUAL_MODES,
+    )
 
     def __post_init__(self) -> None:
         value = ConfigError.value
         if isinstance(self.ratios, (Real, str)) or not isinstance(self.ratios, Sequence):
-            raise ConfigError("{} must be a sequence of floats in (0, 1), got "
-                              + value(self.ratios), "ratios")
+            raise ConfigError(
+                "{} must be a sequence of floats in (0, 1), got " + value(self.ratios), "ratios"
+            )
         ratios = tuple(self.ratios)
         _check(bool(ratios), "{} is empty; give at least one pruning ratio in (0, 1)", "ratios")
         for r in ratios:
-            _check(not isinstance(r, bool) and isinstance(r, Real) and 0.0 < float(r) < 1.0,
-                   "every ratio must be a number in (0, 1), got " + value(r))
-        _check(len(set(map(float, ratios))) == len(ratios),
-               "{} must not repeat, got " + value(list(ratios)), "ratios")
+            _check(
+                not isinstance(r, bool) and isinstance(r, Real) and 0.0 < float(r) < 1.0,
+                "every ratio must be a number in (0, 1), got " + value(r),
+            )
+        _check(
+            len(set(map(float, ratios))) == len(ratios),
+            "{} must not repeat, got " + value(list(ratios)),
+            "ratios",
+        )
         object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
-        _check(isinstance(self.epsilon, Real) and not isinstance(self.epsilon, bool)
-               and 0.0 < self.epsilon <= 1.0, "{} must be in (0, 1], got " + value(self.epsilon),
-               "epsilon")
-        _check(_is_int(self.window) and self.window >= 2,
-               "{} must be an integer >= 2, got " + value(self.window), "window")
-        _check(self.criterion in CRITERIA, "unknown {} " + value(self.criterion)
-               + "; choose from " + value(sorted(CRITERIA)), "criterion")
-        _check(isinstance(self.sparsity, Real) and not isinstance(self.sparsity, bool)
-               and self.sparsity >= 0, "{} must be a number >= 0, got " + value(self.sparsity),
-               "sparsity")
-        _check(self.penalty in PENALTIES, "unknown {} " + value(self.penalty)
-               + "; choose from " + value(list(PENALTIES)), "penalty")
-        _check(_is_int(self.min_channels) and self.min_channels >= 1,
-               "{} must be an integer >= 1, got " + value(self.min_channels), "min_channels")
-        _check(self.max_layer_ratio is None or (isinstance(self.max_layer_ratio, Real)
-                                                and 0.0 < self.max_layer_ratio < 1.0),
-               "{} must be None or in (0, 1), got " + value(self.max_layer_ratio),
-               "max_layer_ratio")
-        _check(_is_int(self.round_to) and self.round_to >= 1,
-               "{} must be an integer >= 1, got " + value(self.round_to), "round_to")
-        _check(self.span is None or (_is_int(self.span) and self.span >= 1),
-               "{} must be None or an integer >= 1 (steps), got " + value(self.span), "span")
-        _check(self.span is None or self.criterion == "plateau",
-               "{} is used by the plateau rule only, not by criterion=" + value(self.criterion),
-               "span")
-        _check(self.score in SCORES, "unknown {} " + value(self.score) + "; choose from "
-               + value(list(SCORES)), "score")
-        _check(isinstance(self.keep_weights, bool),
-               "{} must be True or False, got " + value(self.keep_weights), "keep_weights")
-        _check(isinstance(self.coefficients, bool),
-               "{} must be True or False, got " + value(self.coefficients), "coefficients")
-        _check(self.heads in HEAD_MODES, "unknown {} " + value(self.heads) + "; choose from "
-               + value(list(HEAD_MODES)), "heads")
-        _check(self.residual in RESIDUAL_MODES, "unknown {} " + value(self.residual)
-               + "; choose from " + value(list(RESIDUAL_MODES)), "residual")
+        _check(
+            isinstance(self.epsilon, Real)
+            and not isinstance(self.epsilon, bool)
+            and 0.0 < self.epsilon <= 1.0,
+            "{} must be in (0, 1], got " + value(self.epsilon),
+            "epsilon",
+        )
+        _check(
+            _is_int(self.window) and self.window >= 2,
+            "{} must be an integer >= 2, got " + value(self.window),
+            "window",
+        )
+        _check(
+            self.criterion in CRITERIA,
+            "unknown {} " + value(self.criterion) + "; choose from " + value(sorted(CRITERIA)),
+            "criterion",
+        )
+        _check(
+            isinstance(self.sparsity, Real) and not isinstance(self.sparsity, bool) and self.sparsity >= 0,
+            "{} must be a number >= 0, got " + value(self.sparsity),
+            "sparsity",
+        )
+        _check(
+            self.penalty in PENALTIES,
+            "unknown {} " + value(self.penalty) + "; choose from " + value(list(PENALTIES)),
+            "penalty",
+        )
+        _check(
+            _is_int(self.min_channels) and self.min_channels >= 1,
+            "{} must be an integer >= 1, got " + value(self.min_channels),
+            "min_channels",
+        )
+        _check(
+            self.max_layer_ratio is None
+            or (isinstance(self.max_layer_ratio, Real) and 0.0 < self.max_layer_ratio < 1.0),
+            "{} must be None or in (0, 1), got " + value(self.max_layer_ratio),
+            "max_layer_ratio",
+        )
+        _check(
+            _is_int(self.round_to) and self.round_to >= 1,
+            "{} must be an integer >= 1, got " + value(self.round_to),
+            "round_to",
+        )
+        _check(
+            self.span is None or (_is_int(self.span) and self.span >= 1),
+            "{} must be None or an integer >= 1 (steps), got " + value(self.span),
+            "span",
+        )
+        _check(
+            self.span is None or self.criterion == "plateau",
+            "{} is used by the plateau rule only, not by criterion=" + value(self.criterion),
+            "span",
+        )
+        _check(
+            self.score in SCORES,
+            "unknown {} " + value(self.score) + "; choose from " + value(list(SCORES)),
+            "score",
+        )
+        _check(
+            isinstance(self.keep_weights, bool),
+            "{} must be True or False, got " + value(self.keep_weights),
+            "keep_weights",
+        )
+        _check(
+            isinstance(self.coefficients, bool),
+            "{} must be True or False, got " + value(self.coefficients),
+            "coefficients",
+        )
+        _check(
+            self.heads in HEAD_MODES,
+            "unknown {} " + value(self.heads) + "; choose from " + value(list(HEAD_MODES)),
+            "heads",
+        )
+        _check(
+            self.residual in RESIDUAL_MODES,
+            "unknown {} " + value(self.residual) + "; choose from " + value(list(RESIDUAL_MODES)),
+            "residual",
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -148,8 +221,9 @@ def _check(ok: bool, template: str, *names: str) -> None:
         raise ConfigError(template, *names)
 
 
-def make_config(config: Optional[EarlyBirdConfig] = None,
-                ratios: Optional[Sequence[float]] = None, **settings: Any) -> EarlyBirdConfig:
+def make_config(
+    config: Optional[EarlyBirdConfig] = None, ratios: Optional[Sequence[float]] = None, **settings: Any
+) -> EarlyBirdConfig:
     """``config`` (or the defaults) with ``ratios`` and any other fields replaced; an unknown
     name is a TypeError that lists the fields.
 

@@ -24,6 +24,7 @@ as ``rule(checks, window, epsilon, span)`` and returns True when the newest mask
   above ``1 - epsilon`` and above each of its ``window`` previous values. It needs the kept
   channels per layer (:attr:`Checks.counts`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,9 +32,19 @@ from typing import Callable, Optional, Sequence
 
 from .distance import max_distance
 
-__all__ = ["Checks", "Criterion", "reference_rule", "fifo_rule", "normalized_rule",
-           "plateau_rule", "epi_rule", "layer_similarity", "CRITERIA", "COUNTING",
-           "get_criterion"]
+__all__ = [
+    "Checks",
+    "Criterion",
+    "reference_rule",
+    "fifo_rule",
+    "normalized_rule",
+    "plateau_rule",
+    "epi_rule",
+    "layer_similarity",
+    "CRITERIA",
+    "COUNTING",
+    "get_criterion",
+]
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,7 @@ class Checks:
         if len(self.rows) != len(self.steps):
             raise ValueError(f"{len(self.rows)} rows of distances for {len(self.steps)} steps")
         if self.counts is not None and len(self.counts) != len(self.steps):
-            raise ValueError(f"{len(self.counts)} rows of kept channels for {len(self.steps)} "
-                             "steps")
+            raise ValueError(f"{len(self.counts)} rows of kept channels for {len(self.steps)} steps")
 
     @property
     def consecutive(self) -> list[float]:
@@ -71,8 +81,7 @@ class Checks:
 Criterion = Callable[[Checks, int, float, Optional[int]], bool]
 
 
-def reference_rule(checks: Checks, window: int, epsilon: float,
-                   span: Optional[int] = None) -> bool:
+def reference_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] = None) -> bool:
     """The released code's rule: the newest mask is within ``epsilon`` of each earlier mask in a
     window of ``window`` masks.
 
@@ -102,8 +111,7 @@ def fifo_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] =
     return all(d <= epsilon for d in consecutive[-window:])
 
 
-def normalized_rule(checks: Checks, window: int, epsilon: float,
-                    span: Optional[int] = None) -> bool:
+def normalized_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] = None) -> bool:
     """The reference rule on distances divided by :func:`~earlybird.max_distance` of the ratio.
 
     At ``p = 0.7`` two masks differ in at most 60 % of the channels, so 0.05 becomes 0.083:
@@ -124,8 +132,7 @@ def _trailing_mean(values: Sequence[float], at: Sequence[int], end: float, span:
     return sum(picked) / len(picked) if picked else float("nan")
 
 
-def plateau_rule(checks: Checks, window: int, epsilon: float,
-                 span: Optional[int] = None) -> bool:
+def plateau_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] = None) -> bool:
     """The consecutive distance has stopped falling, relative to its own early level.
 
     With ``d`` the consecutive distances and ``m(t)`` their mean over the ``span`` steps up to
@@ -151,12 +158,12 @@ def plateau_rule(checks: Checks, window: int, epsilon: float,
         k = max(1, (window - 1) // 2)
         if len(d) < 2 * k:
             return False
-        span = at[-1] - at[-1 - k]              # the steps of the last k distances
+        span = at[-1] - at[-1 - k]  # the steps of the last k distances
     if span <= 0 or at[-1] - at[0] < 2 * span - _gap(at):
         return False
     now = _trailing_mean(d, at, at[-1], span)
     before = _trailing_mean(d, at, at[-1] - span, span)
-    if before != before:                        # no distance in the earlier span
+    if before != before:  # no distance in the earlier span
         return False
     early = max(_trailing_mean(d, at, s, span) for s in at)
     return abs(now - before) <= epsilon * early
@@ -202,17 +209,20 @@ def epi_rule(checks: Checks, window: int, epsilon: float, span: Optional[int] = 
         return False
 
     def epi(t: int) -> float:
-        return sum(layer_similarity(counts[t], counts[t - j]) for j in range(1, window + 1)) \
-            / window
+        return sum(layer_similarity(counts[t], counts[t - j]) for j in range(1, window + 1)) / window
 
     now = epi(newest)
     return now > 1.0 - epsilon and all(now > epi(newest - j) for j in range(1, window + 1))
 
 
-CRITERIA: dict[str, Criterion] = {"reference": reference_rule, "fifo": fifo_rule,
-                                  "normalized": normalized_rule, "plateau": plateau_rule,
-                                  "epi": epi_rule}
-COUNTING = frozenset({"epi"})          # rules that read Checks.counts
+CRITERIA: dict[str, Criterion] = {
+    "reference": reference_rule,
+    "fifo": fifo_rule,
+    "normalized": normalized_rule,
+    "plateau": plateau_rule,
+    "epi": epi_rule,
+}
+COUNTING = frozenset({"epi"})  # rules that read Checks.counts
 
 
 def get_criterion(name: str) -> Criterion:

@@ -1,4 +1,5 @@
 """Mask distance: the normalized Hamming distance between two tickets."""
+
 from __future__ import annotations
 
 import torch  # noqa: F401 - used by the doctests

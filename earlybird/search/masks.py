@@ -12,6 +12,7 @@ every conv group). A unit's score is the mean of its channels' scores; a unit th
 in what is left of the budget is passed over, so with units the count is at most ``floor(N * p)``
 and equal to it whenever the remaining budget can be filled.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,7 @@ from torch import Tensor
 
 from .blocks import masks_by_block
 
-__all__ = ["ChannelLayout", "prune_budget", "layer_caps", "keep_masks", "global_masks",
-           "check_room"]
+__all__ = ["ChannelLayout", "prune_budget", "layer_caps", "keep_masks", "global_masks", "check_room"]
 
 
 def prune_budget(num_channels: int, ratio: float) -> int:
@@ -39,8 +39,9 @@ def prune_budget(num_channels: int, ratio: float) -> int:
     return math.floor(round(num_channels * ratio, 9))
 
 
-def layer_caps(sizes: Sequence[int], min_channels: int = 1,
-               max_layer_ratio: Optional[float] = None) -> list[int]:
+def layer_caps(
+    sizes: Sequence[int], min_channels: int = 1, max_layer_ratio: Optional[float] = None
+) -> list[int]:
     """Most channels each layer may lose: it keeps ``min_channels`` and ``1 - max_layer_ratio``.
 
     >>> layer_caps([4, 10, 1], min_channels=2, max_layer_ratio=0.5)
@@ -86,8 +87,7 @@ class ChannelLayout:
         for name in ("units", "segments"):
             value = getattr(self, name)
             if value is not None and value.shape != (self.num_channels,):
-                raise ValueError(f"{name} must have shape ({self.num_channels},), "
-                                 f"got {tuple(value.shape)}")
+                raise ValueError(f"{name} must have shape ({self.num_channels},), got {tuple(value.shape)}")
 
     def segment_caps(self, min_channels: int = 1) -> Optional[list[int]]:
         """Most channels each segment may lose (it keeps ``min_channels``), or None."""
@@ -110,7 +110,8 @@ class ChannelLayout:
         segments = cast(Tensor, self.segments)
         n_seg = int(segments.max()) + 1
         return torch.zeros(n_seg, dtype=torch.long).scatter_reduce_(
-            0, segments, self.layer_index, "amax", include_self=False)
+            0, segments, self.layer_index, "amax", include_self=False
+        )
 
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """Cut a flat ``[N]`` tensor into one tensor per layer name."""
@@ -127,19 +128,25 @@ class ChannelLayout:
 
 def _cumsum_within(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     """Inclusive cumulative sum of non-negative ``values`` within each segment, in given order."""
-    order = torch.sort(segment, stable=True).indices        # segments contiguous, order kept
+    order = torch.sort(segment, stable=True).indices  # segments contiguous, order kept
     seg, vals = segment[order], values[order]
     inclusive = torch.cumsum(vals, 0)
     start = torch.zeros(num_segments, dtype=inclusive.dtype, device=values.device).scatter_reduce_(
-        0, seg, inclusive - vals, "amin", include_self=False)
+        0, seg, inclusive - vals, "amin", include_self=False
+    )
     out = torch.empty_like(inclusive)
     out[order] = inclusive - start[seg]
     return out
 
 
-def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
-               caps: Sequence[int], segment_caps: Optional[Sequence[int]] = None,
-               round_to: int | Sequence[int] = 1) -> dict[float, Tensor]:
+def keep_masks(
+    scores: Tensor,
+    layout: ChannelLayout,
+    ratios: Sequence[float],
+    caps: Sequence[int],
+    segment_caps: Optional[Sequence[int]] = None,
+    round_to: int | Sequence[int] = 1,
+) -> dict[float, Tensor]:
     """Flat keep-masks ``[N]`` for several ratios from one ranking of ``scores``.
 
     Args:
@@ -162,15 +169,18 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
         raise ValueError(f"expected {n} scores, got shape {tuple(scores.shape)}")
     multiples = [round_to] * len(layout.sizes) if isinstance(round_to, int) else list(round_to)
     if len(multiples) != len(layout.sizes) or any(
-            not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in multiples):
-        raise ValueError(f"round_to must be an integer >= 1 or one per layer "
-                         f"({len(layout.sizes)}), got {round_to!r}")
+        not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in multiples
+    ):
+        raise ValueError(
+            f"round_to must be an integer >= 1 or one per layer ({len(layout.sizes)}), got {round_to!r}"
+        )
     if any(k > 1 for k in multiples):
-        return masks_by_block(scores, layout, {r: prune_budget(n, r) for r in ratios},
-                              caps, segment_caps, multiples)
+        return masks_by_block(
+            scores, layout, {r: prune_budget(n, r) for r in ratios}, caps, segment_caps, multiples
+        )
     if layout.units is None:
         return _masks_by_channel(scores.detach().double(), layout, ratios, caps, segment_caps)
-    scores = scores.detach().to("cpu", torch.float64)   # units need the host to fill a budget
+    scores = scores.detach().to("cpu", torch.float64)  # units need the host to fill a budget
     layer = layout.layer_index
     unit_of = layout.units
     n_units = int(unit_of.max()) + 1
@@ -178,11 +188,13 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
     unit_score = torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit_of, scores)
     unit_score = unit_score / unit_size
     unit_layer = torch.zeros(n_units, dtype=torch.long).scatter_reduce_(
-        0, unit_of, layer, "amax", include_self=False)
-    order = torch.sort(unit_score, stable=True).indices        # ties: earlier position first
-    if layout.segments is not None and segment_caps is not None:   # each segment's floor first
+        0, unit_of, layer, "amax", include_self=False
+    )
+    order = torch.sort(unit_score, stable=True).indices  # ties: earlier position first
+    if layout.segments is not None and segment_caps is not None:  # each segment's floor first
         unit_seg = torch.zeros(unit_size.numel(), dtype=torch.long).scatter_reduce_(
-            0, unit_of, layout.segments, "amax", include_self=False)[order]
+            0, unit_of, layout.segments, "amax", include_self=False
+        )[order]
         within = _cumsum_within(unit_size[order], unit_seg, len(segment_caps))
         order = order[within <= torch.tensor(segment_caps, dtype=torch.long)[unit_seg]]
     size_sorted, layer_sorted = unit_size[order], unit_layer[order]
@@ -209,29 +221,43 @@ def keep_masks(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
 
 
 @functools.lru_cache(maxsize=64)
-def _constants(layout: ChannelLayout, caps: tuple[int, ...], segment_caps: Optional[tuple[int, ...]],
-               device: torch.device) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+def _constants(
+    layout: ChannelLayout,
+    caps: tuple[int, ...],
+    segment_caps: Optional[tuple[int, ...]],
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     """The layout's layer index, segments and floors on ``device``, copied there once (a copy
     from host memory makes the host wait for the device)."""
+
     def there(values: Any) -> Optional[Tensor]:
         return None if values is None else torch.as_tensor(values, dtype=torch.long).to(device)
-    return cast(Tensor, there(layout.layer_index)), cast(Tensor, there(list(caps))), there(
-        layout.segments), there(
-        None if segment_caps is None else list(segment_caps))
+
+    return (
+        cast(Tensor, there(layout.layer_index)),
+        cast(Tensor, there(list(caps))),
+        there(layout.segments),
+        there(None if segment_caps is None else list(segment_caps)),
+    )
 
 
-def _masks_by_channel(scores: Tensor, layout: ChannelLayout, ratios: Sequence[float],
-                      caps: Sequence[int], segment_caps: Optional[Sequence[int]]
-                      ) -> dict[float, Tensor]:
+def _masks_by_channel(
+    scores: Tensor,
+    layout: ChannelLayout,
+    ratios: Sequence[float],
+    caps: Sequence[int],
+    segment_caps: Optional[Sequence[int]],
+) -> dict[float, Tensor]:
     """:func:`keep_masks` without pruning units, on ``scores``' device and without a host
     synchronisation: channels the floors protect are moved behind the others instead of
     being dropped (a boolean index would wait for the device)."""
     device, n = scores.device, layout.num_channels
-    layer, cap, segments, seg_cap = _constants(layout, tuple(caps), None if segment_caps is None
-                                               else tuple(segment_caps), device)
-    order = torch.sort(scores, stable=True).indices        # ties: earlier position first
+    layer, cap, segments, seg_cap = _constants(
+        layout, tuple(caps), None if segment_caps is None else tuple(segment_caps), device
+    )
+    order = torch.sort(scores, stable=True).indices  # ties: earlier position first
     ok = torch.ones(n, dtype=torch.long, device=device)
-    if segments is not None and seg_cap is not None:      # each segment's floor first
+    if segments is not None and seg_cap is not None:  # each segment's floor first
         seg = segments[order]
         within = _cumsum_within(ok, seg, len(seg_cap))
         ok = (within <= seg_cap[seg]).long()
@@ -248,8 +274,13 @@ def _masks_by_channel(scores: Tensor, layout: ChannelLayout, ratios: Sequence[fl
     return out
 
 
-def check_room(layout: ChannelLayout, ratios: Sequence[float], caps: Sequence[int],
-               segment_caps: Optional[Sequence[int]], limits: str) -> None:
+def check_room(
+    layout: ChannelLayout,
+    ratios: Sequence[float],
+    caps: Sequence[int],
+    segment_caps: Optional[Sequence[int]],
+    limits: str,
+) -> None:
     """Raise ValueError when some ratio prunes more channels than the floors (``caps``, and
     ``segment_caps`` per segment) leave prunable; ``limits`` names the settings behind them.
 
@@ -260,19 +291,27 @@ def check_room(layout: ChannelLayout, ratios: Sequence[float], caps: Sequence[in
 the ratio or relax the per-layer limits
     """
     n, room = layout.num_channels, sum(caps)
-    if segment_caps is not None:                    # a layer also keeps a floor per segment
+    if segment_caps is not None:  # a layer also keeps a floor per segment
         seg_room = torch.zeros(len(caps), dtype=torch.long).index_add_(
-            0, layout.segment_layer, torch.tensor(segment_caps, dtype=torch.long))
+            0, layout.segment_layer, torch.tensor(segment_caps, dtype=torch.long)
+        )
         room = sum(min(c, int(r)) for c, r in zip(caps, seg_room))
     for r in ratios:
         if prune_budget(n, r) > room:
-            raise ValueError(f"ratio {r} prunes {prune_budget(n, r)} of {n} channels, but "
-                             f"{limits} allow at most {room}; lower the ratio or relax the "
-                             "per-layer limits")
+            raise ValueError(
+                f"ratio {r} prunes {prune_budget(n, r)} of {n} channels, but "
+                f"{limits} allow at most {room}; lower the ratio or relax the "
+                "per-layer limits"
+            )
 
 
-def global_masks(scores: Mapping[str, Tensor], ratio: float, *, min_channels: int = 1,
-                 max_layer_ratio: Optional[float] = None) -> dict[str, Tensor]:
+def global_masks(
+    scores: Mapping[str, Tensor],
+    ratio: float,
+    *,
+    min_channels: int = 1,
+    max_layer_ratio: Optional[float] = None,
+) -> dict[str, Tensor]:
     """Per-layer keep-masks for one ratio from per-layer scores, one global threshold.
 
     >>> masks = global_masks({"a": torch.tensor([.9, .1]), "b": torch.tensor([.2, .3, .4])}, 0.4)

@@ -6,6 +6,7 @@ with one event per source device that the first read waits for.
 >>> type(state).__name__, plain_state(state)["w"].tolist()
 ('dict', [1.0, 1.0])
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -98,18 +99,19 @@ def copy_to_cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
         out[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
         out[k].copy_(v.detach(), non_blocking=True)
     done = []
-    for device in devices:                  # each copy ran on its source device's stream
+    for device in devices:  # each copy ran on its source device's stream
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(device))
         done.append(event)
     return CopyingState(out, done)
 
 
-def fetch_check(masks: dict[float, Tensor], rows: dict[float, Tensor],
-                scores: Tensor) -> tuple[dict[float, Tensor], dict[float, list[float]], bool]:
+def fetch_check(
+    masks: dict[float, Tensor], rows: dict[float, Tensor], scores: Tensor
+) -> tuple[dict[float, Tensor], dict[float, list[float]], bool]:
     """A pruner check's masks, distances and whether every score is finite, brought to the CPU
     in one copy (one synchronisation per check)."""
-    device = next(iter(masks.values())).device       # where the masks were drawn
+    device = next(iter(masks.values())).device  # where the masks were drawn
     parts = [torch.isfinite(scores).all().double().view(1).to(device)]
     parts += [masks[r].double() for r in masks]
     parts += [rows[r].to(device) for r in rows]
@@ -117,9 +119,9 @@ def fetch_check(masks: dict[float, Tensor], rows: dict[float, Tensor],
     finite, at = bool(packed[0]), 1
     host_masks, host_rows = {}, {}
     for r, m in masks.items():
-        host_masks[r] = packed[at:at + m.numel()].bool()
+        host_masks[r] = packed[at : at + m.numel()].bool()
         at += m.numel()
     for r, row in rows.items():
-        host_rows[r] = packed[at:at + row.numel()].tolist()
+        host_rows[r] = packed[at : at + row.numel()].tolist()
         at += row.numel()
     return host_masks, host_rows, finite

@@ -1,4 +1,5 @@
 """``EarlyBirdPruner``: draw early-bird tickets in any training loop, then prune for real."""
+
 from __future__ import annotations
 
 import logging
@@ -13,9 +14,19 @@ from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
 from ..errors import CheckpointError, NoTicketError, UnsupportedModelError
 from ..graph.attention import heads_layer, unit_width
-from ..graph import (ChannelGraph, check_runs, copy_model, find_classifier, memory_format_of,
-                    prune_model, refuse_untrained, resolve_layers, run_example,
-                    strip_coefficients, unwrap_model)
+from ..graph import (
+    ChannelGraph,
+    check_runs,
+    copy_model,
+    find_classifier,
+    memory_format_of,
+    prune_model,
+    refuse_untrained,
+    resolve_layers,
+    run_example,
+    strip_coefficients,
+    unwrap_model,
+)
 from ..graph.coefficients import kind_shares
 from ..run.io import attach_record, input_spec
 from .masks import check_room, keep_masks, layer_caps
@@ -60,11 +71,18 @@ class EarlyBirdPruner:
     torch.Size([2, 10])
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any,
-                 ratios: Optional[Sequence[float]] = None, *,
-                 config: Optional[EarlyBirdConfig] = None,
-                 ignored_layers: Sequence[Union[nn.Module, str]] = (), prune_head: bool = False,
-                 strict: bool = False, **settings: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        ratios: Optional[Sequence[float]] = None,
+        *,
+        config: Optional[EarlyBirdConfig] = None,
+        ignored_layers: Sequence[Union[nn.Module, str]] = (),
+        prune_head: bool = False,
+        strict: bool = False,
+        **settings: Any,
+    ) -> None:
         self.config = make_config(config, ratios, **settings)
         min_channels, max_layer_ratio = self.config.min_channels, self.config.max_layer_ratio
         self.model = unwrap_model(model)
@@ -74,27 +92,44 @@ class EarlyBirdPruner:
         output = run_example(self.model, example_inputs)
         if not prune_head:
             ignored += [m for m in find_classifier(self.model, output) if m not in ignored]
-        self.graph = ChannelGraph(self.model, example_inputs, ignored, self.config.score, strict,
-                                  self.config.coefficients, self.config.heads,
-                                  self.config.residual == "prune")
+        self.graph = ChannelGraph(
+            self.model,
+            example_inputs,
+            ignored,
+            self.config.score,
+            strict,
+            self.config.coefficients,
+            self.config.heads,
+            self.config.residual == "prune",
+        )
         self.layout, self.excluded = self.graph.layout, self.graph.excluded
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
         self._round = [1 if heads_layer(n) else self.config.round_to for n in self.layout.names]
-        check_room(self.layout, self.config.ratios, self._caps, self._seg_caps,
-                   f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}")
+        check_room(
+            self.layout,
+            self.config.ratios,
+            self._caps,
+            self._seg_caps,
+            f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}",
+        )
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
         self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
         # kept channels per layer at each check, for the rules that compare them (epi)
         self._counts: Optional[dict[float, list[list[int]]]] = (
-            {r: [] for r in self.config.ratios} if self.config.criterion in COUNTING else None)
+            {r: [] for r in self.config.ratios} if self.config.criterion in COUNTING else None
+        )
         self.iterations: list[int] = []
         self.tickets: dict[float, Ticket] = {}
-        self._trained = self._stripped = False          # coefficients seen moving; folded
-        log.info("earlybird: %d prunable channels in %d groups, ratios %s",
-                 self.layout.num_channels, len(self.layout.sizes), list(self.config.ratios))
+        self._trained = self._stripped = False  # coefficients seen moving; folded
+        log.info(
+            "earlybird: %d prunable channels in %d groups, ratios %s",
+            self.layout.num_channels,
+            len(self.layout.sizes),
+            list(self.config.ratios),
+        )
 
     # ----------------------------------------------------------------- the training-loop hooks
     def regularize(self) -> None:
@@ -118,24 +153,28 @@ class EarlyBirdPruner:
             The ratios whose ticket was drawn by this call (each ratio draws once).
         """
         self._trained = self._trained or refuse_untrained(
-            list(self.graph.coefficients.values()), not self.iterations, self._stripped)
-        scores = self.graph.scores()                      # on the model's device
+            list(self.graph.coefficients.values()), not self.iterations, self._stripped
+        )
+        scores = self.graph.scores()  # on the model's device
         flat = self._flat_masks(scores, self.config.ratios)
         near = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
-        masks, rows, finite = fetch_check(flat, near, scores)   # the check's one transfer
+        masks, rows, finite = fetch_check(flat, near, scores)  # the check's one transfer
         if not finite:
-            self._scores()                                   # names the layers, and raises
+            self._scores()  # names the layers, and raises
         check = len(self.iterations)
         self.iterations.append(check if iteration is None else int(iteration))
         drawn = []
         for ratio, mask in masks.items():
             self._masks[ratio].append(mask)
             self._rows[ratio].append(rows[ratio])
-            self._recent[ratio] = [flat[ratio], *(self._recent[ratio] or [])][:self.config.window - 1]
+            self._recent[ratio] = [flat[ratio], *(self._recent[ratio] or [])][: self.config.window - 1]
             counts = self._count(ratio, mask)
             if ratio not in self.tickets and self._criterion(
-                    Checks(self._rows[ratio], self.iterations, ratio, counts), self.config.window,
-                    self.config.epsilon, self.config.span):
+                Checks(self._rows[ratio], self.iterations, ratio, counts),
+                self.config.window,
+                self.config.epsilon,
+                self.config.span,
+            ):
                 self.tickets[ratio] = self._draw(ratio, check)
                 drawn.append(ratio)
         return drawn
@@ -169,10 +208,10 @@ class EarlyBirdPruner:
         """Distances of ``mask`` to the last ``window - 1`` masks, nearest first, computed where
         the mask is (the recent masks are kept there)."""
         recent = self._recent.get(ratio)
-        if recent is None:                         # after load_state_dict: from the history
-            recent = self._masks[ratio][-(self.config.window - 1):][::-1]
+        if recent is None:  # after load_state_dict: from the history
+            recent = self._masks[ratio][-(self.config.window - 1) :][::-1]
         if recent and recent[0].device != mask.device:
-            recent = [m.to(mask.device) for m in recent]                     # model moved
+            recent = [m.to(mask.device) for m in recent]  # model moved
         self._recent[ratio] = recent
         if not recent:
             return torch.zeros(0, dtype=torch.float64, device=mask.device)
@@ -183,14 +222,16 @@ class EarlyBirdPruner:
         bad = ~torch.isfinite(scores)
         if bad.any():
             layers = [n for n, b in self.layout.split(bad).items() if b.any()]
-            raise FloatingPointError(f"non-finite norm scales (NaN/inf) in {layers[:5]}"
-                                     f"{' ...' if len(layers) > 5 else ''}; training diverged")
+            raise FloatingPointError(
+                f"non-finite norm scales (NaN/inf) in {layers[:5]}"
+                f"{' ...' if len(layers) > 5 else ''}; training diverged"
+            )
         return scores
 
     def _record(self, ratio: float, mask: Tensor) -> None:
         """Record a (CPU) mask and its distances to the ones before it (state loading)."""
         history = self._masks[ratio]
-        earlier = history[-(self.config.window - 1):][::-1]
+        earlier = history[-(self.config.window - 1) :][::-1]
         row = (torch.stack(earlier) != mask).double().mean(1).tolist() if earlier else []
         history.append(mask)
         self._rows[ratio].append(row)
@@ -200,8 +241,13 @@ class EarlyBirdPruner:
     def _draw(self, ratio: float, check: int) -> Ticket:
         mask = self._masks[ratio][check]
         state = copy_to_cpu(self.model.state_dict()) if self.config.keep_weights else None
-        log.info("early-bird ticket p=%g drawn at check %d (iteration %d), distances %s", ratio,
-                 check, self.iterations[check], [round(d, 4) for d in self._rows[ratio][check]])
+        log.info(
+            "early-bird ticket p=%g drawn at check %d (iteration %d), distances %s",
+            ratio,
+            check,
+            self.iterations[check],
+            [round(d, 4) for d in self._rows[ratio][check]],
+        )
         return Ticket(ratio, check, self.iterations[check], mask, self.layout.split(mask), state)
 
     # ------------------------------------------------------------------------------- queries
@@ -248,8 +294,14 @@ class EarlyBirdPruner:
         raise ValueError(f"ratio {ratio} is not tracked; use {allowed}")
 
     # ------------------------------------------------------------------------------- pruning
-    def prune(self, ratio: float, *, force: bool = False,
-              optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None) -> Any:
+    def prune(
+        self,
+        ratio: float,
+        *,
+        force: bool = False,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        scheduler: Any = None,
+    ) -> Any:
         """A physically pruned deep copy of the model for the ticket of ``ratio``.
 
         The copy starts from the ticket's own weights (when kept) and loses exactly the ticket's
@@ -268,7 +320,8 @@ class EarlyBirdPruner:
             raise NoTicketError(
                 f"no early-bird ticket for ratio {ratio} yet after {len(self.iterations)} checks "
                 f"(tickets so far: {sorted(self.tickets)}); keep training, or pass force=True to "
-                "prune by the current mask")
+                "prune by the current mask"
+            )
         if scheduler is not None and optimizer is None:
             raise ValueError("scheduler= needs optimizer= (the scheduler drives the optimizer)")
         keep = ticket.masks if ticket is not None else self.masks(ratio)
@@ -276,13 +329,14 @@ class EarlyBirdPruner:
         if ticket is not None and ticket.state is not None and optimizer is None:
             small.load_state_dict(ticket.state)
         history = prune_model(small, self.example_inputs, keep, self.graph.ties)
-        small = small.to(memory_format=memory_format_of(self.model))   # channels_last stays
+        small = small.to(memory_format=memory_format_of(self.model))  # channels_last stays
         for name, mask in keep.items():
             layer = small.get_submodule(heads_layer(name) or name)
             width = unit_width(layer, name)
             if width != int(mask.sum()):
-                raise UnsupportedModelError(f"pruning left {name!r} with {width} channels where the "
-                                            f"ticket keeps {int(mask.sum())}")
+                raise UnsupportedModelError(
+                    f"pruning left {name!r} with {width} channels where the ticket keeps {int(mask.sum())}"
+                )
         check_runs(small, self.example_inputs, ratio)
         attach_record(small, history, self._spec)
         if optimizer is None:
@@ -297,13 +351,15 @@ class EarlyBirdPruner:
         """Everything needed to resume detection: tensors, numbers and strings only."""
         return {
             "format": STATE_FORMAT,
-            "names": list(self.layout.names), "sizes": list(self.layout.sizes),
+            "names": list(self.layout.names),
+            "sizes": list(self.layout.sizes),
             "ratios": list(self.config.ratios),
             "iterations": torch.tensor(self.iterations, dtype=torch.long),
             "masks": {str(r): self.history(r) for r in self.config.ratios},
-            "tickets": {str(r): {"check": t.check, **({"state": plain_state(t.state)} if t.state
-                                                         else {})}
-                        for r, t in self.tickets.items()},
+            "tickets": {
+                str(r): {"check": t.check, **({"state": plain_state(t.state)} if t.state else {})}
+                for r, t in self.tickets.items()
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -311,11 +367,14 @@ class EarlyBirdPruner:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"not an EarlyBirdPruner state (expected format {STATE_FORMAT!r})")
         if state["names"] != list(self.layout.names) or state["sizes"] != list(self.layout.sizes):
-            raise CheckpointError("this pruner state was saved for a model with other layers or "
-                                  "widths; build the pruner on the same architecture")
+            raise CheckpointError(
+                "this pruner state was saved for a model with other layers or "
+                "widths; build the pruner on the same architecture"
+            )
         if [float(r) for r in state["ratios"]] != list(self.config.ratios):
-            raise CheckpointError(f"state tracks ratios {state['ratios']}, this pruner "
-                                  f"{list(self.config.ratios)}")
+            raise CheckpointError(
+                f"state tracks ratios {state['ratios']}, this pruner {list(self.config.ratios)}"
+            )
         self.iterations = [int(i) for i in state["iterations"]]
         self.tickets = {}
         for ratio in self.config.ratios:
@@ -327,6 +386,6 @@ class EarlyBirdPruner:
             saved = state["tickets"].get(str(ratio))
             if saved is not None:
                 check, mask = int(saved["check"]), self._masks[ratio][int(saved["check"])]
-                self.tickets[ratio] = Ticket(ratio, check, self.iterations[check], mask,
-                                             self.layout.split(mask), saved.get("state"))
-
+                self.tickets[ratio] = Ticket(
+                    ratio, check, self.iterations[check], mask, self.layout.split(mask), saved.get("state")
+                )

@@ -1,4 +1,5 @@
 """``Ticket``: what an :class:`~earlybird.EarlyBirdPruner` draws."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ earlybird uses. In a single process every function is a no-op or returns its inp
 >>> all_sum({"correct": 3, "seen": 4}), from_rank0("mask")
 ({'correct': 3, 'seen': 4}, 'mask')
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Dist", "dist_env", "setup", "is_distributed", "barrier", "from_rank0", "all_sum",
-           "wrap", "sync_buffers"]
+__all__ = [
+    "Dist",
+    "dist_env",
+    "setup",
+    "is_distributed",
+    "barrier",
+    "from_rank0",
+    "all_sum",
+    "wrap",
+    "sync_buffers",
+]
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,11 @@ class Dist:
 
 def dist_env() -> Dist:
     """Rank, world size and local rank from torchrun's environment variables."""
-    return Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def setup(device: Optional[str] = None) -> tuple[Dist, torch.device]:

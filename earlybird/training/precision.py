@@ -8,6 +8,7 @@ exponent per sample). Optionally the weights are averaged over the last epochs (
 BatchNorm statistics recomputed for the average. The simulation runs in fp32 arithmetic, so on
 a CPU it is slower than fp32 training; the energy estimate charges 8-bit costs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,17 @@ from ..settings import document, option
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "ROUNDINGS", "LowPrecision", "PrecisionConfig",
-           "LowPrecisionUnavailable", "load_qtorch", "autocast", "unwrap_optimizer", "SWA"]
+__all__ = [
+    "PRECISIONS",
+    "ROUNDINGS",
+    "LowPrecision",
+    "PrecisionConfig",
+    "LowPrecisionUnavailable",
+    "load_qtorch",
+    "autocast",
+    "unwrap_optimizer",
+    "SWA",
+]
 
 PRECISIONS = ("fp32", "bf16", "q8")
 ROUNDINGS = ("stochastic", "nearest")
@@ -47,6 +57,7 @@ def load_qtorch() -> Any:
     require("lowp", "q8 (low-precision search)")
     try:
         import ninja  # the pip package ships the binary torch's extension builder calls
+
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
@@ -54,9 +65,11 @@ def load_qtorch() -> Any:
     if missing:
         raise LowPrecisionUnavailable(
             f"q8 needs qtorch's C++ extension, which needs {' and '.join(missing)} on PATH "
-            "(pip install ninja; apt-get install g++); fp32 and bf16 work without it")
+            "(pip install ninja; apt-get install g++); fp32 and bf16 work without it"
+        )
     try:
         from torch.utils.cpp_extension import _get_build_directory
+
         built = any(p.endswith(".so") for p in os.listdir(_get_build_directory("quant_cpu", False)))
     except Exception:  # noqa: BLE001 - only decides whether to announce the compile
         built = False
@@ -67,10 +80,13 @@ def load_qtorch() -> Any:
             import qtorch.quant
             import qtorch.optim
     except Exception as exc:  # noqa: BLE001
-        raise LowPrecisionUnavailable(f"qtorch's C++ extension did not build or load: "
-                                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
-                                      "fp32 and bf16 work without it") from exc
+        raise LowPrecisionUnavailable(
+            f"qtorch's C++ extension did not build or load: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
+            "fp32 and bf16 work without it"
+        ) from exc
     import qtorch
+
     return qtorch
 
 
@@ -83,6 +99,7 @@ def _optimised_build() -> Iterator[None]:
     3x faster (``benchmarks/q8_step.py``). The result is the same code, compiled better.
     """
     from torch.utils import cpp_extension
+
     plain = cpp_extension.load
 
     def load(*args: Any, **kwargs: Any) -> Any:
@@ -116,14 +133,19 @@ class LowPrecision:
         for name in ("wl_weight", "wl_grad", "wl_activate", "wl_error", "wl_momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 32:
-                raise ConfigError("{} must be an integer in [2, 32], got "
-                                  + ConfigError.value(value), name)
+                raise ConfigError("{} must be an integer in [2, 32], got " + ConfigError.value(value), name)
         if self.rounding not in ROUNDINGS:
-            raise ConfigError("{} must be one of " + ConfigError.value(list(ROUNDINGS))
-                              + ", got " + ConfigError.value(self.rounding), "rounding")
+            raise ConfigError(
+                "{} must be one of "
+                + ConfigError.value(list(ROUNDINGS))
+                + ", got "
+                + ConfigError.value(self.rounding),
+                "rounding",
+            )
 
     def _block(self, wl: int, dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
         from qtorch.quant import block_quantize
+
         return lambda x: block_quantize(x, wl=wl, dim=dim, rounding=self.rounding)
 
     def optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -135,18 +157,27 @@ class LowPrecision:
         """
         load_qtorch()
         from qtorch.optim import OptimLP
-        wrapped = OptimLP(optimizer, weight_quant=self._block(self.wl_weight, -1),
-                          grad_quant=self._block(self.wl_grad, -1),
-                          momentum_quant=self._block(self.wl_momentum, -1))
+
+        wrapped = OptimLP(
+            optimizer,
+            weight_quant=self._block(self.wl_weight, -1),
+            grad_quant=self._block(self.wl_grad, -1),
+            momentum_quant=self._block(self.wl_momentum, -1),
+        )
         dist = torch.distributed
-        if self.rounding == "stochastic" and dist.is_available() and dist.is_initialized() \
-                and dist.get_world_size() > 1:
+        if (
+            self.rounding == "stochastic"
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             params = [p for group in optimizer.param_groups for p in group["params"]]
 
             def rank0_weights(*_: Any) -> None:
                 with torch.no_grad():
                     for p in params:
                         dist.broadcast(p, 0)
+
             wrapped.register_step_post_hook(rank0_weights)
         return wrapped
 
@@ -155,9 +186,13 @@ class LowPrecision:
         layer, through hooks; returns the hook handles (``.remove()`` them to undo)."""
         qtorch = load_qtorch()
         from qtorch.quant import quantizer
-        q = quantizer(forward_number=qtorch.BlockFloatingPoint(wl=self.wl_activate, dim=0),
-                      backward_number=qtorch.BlockFloatingPoint(wl=self.wl_error, dim=0),
-                      forward_rounding=self.rounding, backward_rounding=self.rounding)
+
+        q = quantizer(
+            forward_number=qtorch.BlockFloatingPoint(wl=self.wl_activate, dim=0),
+            backward_number=qtorch.BlockFloatingPoint(wl=self.wl_error, dim=0),
+            forward_rounding=self.rounding,
+            backward_rounding=self.rounding,
+        )
         handles = []
         for m in model.modules():
             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -176,12 +211,14 @@ class PrecisionConfig:
     """
 
     search_precision: str = option(
-        "fp32", "the dense search: fp32 | bf16 autocast | q8 (8-bit training simulated by "
-        "qtorch)", choices=PRECISIONS)
-    retrain_precision: str = option("fp32", "the retrain of the pruned network",
-                                    choices=PRECISIONS)
-    swa: bool = option(False, "average the weights over the last epochs (SWALP) and refresh "
-                              "the BatchNorm statistics")
+        "fp32",
+        "the dense search: fp32 | bf16 autocast | q8 (8-bit training simulated by qtorch)",
+        choices=PRECISIONS,
+    )
+    retrain_precision: str = option("fp32", "the retrain of the pruned network", choices=PRECISIONS)
+    swa: bool = option(
+        False, "average the weights over the last epochs (SWALP) and refresh the BatchNorm statistics"
+    )
     swa_start: Optional[int] = option(None, "first averaged epoch (None: 7/8 of the epochs)")
     q8: LowPrecision = option(default_factory=LowPrecision, group="8-bit training (q8)")
 
@@ -189,8 +226,13 @@ class PrecisionConfig:
         for name in ("search_precision", "retrain_precision"):
             value = getattr(self, name)
             if value not in PRECISIONS:
-                raise ConfigError("{} must be one of " + ConfigError.value(list(PRECISIONS))
-                                  + ", got " + ConfigError.value(value), name)
+                raise ConfigError(
+                    "{} must be one of "
+                    + ConfigError.value(list(PRECISIONS))
+                    + ", got "
+                    + ConfigError.value(value),
+                    name,
+                )
 
 
 def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -215,8 +257,11 @@ class SWA:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.count = 0
-        self.mean = {k: torch.zeros_like(v, dtype=torch.float32)
-                     for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.mean = {
+            k: torch.zeros_like(v, dtype=torch.float32)
+            for k, v in model.state_dict().items()
+            if v.is_floating_point()
+        }
 
     def update(self) -> None:
         self.count += 1
@@ -230,8 +275,9 @@ class SWA:
         if self.count == 0:
             return
         state = self.model.state_dict()
-        self.model.load_state_dict({k: (self.mean[k].to(v.dtype) if k in self.mean else v)
-                                    for k, v in state.items()})
+        self.model.load_state_dict(
+            {k: (self.mean[k].to(v.dtype) if k in self.mean else v) for k, v in state.items()}
+        )
         torch.optim.swa_utils.update_bn(batches, self.model)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The optimizer recipe: SGD with momentum and weight decay, the learning rate decayed in steps
 (the reference's: lr 0.1, x0.1 at 50 % and 75 % of the epochs)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class Recipe:
 
     epochs: int = option(160, "length of the schedule in epochs")
     schedule: Optional[Sequence[int]] = option(
-        None, "epochs where the lr decays (None: 50 % and 75 % of the epochs)")
+        None, "epochs where the lr decays (None: 50 % and 75 % of the epochs)"
+    )
     gamma: float = option(0.1, "lr decay factor")
     lr: float = option(0.1, "initial learning rate")
     momentum: float = option(0.9, "SGD momentum")
@@ -53,11 +55,12 @@ class Recipe:
         v = ConfigError.value
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError("{} must be >= 1, got " + v(self.epochs), "epochs")
-        schedule = (list(self.schedule) if self.schedule is not None
-                    else default_schedule(self.epochs))
+        schedule = list(self.schedule) if self.schedule is not None else default_schedule(self.epochs)
         if not (all(0 < s < self.epochs for s in schedule) and schedule == sorted(schedule)):
-            raise ConfigError("{} must be increasing epochs inside (0, " + str(self.epochs)
-                              + "), got " + v(schedule), "schedule")
+            raise ConfigError(
+                "{} must be increasing epochs inside (0, " + str(self.epochs) + "), got " + v(schedule),
+                "schedule",
+            )
         object.__setattr__(self, "schedule", tuple(int(s) for s in schedule))
         if not self.lr > 0:
             raise ConfigError("{} must be > 0", "lr")
@@ -70,5 +73,6 @@ class Recipe:
 
     def optimizer(self, model: nn.Module, epoch: int = 0) -> torch.optim.SGD:
         """SGD over ``model``'s parameters at the learning rate of ``epoch``."""
-        return torch.optim.SGD(model.parameters(), lr=self.lr_at(epoch), momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr_at(epoch), momentum=self.momentum, weight_decay=self.weight_decay
+        )

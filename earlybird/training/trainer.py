@@ -15,6 +15,7 @@ through :class:`Trainer`.
 >>> trainer.epoch, trainer.step, len(result["epoch_s"]), result["images_per_epoch"]
 (2, 4, 2, 8)
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,7 @@ from .recipe import Recipe, default_schedule, lr_at
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
 
-__all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "memory_format",
-           "Progress"]
+__all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "memory_format", "Progress"]
 
 Progress = Callable[[Iterable, str, int], Iterable]
 
@@ -55,8 +55,12 @@ def memory_format(model: nn.Module, device: torch.device) -> torch.memory_format
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if device.type == "cuda":
         return torch.channels_last if convs else torch.contiguous_format
-    even = all(c % 8 == 0 for m in convs for c in (m.out_channels, m.in_channels)
-               if not (m.in_channels == c and c <= 4))             # the image's 1-4 channels
+    even = all(
+        c % 8 == 0
+        for m in convs
+        for c in (m.out_channels, m.in_channels)
+        if not (m.in_channels == c and c <= 4)
+    )  # the image's 1-4 channels
     return torch.channels_last if convs and even else torch.contiguous_format
 
 
@@ -93,26 +97,36 @@ class Trainer:
     same network; losses, accuracies and image counts are summed over ranks.
     """
 
-    def __init__(self, model: nn.Module, recipe: Recipe, batches: Any, *, test: Any = None,
-                 device: Optional[torch.device] = None, precision: str = "fp32",
-                 low_precision: Optional[LowPrecision] = None,
-                 regularize: Optional[Callable[[], None]] = None,
-                 weight_masks: Optional[Mapping[nn.Parameter, torch.Tensor]] = None,
-                 check_every: Optional[int] = None,
-                 on_check: Optional[Callable[[int], bool]] = None,
-                 progress: Optional[Progress] = None, stage: str = "train", epoch: int = 0,
-                 step: Optional[int] = None,
-                 layout: Optional[torch.memory_format] = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        batches: Any,
+        *,
+        test: Any = None,
+        device: Optional[torch.device] = None,
+        precision: str = "fp32",
+        low_precision: Optional[LowPrecision] = None,
+        regularize: Optional[Callable[[], None]] = None,
+        weight_masks: Optional[Mapping[nn.Parameter, torch.Tensor]] = None,
+        check_every: Optional[int] = None,
+        on_check: Optional[Callable[[int], bool]] = None,
+        progress: Optional[Progress] = None,
+        stage: str = "train",
+        epoch: int = 0,
+        step: Optional[int] = None,
+        layout: Optional[torch.memory_format] = None,
+        compile: bool = False,
+    ) -> None:
         self.device = device or next(model.parameters()).device
         self.model = model.to(self.device)
         self.recipe, self.batches, self.test, self.precision = recipe, batches, test, precision
-        self.check_every, self.on_check, self.progress, self.stage = (check_every, on_check,
-                                                                      progress, stage)
+        self.check_every, self.on_check, self.progress, self.stage = (check_every, on_check, progress, stage)
         self.epoch = epoch
         self.step = epoch * len(batches) if step is None else step
         self.layout = layout or memory_format(model, self.device)
         if self.device.type == "cuda" and self.layout == torch.channels_last:
-            model.to(memory_format=torch.channels_last)   # weights too: no re-layout per conv
+            model.to(memory_format=torch.channels_last)  # weights too: no re-layout per conv
         self.optimizer: torch.optim.Optimizer = recipe.optimizer(model, epoch)
         self._hooks: list = []
         if precision == "q8":
@@ -148,12 +162,17 @@ class Trainer:
         started, joules = time.perf_counter(), self.meter.read()
         stats, stop = self._epoch(self.epoch)
         distributed.sync_buffers(self.model)
-        record = {"epoch": self.epoch, "step": self.step, "lr": lr, **stats,
-                  "train_s": time.perf_counter() - started, "precision": self.precision,
-                  "stop": stop}
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": lr,
+            **stats,
+            "train_s": time.perf_counter() - started,
+            "precision": self.precision,
+            "stop": stop,
+        }
         if joules is not None:
-            record.update(train_j=cast(float, self.meter.read()) - joules,
-                          energy_sources=self.meter.sources)
+            record.update(train_j=cast(float, self.meter.read()) - joules, energy_sources=self.meter.sources)
         self.epoch += 1
         return record
 
@@ -166,8 +185,11 @@ class Trainer:
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen, stop = 0, False
-        batches = self.batches if self.progress is None else self.progress(
-            self.batches, f"{self.stage} epoch {epoch}", len(self.batches))
+        batches = (
+            self.batches
+            if self.progress is None
+            else self.progress(self.batches, f"{self.stage} epoch {epoch}", len(self.batches))
+        )
         for b, (x, y) in enumerate(batches):
             if kill and kill == (self.stage, epoch, str(b)):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -185,17 +207,21 @@ class Trainer:
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
             if hasattr(batches, "set_postfix") and b % 20 == 0:
-                batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}",
-                                    acc=f"{100 * int(correct) / seen:.1f}", refresh=False)
+                batches.set_postfix(
+                    loss=f"{float(total_loss) / seen:.3f}",
+                    acc=f"{100 * int(correct) / seen:.1f}",
+                    refresh=False,
+                )
             if self.check_every and self.on_check and self.step % self.check_every == 0:
                 if self.on_check(self.step):
                     stop = True
                     break
-        stats = distributed.all_sum({"loss": float(total_loss), "correct": int(correct),
-                                     "seen": seen})
-        return {"loss": stats["loss"] / max(stats["seen"], 1),
-                "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
-                "samples": int(stats["seen"])}, stop
+        stats = distributed.all_sum({"loss": float(total_loss), "correct": int(correct), "seen": seen})
+        return {
+            "loss": stats["loss"] / max(stats["seen"], 1),
+            "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
+            "samples": int(stats["seen"]),
+        }, stop
 
     def evaluate(self) -> dict[str, Any]:
         """Top-1 test accuracy (%), the images it saw and the seconds it took."""
@@ -207,10 +233,14 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------ a run
-    def fit(self, last_epoch: Optional[int] = None, *,
-            before_epoch: Optional[Callable[[int], bool]] = None,
-            after_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
-            eval_every_epoch: bool = True) -> dict[str, Any]:
+    def fit(
+        self,
+        last_epoch: Optional[int] = None,
+        *,
+        before_epoch: Optional[Callable[[int], bool]] = None,
+        after_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+        eval_every_epoch: bool = True,
+    ) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``last_epoch`` (default: the recipe's end).
 
         ``before_epoch(epoch) -> stop`` runs before each epoch and once after the last;
@@ -240,8 +270,14 @@ class Trainer:
                 after_epoch(record)
         if not trained and self.test is not None:
             test_acc = self.evaluate()["test_acc"]
-        return {"test_acc": test_acc, "accs": accs, "train_s": sum(epoch_s), "epoch_s": epoch_s,
-                "images_per_epoch": images, "stopped": stopped}
+        return {
+            "test_acc": test_acc,
+            "accs": accs,
+            "train_s": sum(epoch_s),
+            "epoch_s": epoch_s,
+            "images_per_epoch": images,
+            "stopped": stopped,
+        }
 
     def close(self) -> None:
         """Remove the 8-bit activation hooks from the model."""
@@ -252,9 +288,13 @@ class Trainer:
     # ---------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer, position and the CPU random state: tensors and numbers only."""
-        return {"model": self.model.state_dict(),
-                "optimizer": unwrap_optimizer(self.optimizer).state_dict(),
-                "epoch": self.epoch, "step": self.step, "rng": torch.get_rng_state()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": unwrap_optimizer(self.optimizer).state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": torch.get_rng_state(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (as if never interrupted)."""
@@ -265,9 +305,13 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Any, device: torch.device = CPU,
-             precision: str = "fp32",
-             layout: torch.memory_format = torch.contiguous_format) -> tuple[float, int]:
+def evaluate(
+    model: nn.Module,
+    batches: Any,
+    device: torch.device = CPU,
+    precision: str = "fp32",
+    layout: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, int]:
     """Top-1 accuracy in percent and the number of images seen (summed over ranks)."""
     model.eval()
     correct, seen = 0, 0
