@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import common, detection, suite as S  # noqa: E402
 from benchmarks.rules import rule_spec  # noqa: E402
-from benchmarks.suite import drawpoints, drawreport  # noqa: E402
+from benchmarks.suite import drawcli, drawpoints, drawreport  # noqa: E402
 from earlybird.search.config import EarlyBirdConfig  # noqa: E402
 
 SUMMARY_KEYS = {"setting", "rule", "is_default", "ratio", "seeds", "draw_share_mean",
@@ -70,7 +70,7 @@ def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
                             "accuracy_vs_inference.png"}
     drawreport.rewrite(results, "plateau")
     assert {p.name: p.read_bytes() for p in results.iterdir()} == written
-    top = json.loads(drawreport.merge(results.parent).read_text())
+    top = json.loads(drawcli.merge(results.parent).read_text())
     assert len(top["rows"]) == len(rules) * len(suite.ratios)
     assert all(set(row) == SUMMARY_KEYS for row in top["rows"])
     assert [r["rule"] for r in top["rows"] if r["is_default"]] == ["plateau", "plateau"]

@@ -3,6 +3,7 @@ runs :mod:`.drawpoints` on a suite setting and writes :mod:`.drawreport`'s repor
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -17,7 +18,7 @@ from benchmarks.suite.config import RESULTS, load_suite, settings
 from benchmarks.suite.drawpoints import DEFAULT_RULE, GRID, STUDY_RULES, run
 from benchmarks.suite.runner import cache_dir
 
-__all__ = ["parse", "main"]
+__all__ = ["parse", "merge", "main"]
 
 
 def parse(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -54,6 +55,18 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
+def merge(folder: Path) -> Path:
+    """``summary.json`` of every setting studied under ``folder`` (one subfolder each) in one
+    file: the library's default and all rows."""
+    parts = [json.loads(p.read_text()) for p in sorted(folder.glob("*/summary.json"))]
+    if not parts:
+        raise ValueError(f"no study under {folder}")
+    path = folder / "summary.json"
+    common.write_json(path, {"default": parts[0]["default"],
+                             "rows": [r for p in parts for r in p["rows"]]})
+    return path
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
     suite = load_suite(args.setting)
@@ -61,7 +74,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.rerender:
             drawreport.rewrite(out, DEFAULT_RULE)
-            drawreport.merge(out.parent)
+            merge(out.parent)
             print((out / "README.md").read_text())
             return 0
         if args.seeds:
@@ -80,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "wall_min": (time.perf_counter() - started) / 60}
         drawreport.write(suite, cache_dir(suite, args.cache), grid, rules, out, meta,
                          DEFAULT_RULE)
-        drawreport.merge(out.parent)
+        merge(out.parent)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

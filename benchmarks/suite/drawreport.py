@@ -180,6 +180,26 @@ def _cell(group: dict, ns: dict) -> str:
             f"{group['flops'] / 1e6:.2f} | {group['params'] / 1e3:.1f} | {ratio}")
 
 
+def collapsed(results: dict) -> list[str]:
+    """The finetunes that ended within a point of chance (a layer's whole signal lost), which a
+    mean over seeds would hide.
+
+    >>> collapsed({"setting": {"num_classes": 10}, "reference": [
+    ...     {"method": "ns", "seed": 1, "ratio": 0.7, "test_acc": 10.0, "params": 13663}],
+    ...     "rows": [{"seed": 0, "ratio": 0.5, "test_acc": 71.2, "draw_epoch": 8}]})
+    ['NS, p = 0.7, seed 1: 10.00 % (13.7 k params)']
+    """
+    chance = 100 / results["setting"].get("num_classes", 10)
+    found = []
+    for r in [*results["reference"], *results["rows"]]:
+        what = ("dense" if r.get("method") == "dense" else f"NS, p = {r['ratio']:g}"
+                if r.get("method") == "ns" else f"p = {r['ratio']:g} drawn at epoch {r['draw_epoch']:g}")
+        if r["test_acc"] <= chance + 1:
+            found.append(f"{what}, seed {r['seed']}: {r['test_acc']:.2f} % "
+                         f"({r['params'] / 1e3:.1f} k params)")
+    return found
+
+
 def markdown(results: dict, summary: dict, decision: dict, meta: dict) -> str:
     st, epochs = results["setting"], results["setting"]["epochs"]
     done = len(results["seeds"])
@@ -197,6 +217,10 @@ def markdown(results: dict, summary: dict, decision: dict, meta: dict) -> str:
     if dense["acc"]:
         lines += [f"Dense (no slimming, full schedule): **{common.mean_std(dense['acc'])} %** "
                   f"({len(dense['acc'])} seeds), {dense['flops'] / 1e6:.2f} MFLOPs.", ""]
+    if fell := collapsed(results):
+        lines += ["**At chance accuracy** (the network lost a layer's whole signal, typically a "
+                  "layer pruned to one channel; included in the means below): "
+                  + "; ".join(fell) + ".", ""]
     lines += ["## The curve: tickets drawn at fixed epochs", "",
               "Mean ± std over the seeds measured (n). Δ NS: against network slimming at the "
               "same ratio. MFLOPs and parameters are the pruned network's (inference, one "
@@ -283,15 +307,3 @@ def rewrite(out: Path, default_rule: str) -> dict:
     if not path.exists():
         raise ValueError(f"{path} does not exist; run the study first")
     return render(json.loads(path.read_text()), out, default_rule)
-
-
-def merge(folder: Path) -> Path:
-    """``summary.json`` of every setting studied under ``folder`` (one subfolder each) in one
-    file: the library's default and all rows."""
-    parts = [json.loads(p.read_text()) for p in sorted(folder.glob("*/summary.json"))]
-    if not parts:
-        raise ValueError(f"no study under {folder}")
-    path = folder / "summary.json"
-    common.write_json(path, {"default": parts[0]["default"],
-                             "rows": [r for p in parts for r in p["rows"]]})
-    return path
