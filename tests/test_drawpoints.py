@@ -76,6 +76,23 @@ def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
     assert [r["rule"] for r in top["rows"] if r["is_default"]] == ["plateau", "plateau"]
     ns = {r: out[0]["reference"][("ns", r)]["test_acc"] for r in suite.ratios}
     assert all(row["ns_acc_mean"] == ns[row["ratio"]] for row in top["rows"])
+    # a held-out setting: no grid, the rules' points, dense and NS only (all cached already)
+    held = drawpoints.run(suite, tmp_path, 1, (), rules, progress=lambda line: None)
+    assert set(held[0]["rows"]) == {(r, *point) for r in suite.ratios
+                                    for point in _points(slim, r, rules)}
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    alone = drawreport.write(suite, tmp_path / "draw", (), rules, tmp_path / "held", meta,
+                             "plateau")
+    assert all(not entry["curve"] for entry in alone["ratios"].values())
+    assert alone["ratios"]["0.5"]["rules"] == summary["ratios"]["0.5"]["rules"]
+    assert "No fixed draw epochs (a held-out setting)." in (tmp_path / "held" / "README.md").read_text()
+    assert (tmp_path / "held" / "draw-point.png").stat().st_size > 0
+
+
+def _points(slim, ratio, rules):
+    """Each rule's point as the study keys it: (epoch, None) on an epoch boundary."""
+    found = [drawpoints.rule_point(slim, ratio, rule, 8) for rule in rules]
+    return [(e, None if s == 4 * e else s) for e, s in (p for p in found if p is not None)]
 
 
 def test_the_summary_names_the_librarys_default_rule():

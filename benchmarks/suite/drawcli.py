@@ -26,8 +26,9 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python benchmarks/detection.py --setting",
                                 description="The draw-point study on a suite setting.")
     p.add_argument("--setting", required=True, help=f"one of {settings()}")
-    p.add_argument("--draw-epochs", type=int, nargs="+", default=list(GRID),
-                   help=f"the grid of draw epochs ({' '.join(map(str, GRID))})")
+    p.add_argument("--draw-epochs", type=int, nargs="*", default=list(GRID),
+                   help=f"the grid of draw epochs ({' '.join(map(str, GRID))}); none: only the "
+                   "rules' own points, dense and NS (a held-out setting)")
     p.add_argument("--rules", nargs="+", default=list(STUDY_RULES),
                    help="rules whose draw points are finetuned (benchmarks/rules.py)")
     p.add_argument("--seeds", type=int, nargs="+", help="only these of the setting's seeds")

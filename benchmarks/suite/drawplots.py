@@ -39,7 +39,8 @@ def curve(results: dict, summary: dict, out: Path) -> None:
             ax.axhspan(ns["acc_mean"] - 0.3, ns["acc_mean"] + 0.3, color="tab:red", alpha=0.08)
         ax.axvline(15, color="0.5", ls=":", lw=1)
         ax.set_xscale("log")
-        shares = [100 * e / epochs for e in results["grid"]]
+        shares = [100 * e / epochs for e in results["grid"]] or [
+            100 * s for got in entry["rules"].values() for s in got["draw_share"]] or [1, 100]
         ax.set_xlim(min(shares) * 0.8, max(shares) * 1.25)
         ax.set_xticks([t for t in (1, 2, 3, 5, 10, 15, 25, 50, 100)
                        if min(shares) * 0.8 <= t <= max(shares) * 1.25])

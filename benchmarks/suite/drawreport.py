@@ -224,7 +224,8 @@ def markdown(results: dict, summary: dict, decision: dict, meta: dict) -> str:
     lines += ["## The curve: tickets drawn at fixed epochs", "",
               "Mean ± std over the seeds measured (n). Δ NS: against network slimming at the "
               "same ratio. MFLOPs and parameters are the pruned network's (inference, one "
-              "image). NS / this: network slimming's training FLOPs over this ticket's.", "",
+              "image). NS / this: network slimming's training FLOPs over this ticket's."
+              + ("" if results["grid"] else " No fixed draw epochs (a held-out setting)."), "",
               "| p | draw epoch | share | n | test acc % | Δ NS | MFLOPs | k params | "
               "NS / this |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for ratio, entry in summary["ratios"].items():
