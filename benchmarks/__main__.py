@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks import common, suite as S
+from benchmarks.suite.kinds import kind_distances
 from earlybird.training.recipe import default_schedule
 
 
@@ -178,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "train_images": len(data.train) * suite.setting.batch_size,
             "test_images": test_images}
     out = args.out or S.RESULTS / suite.name
-    S.write_results(suite, rows, out, meta)
+    S.write_results(suite, rows, out, meta, kind_distances(suite, args.cache))
     print((out / "README.md").read_text())
     return 0
 

@@ -506,3 +506,30 @@ def test_claims_are_read_from_the_table():
     assert "| eb | 0.5 | 79.00 | 77.00 | +2.00 | 1.12 | **missed** |" in text
     # settings without claims=True (quick, mini) render as they always have
     assert "claims" not in S.summarize(replace(suite, claims=False), rows)
+
+
+def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_results(tmp_path):
+    # a 3-epoch ViT slimming run (issue #26: do the head and MLP masks settle early?)
+    from benchmarks.suite.kinds import kind_distances
+    small = S.dry_run(S.load_suite("vit-cifar"))
+    small = replace(small, methods=("ns",), setting=replace(small.setting, epochs=3, schedule=(2,)))
+    rows = S.run(small, tmp_path / "cache", 1, progress=lambda line: None)
+    data = kind_distances(small, tmp_path / "cache")
+    assert data["epochs"] == [0, 1, 2, 3] and data["seed"] == 0
+    assert {k: e["units"] for k, e in data["kinds"].items()} == {
+        "channels": 96, "units": 1536, "heads": 12}    # embedding, 4 MLPs of 384, 4 x 3 heads
+    for entry in data["kinds"].values():
+        matrix = torch.tensor(entry["ratios"]["0.3"])
+        assert matrix.shape == (4, 4) and torch.equal(matrix, matrix.T)
+        assert not matrix.diagonal().any() and bool((matrix[0, 1:] > 0).all())
+    meta = {"command": "c", "machine": "m", "wall_min": 1.0, "date": "d", "train_images": 4,
+            "test_images": 4}
+    out = tmp_path / "results"
+    S.write_results(small, rows, out, meta, data)
+    readme = (out / "README.md").read_text()
+    assert "## Do the masks of each kind settle early?" in readme and "| heads | 12 | 0.3 |" in readme
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "mask_distance_by_kind.png" in written
+    (out / "README.md").write_text("older")
+    S.rewrite_results(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written

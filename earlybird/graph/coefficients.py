@@ -33,6 +33,8 @@ __all__ = [
     "coefficient_modules",
     "refuse_untrained",
     "group_coefficients",
+    "unit_kind",
+    "kind_shares",
     "ATTRIBUTE",
 ]
 
@@ -269,6 +271,21 @@ def group_coefficients(
     return {made[name]: {(position[unit[c]], c) for c in range(size)}}
 
 
+def unit_kind(name: str, coefficient_names: set) -> str:
+    """The kind of unit a layout group holds: ``heads`` or ``head_dims`` (attention, by their
+    ``:heads``/``:dims`` suffix), ``units`` (scored by slimming coefficients) or ``channels``
+    (by norm scales).
+
+    >>> [unit_kind(n, {"fc1"}) for n in ("stem", "fc1", "attn:heads", "attn:dims")]
+    ['channels', 'units', 'heads', 'head_dims']
+    """
+    if name.endswith(":heads"):
+        return "heads"
+    if name.endswith(":dims"):
+        return "head_dims"
+    return "units" if name in coefficient_names else "channels"
+
+
 def kind_shares(layout: Any, mask: Tensor, coefficient_names: set) -> dict[str, float]:
     """The share of each kind of unit a flat keep-``mask`` prunes: ``channels`` (layers scored
     by norm scales), ``units`` (by coefficients), ``heads`` and ``head_dims``.
@@ -280,16 +297,7 @@ def kind_shares(layout: Any, mask: Tensor, coefficient_names: set) -> dict[str, 
     """
     pruned: dict[str, list[int]] = {}
     for name, part in layout.split(mask).items():
-        kind = (
-            "heads"
-            if name.endswith(":heads")
-            else "head_dims"
-            if name.endswith(":dims")
-            else "units"
-            if name in coefficient_names
-            else "channels"
-        )
-        counts = pruned.setdefault(kind, [0, 0])
+        counts = pruned.setdefault(unit_kind(name, coefficient_names), [0, 0])
         counts[0] += int((~part.bool()).sum())
         counts[1] += part.numel()
     return {kind: cut / total for kind, (cut, total) in pruned.items()}

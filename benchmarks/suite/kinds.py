@@ -1,0 +1,117 @@
+"""Do the masks of each kind of unit settle early? Mask distances per kind (issue #26).
+
+A transformer's ticket prunes several kinds of unit at once: attention heads, MLP units scored
+by slimming coefficients, channels scored by norm scales. The paper's evidence for early-bird
+tickets is that the mask stops moving early in training (its Figure 3, pairwise distances
+between the masks of every two epochs). :func:`kind_distances` splits one seed's recorded masks
+(the ``slim`` stage's, at every epoch boundary) by kind and computes that matrix per kind and
+ratio; the report shows it as a plot and gives, per kind, the first epoch from which
+consecutive masks stay within the detection threshold. Everything is plain data, stored in
+``results.json``, so a committed report renders again without the cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+import earlybird as eb
+from benchmarks import common
+from benchmarks.suite.config import Suite
+from benchmarks.suite.runner import cache_dir
+from benchmarks.suite.stages import SLIM
+from earlybird.graph.coefficients import unit_kind
+from earlybird.run.io import atomic_write, safe_load
+from earlybird.search.distance import pairwise_distances
+
+SETTLED = 0.1          # the reference rule's epsilon: consecutive masks closer than this
+
+
+def kind_distances(suite: Suite, cache: Path, seed: int = 0) -> Optional[dict[str, Any]]:
+    """Per kind of unit and ratio, the pairwise distances between the masks of every two epoch
+    boundaries of ``seed``'s slimming run; None without that run or with one kind only."""
+    path = cache_dir(suite, cache) / f"seed{seed}" / "slim.pt"
+    if not path.exists():
+        return None
+    slim = safe_load(path, SLIM)
+    st = suite.setting
+    pruner = eb.EarlyBirdPruner(common.build(st, seed), common.example(st), suite.ratios,
+                                sparsity=st.s, keep_weights=False)
+    layout = pruner.layout
+    if list(layout.sizes) != [int(s) for s in slim["sizes"]]:
+        raise ValueError(f"{path}: its masks were recorded on another layout of the network")
+    coefficients = set(pruner.graph.coefficients)
+    kinds: dict[str, list[int]] = {}
+    start = 0
+    for name, size in zip(layout.names, layout.sizes):
+        kinds.setdefault(unit_kind(name, coefficients), []).extend(range(start, start + size))
+        start += size
+    if len(kinds) < 2:
+        return None
+    spe, steps = int(slim["steps_per_epoch"]), [int(s) for s in slim["steps"]]
+    rows = [i for i, s in enumerate(steps) if s % spe == 0]
+    out: dict[str, Any] = {"seed": seed, "epochs": [steps[i] // spe for i in rows], "kinds": {}}
+    for kind, idx in kinds.items():
+        index = torch.tensor(idx)
+        out["kinds"][kind] = {"units": len(idx), "ratios": {
+            f"{r:g}": [[round(float(v), 4) for v in line] for line in pairwise_distances(
+                slim["masks"][f"{r:g}"][rows][:, index]).tolist()] for r in suite.ratios}}
+    return out
+
+
+def settle_epoch(distances: list[list[float]], epochs: list[int],
+                 threshold: float = SETTLED) -> Optional[int]:
+    """The first epoch from which every two consecutive masks differ by less than
+    ``threshold``, or None if the last step still moves more.
+
+    >>> settle_epoch([[0, .3, .3, .3], [.3, 0, .05, .06], [.3, .05, 0, .02], [.3, .06, .02, 0]],
+    ...              [0, 1, 2, 3])
+    1
+    """
+    first = None
+    for i in range(1, len(epochs)):
+        if distances[i - 1][i] < threshold:
+            first = epochs[i - 1] if first is None else first
+        else:
+            first = None
+    return first
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The section of the report: per kind, units and the epoch its masks settle at."""
+    lines = ["", "## Do the masks of each kind settle early?", "",
+             f"Seed {data['seed']}'s slimming run, masks at every epoch boundary, split by the "
+             "kind of unit (`mask_distance_by_kind.png`: the distance between every two epochs' "
+             f"masks). Settles at: the first epoch from which consecutive masks differ by less "
+             f"than {SETTLED:g}.", "", "| kind | units | p | settles at epoch | of |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    last = data["epochs"][-1]
+    for kind, entry in data["kinds"].items():
+        for ratio, matrix in entry["ratios"].items():
+            at = settle_epoch(matrix, data["epochs"])
+            lines.append(f"| {kind} | {entry['units']:,} | {ratio} | "
+                         f"{'never' if at is None else at} | {last} |")
+    return lines
+
+
+def plot(data: dict[str, Any], out: Path) -> None:
+    """A heatmap per kind (rows) and ratio (columns) of the pairwise mask distances."""
+    plt = common.pyplot()
+    kinds = list(data["kinds"])
+    ratios = list(next(iter(data["kinds"].values()))["ratios"])
+    epochs = data["epochs"]
+    fig, axes = plt.subplots(len(kinds), len(ratios), figsize=(4.4 * len(ratios),
+                                                               3.8 * len(kinds)), squeeze=False)
+    span = (epochs[0] - 0.5, epochs[-1] + 0.5, epochs[0] - 0.5, epochs[-1] + 0.5)
+    for row, kind in zip(axes, kinds):
+        for ax, ratio in zip(row, ratios):
+            matrix = data["kinds"][kind]["ratios"][ratio]
+            image = ax.imshow(matrix, cmap="viridis_r", origin="lower", vmin=0, extent=span)
+            fig.colorbar(image, ax=ax, label="mask distance")
+            ax.set_title(f"{kind} ({data['kinds'][kind]['units']:,}), p = {ratio}")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("epoch")
+    fig.tight_layout()
+    atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    plt.close(fig)
