@@ -237,7 +237,7 @@ def write_json(path: Path, payload: Any) -> None:
     io.write_json(path, payload, indent=1)
 
 
-def machine(jobs: int, world: int = 1) -> str:
+def machine(jobs: int, world: int = 1, threads: Optional[int] = None) -> str:
     try:
         with open("/proc/meminfo") as f:
             ram = f", {int(f.readline().split()[1]) / 2 ** 20:.0f} GiB RAM"
@@ -248,7 +248,7 @@ def machine(jobs: int, world: int = 1) -> str:
     if world > 1:
         workers = f"torchrun, {world} data-parallel processes"
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         workers = f"{jobs} worker process(es) with {threads} torch thread(s) each"
     return (f"{os.cpu_count()} CPU cores ({cpu_model()}){ram}, {gpus}, {workers}, "
             f"{platform.system()} {platform.machine()}, torch {torch.__version__}")

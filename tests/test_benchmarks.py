@@ -108,3 +108,20 @@ def test_round_to_script_prunes_one_ticket_three_ways_and_times_each(monkeypatch
     times = round_to.measure(models, batch=4, repeats=1)
     assert sorted(times) == [(k, c) for k in (1, 8, 16) for c in (False, True)]
     assert all(t > 0 for t in times.values())
+
+
+def test_compile_script_times_a_network_both_ways_and_writes_its_table(tmp_path, monkeypatch):
+    from benchmarks import compile_step
+    monkeypatch.setitem(compile_step.NETWORKS, "tiny", ("vgg", 11, 0.0625))
+    compiled = []                   # inductor's own compile (~15 s) is not what this tests
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    assert compile_step.main(["--networks", "tiny", "--steps", "1", "--out", str(tmp_path)]) == 0
+    import json
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["network"] for r in rows] == ["tiny"] and len(compiled) == 1
+    assert rows[0]["eager_ms"] > 0 and rows[0]["compiled_ms"] > 0
+    ratio = rows[0]["eager_ms"] / rows[0]["compiled_ms"]
+    assert f"| tiny | {rows[0]['eager_ms']:.1f} | {rows[0]['compiled_ms']:.1f} | {ratio:.2f}x |" \
+        in (tmp_path / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        compile_step.main(["--steps", "0"])
