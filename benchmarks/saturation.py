@@ -186,7 +186,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = summarize(rows, epochs)
     meta = {"command": "python benchmarks/saturation.py" + "".join(
                 " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-            "machine": common.machine(args.jobs), "date": common.now(),
+            "machine": common.machine(args.jobs, threads=1), "date": common.now(),
             "wall_min": (time.perf_counter() - started) / 60}
     args.out.mkdir(parents=True, exist_ok=True)
     common.write_json(args.out / "results.json", {"meta": meta, **summary, "rows": rows})

@@ -90,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             run(suite, args.cache, args.jobs, grid, rules, args.mix_cpus)
         meta = {"command": "python benchmarks/detection.py" + "".join(
                     " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-                "machine": common.machine(args.jobs), "date": common.now(),
+                "machine": common.machine(args.jobs, threads=1), "date": common.now(),
                 "wall_min": (time.perf_counter() - started) / 60}
         drawreport.write(suite, cache_dir(suite, args.cache), grid, rules, out, meta,
                          DEFAULT_RULE)
