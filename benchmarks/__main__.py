@@ -179,7 +179,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             "train_images": len(data.train) * suite.setting.batch_size,
             "test_images": test_images}
     out = args.out or S.RESULTS / suite.name
-    S.write_results(suite, rows, out, meta, kind_distances(suite, args.cache))
+    try:
+        kinds = kind_distances(suite, args.cache)
+    except (ValueError, RuntimeError, OSError) as exc:       # the report is written regardless
+        print(f"warning: no mask distances per kind: {exc}", file=sys.stderr)
+        kinds = None
+    S.write_results(suite, rows, out, meta, kinds)
     print((out / "README.md").read_text())
     return 0
 

@@ -8,12 +8,14 @@ eager and compiled, side by side in one process: the median of ``--steps`` steps
 warm-up (the compiled model's warm-up includes its compilation, reported apart). A setting
 turns compilation on with ``"compile": true`` (the Trainer compiles the model it trains).
 
-Run: ``python benchmarks/compile_step.py`` (about 3 minutes on one core); results go to
+Run: ``python benchmarks/compile_step.py`` (about a minute on one core with inductor's on-disk
+cache warm, a few more without it); results go to
 ``benchmarks/results/compile/`` (``results.json`` and ``README.md``).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -97,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{name}: eager {eager:.1f} ms, compiled {compiled:.1f} ms "
               f"({eager / compiled:.2f}x), warm-up {warmup:.0f} s", flush=True)
     meta = {"command": "python benchmarks/compile_step.py" + "".join(
-                f" {a}" for a in (sys.argv[1:] if argv is None else argv)),
+                " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
             "machine": common.machine(1, threads=1), "date": common.now(),
             "wall_min": (time.perf_counter() - started) / 60}
     args.out.mkdir(parents=True, exist_ok=True)

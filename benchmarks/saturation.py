@@ -81,6 +81,7 @@ def summarize(rows: list[dict], epochs: tuple[int, ...]) -> dict[str, Any]:
                      "mean": statistics.mean(accs),
                      # median: robust to epochs stretched by other work on the machine
                      "epoch_s": statistics.mean(statistics.median(r["epoch_s"]) for r in found),
+                     "compiled": found[0].get("compiled", False),
                      "train_images": found[0]["images_per_epoch"], "flops": found[0]["flops"],
                      "params": found[0]["params"]}
             entry["core_h"] = entry["epoch_s"] * t / 3600
@@ -114,7 +115,8 @@ def markdown(summary: dict, meta: dict) -> str:
     for e in summary["table"]:
         gap = f"{e['gap_to_2T']:+.2f}" if "gap_to_2T" in e else "-"
         conv = ("yes" if e["converged"] else "no") if "converged" in e else "-"
-        lines.append(f"| {e['candidate']} | {e['params']:,} | {e['flops'] / 1e6:.2f} | "
+        name = e["candidate"] + (" (compiled)" if e.get("compiled") else "")
+        lines.append(f"| {name} | {e['params']:,} | {e['flops'] / 1e6:.2f} | "
                      f"{e['train_images']:,} | {e['epochs']} | {e['seeds']} | "
                      f"{common.mean_std(e['test_acc'])} | {gap} | {conv} | {e['epoch_s']:.1f} | "
                      f"{e['core_h']:.2f} |")
@@ -131,7 +133,9 @@ def markdown(summary: dict, meta: dict) -> str:
                      "that gap.")
     lines += ["", "Seconds per epoch: the median epoch of each run (mean over seeds), with two "
               "single-threaded workers sharing the 2 cores; the median leaves out epochs that "
-              "other work on the machine stretched. Core-hours: that times T."]
+              "other work on the machine stretched. Core-hours: that times T. (compiled): "
+              "trained through torch.compile, 1.3-1.5x faster a step for these networks "
+              "(benchmarks/results/compile), so its cost is not comparable with the eager rows'."]
     lines += common.provenance(meta)
     return "\n".join(lines)
 
@@ -177,7 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 c, t, s = pending.pop(future)
-                rows.append({"candidate": c, "epochs": t, "seed": s, **future.result()})
+                rows.append({"candidate": c, "epochs": t, "seed": s,
+                             "compiled": bool(CANDIDATES[c].get("compile")), **future.result()})
                 print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {c} T={t} seed {s}: "
                       f"{rows[-1]['test_acc']:.2f} %", flush=True)
     finally:

@@ -4,7 +4,10 @@ The fault tests SIGKILL a run and resume it in another process. A fresh interpre
 about 2.5 s importing torch, timm and torch-pruning before a tiny run's own second; these
 children are forked from a forkserver that imported ``earlybird.cli`` once and computed nothing
 (so no OpenMP thread pool is inherited). Each child is still its own process: a SIGKILL ends it
-where it stands, and it shares no memory with the test or with the other children.
+where it stands, and it shares no memory with the test or with the other children. Unlike a
+fresh interpreter, a child runs no ``atexit`` handlers (earlybird registers none), inherits the
+forkserver's import-time environment (earlybird reads its variables at call time), and uses
+one thread unless ``OMP_NUM_THREADS`` in ``env`` says otherwise.
 """
 from __future__ import annotations
 

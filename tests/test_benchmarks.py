@@ -115,6 +115,7 @@ def test_compile_script_times_a_network_both_ways_and_writes_its_table(tmp_path,
     monkeypatch.setitem(compile_step.NETWORKS, "tiny", ("vgg", 11, 0.0625))
     compiled = []                   # inductor's own compile (~15 s) is not what this tests
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)   # the script's one thread
     assert compile_step.main(["--networks", "tiny", "--steps", "1", "--out", str(tmp_path)]) == 0
     import json
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -125,3 +126,23 @@ def test_compile_script_times_a_network_both_ways_and_writes_its_table(tmp_path,
         in (tmp_path / "README.md").read_text()
     with pytest.raises(SystemExit):
         compile_step.main(["--steps", "0"])
+
+
+def test_saturation_picks_the_cheapest_converged_candidate_and_marks_compiled_runs():
+    from benchmarks import saturation
+
+    def row(candidate, t, seed, acc, compiled=False):
+        return {"candidate": candidate, "epochs": t, "seed": seed, "test_acc": acc,
+                "epoch_s": [2.0, 2.0], "flops": 10 ** 6, "params": 1000,
+                "images_per_epoch": 100, "compiled": compiled}
+    rows = [row("a", 32, 0, 60.0), row("a", 64, 0, 61.0), row("a", 128, 0, 61.2),
+            row("b", 32, 0, 50.0, True), row("b", 64, 0, 55.0, True)]
+    summary = saturation.summarize(rows, (32, 64, 128))
+    gaps = {(e["candidate"], e["epochs"]): e.get("gap_to_2T") for e in summary["table"]}
+    assert gaps == {("a", 32): 1.0, ("a", 64): pytest.approx(0.2), ("a", 128): None,
+                    ("b", 32): 5.0, ("b", 64): None}
+    assert summary["chosen"] == {"candidate": "a", "epochs": 64, "converged": True,
+                                 "gap_to_2T": pytest.approx(0.2)}
+    text = saturation.markdown(summary, {"command": "c", "machine": "m", "date": "d",
+                                         "wall_min": 0.0})
+    assert "| b (compiled) | 1,000 | 1.00 | 100 | 32 | 1 |" in text and "| a | 1,000 |" in text

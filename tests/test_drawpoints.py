@@ -80,11 +80,14 @@ def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
     held = drawpoints.run(suite, tmp_path, 1, (), rules, progress=lambda line: None)
     assert set(held[0]["rows"]) == {(r, *point) for r in suite.ratios
                                     for point in _points(slim, r, rules)}
+    assert held[0]["rows"] and set(held[0]["reference"]) == set(out[0]["reference"])
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
     alone = drawreport.write(suite, tmp_path / "draw", (), rules, tmp_path / "held", meta,
                              "plateau")
     assert all(not entry["curve"] for entry in alone["ratios"].values())
-    assert alone["ratios"]["0.5"]["rules"] == summary["ratios"]["0.5"]["rules"]
+    assert all(alone["ratios"][r]["rules"] == summary["ratios"][r]["rules"]
+               for r in ("0.3", "0.5"))
+    assert any(got.get("seeds") for got in alone["ratios"]["0.3"]["rules"].values())
     assert "No fixed draw epochs (a held-out setting)." in (tmp_path / "held" / "README.md").read_text()
     assert (tmp_path / "held" / "draw-point.png").stat().st_size > 0
 

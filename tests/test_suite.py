@@ -528,6 +528,7 @@ def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_result
     S.write_results(small, rows, out, meta, data)
     readme = (out / "README.md").read_text()
     assert "## Do the masks of each kind settle early?" in readme and "| heads | 12 | 0.3 |" in readme
+    assert "| last change | of |" in readme
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "mask_distance_by_kind.png" in written
     (out / "README.md").write_text("older")

@@ -20,9 +20,10 @@ def curve(results: dict, summary: dict, out: Path) -> None:
     for ax, ratio in zip(axes[0], ratios):
         entry = summary["ratios"][ratio]
         grid = [p for p in entry["curve"] if p.get("seeds")]
-        ax.errorbar([100 * p["epoch"] / epochs for p in grid], [p["acc_mean"] for p in grid],
-                    yerr=[p["acc_std"] for p in grid], fmt="o-", color="0.3", capsize=3,
-                    label="ticket drawn at a fixed epoch")
+        if grid:
+            ax.errorbar([100 * p["epoch"] / epochs for p in grid], [p["acc_mean"] for p in grid],
+                        yerr=[p["acc_std"] for p in grid], fmt="o-", color="0.3", capsize=3,
+                        label="ticket drawn at a fixed epoch")
         for (rule, got), marker in zip(entry["rules"].items(), MARKERS):
             if not got.get("seeds"):
                 continue

@@ -28,9 +28,11 @@ from earlybird.search.distance import pairwise_distances
 SETTLED = 0.1          # the reference rule's epsilon: consecutive masks closer than this
 
 
-def kind_distances(suite: Suite, cache: Path, seed: int = 0) -> Optional[dict[str, Any]]:
+def kind_distances(suite: Suite, cache: Path, seed: Optional[int] = None) -> Optional[dict[str, Any]]:
     """Per kind of unit and ratio, the pairwise distances between the masks of every two epoch
-    boundaries of ``seed``'s slimming run; None without that run or with one kind only."""
+    boundaries of ``seed``'s slimming run (the setting's first seed by default); None without
+    that run or with one kind only."""
+    seed = suite.seeds[0] if seed is None else seed
     path = cache_dir(suite, cache) / f"seed{seed}" / "slim.pt"
     if not path.exists():
         return None
@@ -78,20 +80,34 @@ def settle_epoch(distances: list[list[float]], epochs: list[int],
     return first
 
 
+def last_change(distances: list[list[float]], epochs: list[int]) -> Optional[int]:
+    """The last epoch whose mask differs from the previous epoch's in any unit, or None.
+
+    >>> last_change([[0, .3, .3, .3], [.3, 0, .05, .05], [.3, .05, 0, 0], [.3, .05, 0, 0]],
+    ...             [0, 1, 2, 3])
+    2
+    """
+    moved = [epochs[i] for i in range(1, len(epochs)) if distances[i - 1][i] > 0]
+    return moved[-1] if moved else None
+
+
 def markdown(data: dict[str, Any]) -> list[str]:
     """The section of the report: per kind, units and the epoch its masks settle at."""
     lines = ["", "## Do the masks of each kind settle early?", "",
              f"Seed {data['seed']}'s slimming run, masks at every epoch boundary, split by the "
              "kind of unit (`mask_distance_by_kind.png`: the distance between every two epochs' "
              f"masks). Settles at: the first epoch from which consecutive masks differ by less "
-             f"than {SETTLED:g}.", "", "| kind | units | p | settles at epoch | of |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             f"than {SETTLED:g}, a share of the kind's units (with 12 heads one head moving is "
+             "0.083); last change: the last epoch whose mask differs from the one before in any "
+             "unit.", "", "| kind | units | p | settles at epoch | last change | of |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     last = data["epochs"][-1]
     for kind, entry in data["kinds"].items():
         for ratio, matrix in entry["ratios"].items():
-            at = settle_epoch(matrix, data["epochs"])
+            at, moved = settle_epoch(matrix, data["epochs"]), last_change(matrix, data["epochs"])
             lines.append(f"| {kind} | {entry['units']:,} | {ratio} | "
-                         f"{'never' if at is None else at} | {last} |")
+                         f"{'never' if at is None else at} | {'-' if moved is None else moved} | "
+                         f"{last} |")
     return lines
 
 
