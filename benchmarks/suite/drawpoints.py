@@ -33,7 +33,8 @@ from benchmarks.suite.stages import STAGES
 
 GRID = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 STUDY_RULES = ("reference", "fifo", "normalized", "plateau", "plateau eps=0.05",
-               "plateau eps=0.02", "plateau span=4", "plateau span=8", "epi", "epi tau=0.99")
+               "plateau eps=0.02", "plateau span=4", "plateau span=8", "epi", "epi tau=0.99",
+               "reference eps=0.12", "reference eps=0.15")
 REFERENCE_METHODS = ("dense", "ns")
 DEFAULT_RULE = "plateau"       # the replay of the library's default (EarlyBirdConfig)
 
