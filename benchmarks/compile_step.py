@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,12 +56,7 @@ def step_ms(arch: str, depth: int, width: float, compiled: bool, steps: int,
     for _ in range(warmup):
         one()
     ready = time.perf_counter() - started
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        one()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times), ready
+    return 1000 * common.median_s(one, steps), ready
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
