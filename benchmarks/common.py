@@ -237,6 +237,14 @@ def write_json(path: Path, payload: Any) -> None:
     io.write_json(path, payload, indent=1)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (``taskset`` narrows them), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                         # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 def machine(jobs: int, world: int = 1, threads: Optional[int] = None) -> str:
     try:
         with open("/proc/meminfo") as f:
@@ -248,7 +256,7 @@ def machine(jobs: int, world: int = 1, threads: Optional[int] = None) -> str:
     if world > 1:
         workers = f"torchrun, {world} data-parallel processes"
     else:
-        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads or max(1, usable_cores() // jobs)
         workers = f"{jobs} worker process(es) with {threads} torch thread(s) each"
     return (f"{os.cpu_count()} CPU cores ({cpu_model()}){ram}, {gpus}, {workers}, "
             f"{platform.system()} {platform.machine()}, torch {torch.__version__}")

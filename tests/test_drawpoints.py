@@ -150,6 +150,16 @@ def test_a_cache_refuses_a_second_cpu_model_unless_told(tmp_path, monkeypatch):
     assert json.loads((root / "machines.json").read_text())[1:] == ["Another CPU"]
 
 
+def test_workers_share_the_cores_the_process_may_use(monkeypatch):
+    # a study pinned with `taskset -c 1` beside another one: its worker gets 1 thread, not 2
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    assert common.usable_cores() == 1
+    assert "1 worker process(es) with 1 torch thread(s) each" in common.machine(1)
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert common.usable_cores() == 4
+    assert "2 worker process(es) with 2 torch thread(s) each" in common.machine(2)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--setting", "nope"], "unknown setting 'nope'"),
     (["--setting", "converged", "--jobs", "0"], "--jobs must be >= 1, got 0"),

@@ -10,7 +10,6 @@ on a second CPU model unless told to (``mix_cpus``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -142,7 +141,7 @@ def run(suite: Suite, cache: Path, jobs: int, progress: Callable[[str], None] = 
         claim_machine(root, mix_cpus)
     rows: list[dict] = []
     started = time.perf_counter()
-    threads = max(1, (os.cpu_count() or 1) // (jobs * env.world))
+    threads = max(1, common.usable_cores() // (jobs * env.world))
     if jobs == 1:
         common.init_worker(threads)
         for method, ratio, seed in todo:
