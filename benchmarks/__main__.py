@@ -169,24 +169,32 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     data = common.load_data(suite.setting, 0)
     test_images = common.summed(sum(len(y) for _, y in data.test))
-    if not env.main:
-        return 0
-    launcher = "torchrun --nproc_per_node=N -m benchmarks " if env.world > 1 else "python -m benchmarks "
+    try:                                  # every rank: it opens the cache, a collective
+        kinds = kind_distances(suite, args.cache)
+    except (ValueError, RuntimeError, OSError) as exc:       # the report is written regardless
+        if env.main:
+            print(f"warning: no mask distances per kind: {exc}", file=sys.stderr)
+        kinds = None
+    if env.main:
+        _report(suite, args, argv, rows, jobs, env.world, started, data, test_images, kinds)
+    common.leave_distributed()
+    return 0
+
+
+def _report(suite: S.Suite, args: argparse.Namespace, argv: Optional[list[str]], rows: list[dict],
+            jobs: int, world: int, started: float, data: common.Data, test_images: int,
+            kinds: Optional[dict]) -> None:
+    """Rank 0 writes the setting's results and prints its README."""
+    launcher = "torchrun --nproc_per_node=N -m benchmarks " if world > 1 else "python -m benchmarks "
     meta = {"command": launcher + " ".join(
                 shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-            "machine": common.machine(jobs, env.world), "date": common.now(),
+            "machine": common.machine(jobs, world), "date": common.now(),
             "wall_min": (time.perf_counter() - started) / 60,
             "train_images": len(data.train) * suite.setting.batch_size,
             "test_images": test_images}
     out = args.out or S.RESULTS / suite.name
-    try:
-        kinds = kind_distances(suite, args.cache)
-    except (ValueError, RuntimeError, OSError) as exc:       # the report is written regardless
-        print(f"warning: no mask distances per kind: {exc}", file=sys.stderr)
-        kinds = None
     S.write_results(suite, rows, out, meta, kinds)
     print((out / "README.md").read_text())
-    return 0
 
 
 if __name__ == "__main__":

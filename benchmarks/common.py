@@ -94,6 +94,15 @@ def init_distributed(setting: Setting) -> Dist:
     return distributed.setup(setting.device)[0]
 
 
+def leave_distributed() -> None:
+    """Every rank waits for the others, then leaves torchrun's process group (a no-op for one
+    process). A rank that exits while its peers still hold the group can abort in gloo's
+    teardown ("terminate called without an active exception")."""
+    if distributed.is_distributed():
+        distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def summed(n: int) -> int:
     """``n`` summed over ranks (``n`` in one process)."""
     return int(distributed.all_sum({"n": n})["n"])

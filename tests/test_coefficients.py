@@ -296,6 +296,43 @@ def test_residual_keep_leaves_the_groups_joined_by_an_addition_whole(name):
         eb.EarlyBirdConfig(residual="drop")
 
 
+def test_a_budget_per_kind_prunes_every_kind_by_the_ratio_where_one_threshold_lets_scales_compete():
+    # coefficients of 5-6 beside LayerNorm scales of 0.1-1: one global threshold takes every
+    # channel it may (23 of 24, the floor keeps 1) and then the weakest 39 units and heads;
+    # a budget per kind takes half of each kind: 12 of 24 channels, 48 of 96 units, 2 of 4 heads
+    shares = {}
+    for budget in ("global", "kind"):
+        model = _toy("vit")
+        pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.3, 0.5], budget=budget)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for c in pruner.coefficients():
+                c.copy_(5 + torch.rand(c.shape, generator=g))
+            for m in model.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.copy_(0.1 + 0.9 * torch.rand(m.weight.shape, generator=g))
+        shares[budget] = pruner.shares(0.5)
+        if budget == "kind":
+            assert pruner.shares(0.3) == {"channels": 7 / 24, "units": 28 / 96, "heads": 1 / 4}
+            keep = pruner.masks(0.5)
+            small = pruner.prune(0.5, force=True)
+            assert sum(b.attn.num_heads for b in small.blocks) == 2
+            assert [b.mlp.fc1.out_features for b in small.blocks] == [
+                int(keep[f"blocks.{i}.mlp.fc1"].sum()) for i in range(2)]
+            assert sum(b.mlp.fc1.out_features for b in small.blocks) == 48
+            assert small.patch_embed.proj.out_channels == 12
+            assert small(X).shape == (2, 5)
+    assert shares["global"]["channels"] == 23 / 24
+    assert shares["global"]["units"] * 96 + shares["global"]["heads"] * 4 == 39
+    assert shares["kind"] == {"channels": 0.5, "units": 0.5, "heads": 0.5}
+    with pytest.raises(eb.ConfigError, match=r"unknown budget 'layer'; choose from "
+                       r"\['global', 'kind'\]"):
+        eb.EarlyBirdConfig(budget="layer")
+    with pytest.raises(ValueError, match=r"with a budget per kind, the heads: ratio 0.9 prunes "
+                       r"3 of 4 channels, but min_channels=1"):
+        eb.EarlyBirdPruner(_toy("vit"), X[:1], ratios=[0.9], budget="kind")
+
+
 DDP_SCRIPT = '''
 import json, sys, torch, timm
 import torch.distributed as dist

@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
 import earlybird as eb  # noqa: E402
 from benchmarks import __main__ as cli, common, suite as S  # noqa: E402
 from benchmarks.suite import methods  # noqa: E402
+from benchmarks.suite.methods.eb_train import TRANSFORMER_VARIANTS  # noqa: E402
 from conftest import TinyResidual, TinyVGG, failure, torchrun  # noqa: E402
 
 
@@ -171,7 +172,8 @@ def test_every_shipped_config_loads_and_names_a_known_setting():
     assert (quick.methods, quick.ratios, quick.seeds) == (("dense", "eb", "eb-plateau", "ns"), (0.5,),
                                                           (0, 1))
     assert S.load_suite("vgg16-cifar100").ratios == (0.1, 0.3, 0.5)
-    assert set(S.load_suite("mini").methods) == set(S.METHODS)
+    # every method but the transformer search settings' variants (on a VGG each is eb again)
+    assert set(S.load_suite("mini").methods) == set(S.METHODS) - set(TRANSFORMER_VARIANTS)
     with pytest.raises(ValueError, match=r"unknown setting 'nope'; choose from \["):
         S.load_suite("nope")
 
@@ -348,6 +350,15 @@ def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_p
     if suite.setting.arch == "vit":                 # MLP units and whole heads were pruned
         ns = next(r for r in rows if r["method"] == "ns")
         assert ns["flops"] < ns["dense_flops"]
+        # each transformer setting's variant: what its ticket prunes, by kind (an embedding
+        # of 96 channels, 4 MLPs of 384 units, 4 x 3 heads of 32 dimensions)
+        shares = {r["method"]: r["kind_shares"] for r in rows if r["method"].startswith("eb")}
+        assert set(shares["eb"]) == {"channels", "units", "heads"}
+        assert set(shares["eb-dims"]) == {"channels", "units", "head_dims"}
+        assert set(shares["eb-keep"]) == {"units", "heads"}          # the embedding stays whole
+        p = next(r["ratio"] for r in rows if r["method"] == "eb-kind")
+        assert shares["eb-kind"] == {k: eb.prune_budget(n, p) / n for k, n in
+                                     (("channels", 96), ("units", 1536), ("heads", 12))}
     assert not (tmp_path / suite.name).exists()                        # the dry run cleans up
 
 
@@ -367,6 +378,9 @@ def test_torchrun_trains_every_method_data_parallel_and_rank0_writes(tmp_path):
                    "--out", str(tmp_path / "out"))
     assert out.returncode == 0, failure(out)
     assert out.stdout.count("seed 0:") == 8                 # one progress line per job, rank 0 only
+    # every rank stays in the group until rank 0 has reported (a rank that left early made rank
+    # 0's report lose its collectives, and gloo's teardown abort now and then)
+    assert "no mask distances" not in out.stderr and "terminate called" not in out.stderr
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     meta = result["meta"]
     assert "torchrun, 2 data-parallel processes" in meta["machine"]
@@ -512,7 +526,8 @@ def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_result
     # a 3-epoch ViT slimming run (issue #26: do the head and MLP masks settle early?)
     from benchmarks.suite.kinds import kind_distances
     small = S.dry_run(S.load_suite("vit-cifar"))
-    small = replace(small, methods=("ns",), setting=replace(small.setting, epochs=3, schedule=(2,)))
+    small = replace(small, methods=("ns", "eb-kind"),
+                    setting=replace(small.setting, epochs=3, schedule=(2,)))
     rows = S.run(small, tmp_path / "cache", 1, progress=lambda line: None)
     data = kind_distances(small, tmp_path / "cache")
     assert data["epochs"] == [0, 1, 2, 3] and data["seed"] == 0
@@ -529,6 +544,9 @@ def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_result
     readme = (out / "README.md").read_text()
     assert "## Do the masks of each kind settle early?" in readme and "| heads | 12 | 0.3 |" in readme
     assert "| last change | of |" in readme
+    # a budget per kind: 28 of 96 channels, 460 of 1,536 units, 3 of 12 heads at p = 0.3
+    assert "| ratio | method | channels | units | heads |" in readme
+    assert "| 0.3 | eb-kind | 29.2 % | 29.9 % | 25.0 % |" in readme
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "mask_distance_by_kind.png" in written
     (out / "README.md").write_text("older")

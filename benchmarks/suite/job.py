@@ -13,9 +13,10 @@ import earlybird as eb
 from benchmarks import common
 from benchmarks.rules import detect
 from benchmarks.suite import costs
-from benchmarks.suite.stages import WEIGHTS
+from benchmarks.suite.stages import SEARCHES, WEIGHTS
 from earlybird.costs.flops import count_flops
 from earlybird.graph import copy_model, prune_model
+from earlybird.graph.coefficients import kind_shares
 from earlybird.run.io import safe_load
 
 if TYPE_CHECKING:                                  # pragma: no cover
@@ -35,26 +36,41 @@ class Job:
     def data(self) -> common.Data:
         return common.load_data(self.st, self.seed)
 
-    def model(self, state: Optional[dict] = None, seed_offset: int = 0) -> nn.Module:
+    def model(self, state: Optional[dict] = None, seed_offset: int = 0,
+              tag: str = "slim") -> nn.Module:
         """A fresh model of the setting; with ``state``, those weights (the slimming
-        coefficients a search trained included: a pruner is built first to hold them)."""
+        coefficients a search trained included: a pruner with the settings of the shared run
+        ``tag`` is built first to hold them)."""
         model = common.build(self.st, self.seed + seed_offset)
         if state is not None:
             if any(k.startswith("eb_coefficients.") for k in state):
-                eb.EarlyBirdPruner(model, self.example, [0.5], keep_weights=False)
+                eb.EarlyBirdPruner(model, self.example, [0.5], keep_weights=False,
+                                   **SEARCHES[tag])
             model.load_state_dict(state)
         return model
 
-    def pruner(self, model: nn.Module, score: str = "auto") -> eb.EarlyBirdPruner:
+    def pruner(self, model: nn.Module, score: str = "auto",
+               tag: str = "slim") -> eb.EarlyBirdPruner:
+        """A pruner of this job's ratio with the settings of the shared run ``tag``."""
         return eb.EarlyBirdPruner(model, self.example, [self.ratio], keep_weights=False,
-                                  score=score)
+                                  score=score, **SEARCHES[tag])
 
-    def prune(self, model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+    def prune(self, model: nn.Module, keep: dict[str, torch.Tensor],
+              tag: str = "slim") -> nn.Module:
         """A pruned copy of ``model``; embeddings tied to attention heads lose whole head
-        dimensions (the ties of a pruner built on it)."""
+        dimensions (the ties of a pruner built on it with ``tag``'s settings)."""
         small = copy_model(model)
-        prune_model(small, self.example, keep, self.pruner(copy_model(model)).graph.ties)
+        prune_model(small, self.example, keep,
+                    self.pruner(copy_model(model), tag=tag).graph.ties)
         return small
+
+    def kind_shares(self, model: nn.Module, keep: dict[str, torch.Tensor],
+                    tag: str = "slim") -> dict[str, float]:
+        """The share of each kind of unit (channels, MLP units, heads, head dimensions) the
+        keep-masks ``keep`` of ``model`` prune, under ``tag``'s pruner settings."""
+        pruner = self.pruner(copy_model(model), tag=tag)
+        mask = torch.cat([keep[name] for name in pruner.layout.names])
+        return kind_shares(pruner.layout, mask, set(pruner.graph.coefficients))
 
     def weights(self, tag: str, epoch: int) -> dict[str, torch.Tensor]:
         """The weights a shared run kept at an epoch boundary (``slim-e<t>.pt``)."""
@@ -104,10 +120,11 @@ class Job:
                   step: Optional[int] = None) -> tuple[nn.Module, dict]:
         """``(dense model, keep-masks)``: the weights a shared slimming run kept at the boundary
         before epoch ``epoch`` and its mask at optimizer step ``step`` (default: that boundary)."""
-        dense_model = self.model(self.weights(tag, epoch))
+        dense_model = self.model(self.weights(tag, epoch), tag=tag)
         step = epoch * int(slim["steps_per_epoch"]) if step is None else step
         at = [int(s) for s in slim["steps"]].index(step)
-        keep = self.pruner(dense_model).layout.split(slim["masks"][f"{self.ratio:g}"][at])
+        keep = self.pruner(dense_model, tag=tag).layout.split(
+            slim["masks"][f"{self.ratio:g}"][at])
         return dense_model, keep
 
     def draw_step(self, slim: dict, rule: str) -> Optional[float]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 if TYPE_CHECKING:                                  # pragma: no cover
     from benchmarks.suite.job import Job
 
-SHARED_RUNS = ("dense", "slim", "slim-q8")
+SHARED_RUNS = ("dense", "slim", "slim-q8", "slim-dims", "slim-keep", "slim-kind")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         for k in ("draw_epoch", "draw_at", "sparsity", "epoch_s", "train_images"):
             if all(r.get(k) is not None for r in found):
                 entry[k] = statistics.mean(r[k] for r in found)
+        if all("kind_shares" in r for r in found):          # what the ticket prunes, by kind
+            entry["kind_shares"] = {k: statistics.mean(r["kind_shares"][k] for r in found)
+                                    for k in found[0]["kind_shares"]}
         if suite.claims and all("drawn" in r for r in found):     # how many seeds drew it
             entry["drawn"] = sum(bool(r["drawn"]) for r in found)
         if "sparsity" in entry:         # the masked weights' zeros counted out (ShrinkBench)
@@ -193,10 +196,29 @@ def markdown(suite: Suite, summary: dict, meta: dict, kinds: Optional[dict] = No
         lines += claims_markdown(summary["claims"])
     if st.peak_tflops:
         lines += throughput(summary, st.peak_tflops)
+    lines += shares_markdown(summary["table"])
     if kinds:
         lines += kind_section(kinds)
     lines += common.provenance(meta)
     return "\n".join(lines)
+
+
+def shares_markdown(table: list[dict]) -> list[str]:
+    """What each EB ticket prunes of each kind of unit, where a ticket prunes more than one
+    kind (a transformer's channels, MLP units, heads or head dimensions); else nothing."""
+    shown = [e for e in table if set(e.get("kind_shares", {})) - {"channels"}]
+    if not shown:
+        return []
+    kinds = list(dict.fromkeys(k for e in shown for k in e["kind_shares"]))
+    lines = ["", "## What each EB ticket prunes, by kind of unit", "",
+             "The share of each kind's units the ticket prunes (mean over seeds; `-`: the "
+             "setting leaves the kind out).", "", "| ratio | method | " + " | ".join(kinds) + " |",
+             "| ---: | --- |" + " ---: |" * len(kinds)]
+    for e in shown:
+        cells = [f"{100 * e['kind_shares'][k]:.1f} %" if k in e["kind_shares"] else "-"
+                 for k in kinds]
+        lines.append(f"| {e['ratio']:g} | {e['method']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def throughput(summary: dict, peak_tflops: float) -> list[str]:

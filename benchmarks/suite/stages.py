@@ -6,7 +6,10 @@
   keep-mask per ratio drawn at every epoch boundary and the weights kept at each; EB Train
   stops it at its ticket, network slimming runs it to the end. The two share it because up to
   the draw epoch they compute exactly the same thing;
-- ``slim-q8``: the same at 8-bit block floating point (qtorch), for EB Train LF/LL.
+- ``slim-q8``: the same at 8-bit block floating point (qtorch), for EB Train LF/LL;
+- ``slim-dims``, ``slim-keep``, ``slim-kind``: the same with other pruner settings for a
+  transformer's units (``SEARCHES``): heads cut by dimension, the residual width kept whole, a
+  budget per kind of unit; EB Train's variants that choose those defaults.
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ if TYPE_CHECKING:                                  # pragma: no cover
     from benchmarks.suite.config import Suite
 
 DENSE, SLIM, WEIGHTS = "benchmarks.suite-dense/1", "benchmarks.suite-slim/1", "benchmarks.weights/1"
+# the pruner settings (EarlyBirdConfig fields) each shared slimming run searches with
+SEARCHES: dict[str, dict[str, str]] = {
+    "slim": {}, "slim-q8": {}, "slim-dims": {"heads": "dims"}, "slim-keep": {"residual": "keep"},
+    "slim-kind": {"budget": "kind"}}
 
 
 def save(obj: dict, path: Path) -> None:
@@ -64,11 +71,11 @@ def stage_dense(suite: "Suite", seed: int, folder: Path) -> dict:
     return safe_load(path, DENSE)
 
 
-def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32") -> dict:
+def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
+               tag: str = "slim") -> dict:
     """Dense training with slimming; a keep-mask per ratio at every epoch boundary (or
     ``checks_per_epoch`` times per epoch) and the weights at every epoch boundary
-    (``slim-e<t>.pt``)."""
-    tag = "slim" if precision == "fp32" else f"slim-{precision}"
+    (``<tag>-e<t>.pt``); the pruner searches with ``SEARCHES[tag]``."""
     path = folder / f"{tag}.pt"
     if path.exists():
         return safe_load(path, SLIM)
@@ -77,7 +84,7 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32")
     spe = data.steps_per_epoch
     model = common.build(st, seed)
     pruner = eb.EarlyBirdPruner(model, common.example(st), suite.ratios, sparsity=st.s,
-                                keep_weights=False)
+                                keep_weights=False, **SEARCHES[tag])
     k = suite.checks_per_epoch
     if spe % k:
         raise ValueError(f"{suite.name}: {spe} steps per epoch do not split into "
@@ -113,5 +120,7 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32")
 
 STAGES: dict[str, Callable[["Suite", int, Path], dict]] = {
     "dense": stage_dense, "slim": stage_slim,
-    "slim-q8": lambda suite, seed, folder: stage_slim(suite, seed, folder, "q8"),
+    "slim-q8": lambda suite, seed, folder: stage_slim(suite, seed, folder, "q8", "slim-q8"),
+    **{tag: (lambda suite, seed, folder, tag=tag: stage_slim(suite, seed, folder, tag=tag))
+       for tag in ("slim-dims", "slim-keep", "slim-kind")},
 }

@@ -16,12 +16,13 @@ from .criteria import CRITERIA
 from ..errors import ConfigError
 from ..settings import document, option
 
-__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES", "RESIDUAL_MODES"]
+__all__ = ["EarlyBirdConfig", "make_config", "PENALTIES", "SCORES", "HEAD_MODES", "RESIDUAL_MODES", "BUDGETS"]
 
 PENALTIES = ("l1", "group_lasso")
 SCORES = ("auto", "norm", "weight")
 HEAD_MODES = ("whole", "dims", "off")
 RESIDUAL_MODES = ("prune", "keep")
+BUDGETS = ("global", "kind")
 
 
 @document
@@ -111,6 +112,13 @@ class EarlyBirdConfig:
         "channel groups joined by an addition (a ResNet stage, a transformer's "
         "embedding/residual width): prune them too, or keep their width whole",
         choices=RESIDUAL_MODES,
+    )
+    budget: str = option(
+        "global",
+        "global (one threshold over every kind of unit: norm-scaled channels, MLP units, "
+        "heads) or kind (each kind loses the ratio of its own units, under a threshold of "
+        "its own)",
+        choices=BUDGETS,
     )
 
     def __post_init__(self) -> None:
@@ -210,6 +218,11 @@ class EarlyBirdConfig:
             "unknown {} " + value(self.residual) + "; choose from " + value(list(RESIDUAL_MODES)),
             "residual",
         )
+        _check(
+            self.budget in BUDGETS,
+            "unknown {} " + value(self.budget) + "; choose from " + value(list(BUDGETS)),
+            "budget",
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -231,7 +244,7 @@ def make_config(
     EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
 penalty='l1', min_channels=1, max_layer_ratio=None, round_to=1, keep_weights=True, \
 score='auto', span=None, coefficients=True, heads='whole', \
-residual='prune')
+residual='prune', budget='global')
     """
     if config is not None and not isinstance(config, EarlyBirdConfig):
         raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")

@@ -27,8 +27,9 @@ from ..graph import (
     strip_coefficients,
     unwrap_model,
 )
-from ..graph.coefficients import kind_shares
+from ..graph.coefficients import kind_shares, unit_kind
 from ..run.io import attach_record, input_spec
+from .budget import KindBudget
 from .masks import check_room, keep_masks, layer_caps
 from .offload import copy_to_cpu, fetch_check, plain_state
 from .ticket import Ticket
@@ -106,13 +107,17 @@ class EarlyBirdPruner:
         self._caps = layer_caps(self.layout.sizes, min_channels, max_layer_ratio)
         self._seg_caps = self.layout.segment_caps(min_channels)
         self._round = [1 if heads_layer(n) else self.config.round_to for n in self.layout.names]
-        check_room(
-            self.layout,
-            self.config.ratios,
-            self._caps,
-            self._seg_caps,
-            f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}",
+        kinds = [unit_kind(n, set(self.graph.coefficients)) for n in self.layout.names]
+        self._split = (
+            None
+            if self.config.budget == "global"
+            else KindBudget(self.layout, kinds, self._caps, self._seg_caps, self._round)
         )
+        limits = f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}"
+        if self._split is not None:
+            self._split.check_room(self.config.ratios, limits)
+        else:
+            check_room(self.layout, self.config.ratios, self._caps, self._seg_caps, limits)
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
@@ -257,6 +262,8 @@ class EarlyBirdPruner:
         return self._flat_masks(self._scores(), [ratio])[ratio]
 
     def _flat_masks(self, scores: Tensor, ratios: Sequence[float]) -> dict[float, Tensor]:
+        if self._split is not None:
+            return self._split.keep_masks(scores, ratios)
         return keep_masks(scores, self.layout, ratios, self._caps, self._seg_caps, self._round)
 
     def keep_masks(self, scores: Tensor, ratio: float) -> dict[str, Tensor]:

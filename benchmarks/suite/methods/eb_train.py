@@ -14,14 +14,15 @@ def _eb(job: Job, method: str, shared: dict[str, dict], tag: str, rule: str) -> 
         rule = f"plateau @{job.suite.checks_per_epoch}/epoch"
     t, drawn, dense_model, keep = job.ticket(slim, tag, rule)
     search = costs.part(slim, t, str(slim["precision"]))
-    extra = {"draw_epoch": t, "drawn": drawn, "rule": rule.split()[0]}
+    extra = {"draw_epoch": t, "drawn": drawn, "rule": rule.split()[0],
+             "kind_shares": job.kind_shares(dense_model, keep, tag)}
     if job.suite.checks_per_epoch > 1:
         extra["draw_at"] = job.draw_step(slim, rule)   # the check that drew it, in epochs
     if method == "eb-reinit":
-        small = job.prune(job.model(seed_offset=1), keep)
+        small = job.prune(job.model(seed_offset=1), keep, tag)
         result = job.train(small, 0)
     else:
-        small = job.prune(dense_model, keep)
+        small = job.prune(dense_model, keep, tag)
         result = job.train(small, t, "q8" if method == "ll" else None)
     return job.row(method, small, result, slim, before=[search],
                    precision="q8" if method == "ll" else None, **extra)
@@ -40,3 +41,12 @@ _variant("eb-reinit", "EB Train's ticket (reference rule) re-initialised, traine
          "schedule", "slim", "reference", 3)
 _variant("lf", "EB Train with an 8-bit search, fp32 finetune", "slim-q8", "reference", 4)
 _variant("ll", "EB Train with an 8-bit search and an 8-bit finetune", "slim-q8", "reference", 5)
+# a transformer's search settings, each against eb's defaults (heads="whole", residual="prune",
+# budget="global"): the measurement that chooses them; on a CNN each is eb again
+TRANSFORMER_VARIANTS = ("eb-dims", "eb-keep", "eb-kind")
+_variant("eb-dims", "EB Train (reference rule) with heads=\"dims\": the same head dimensions "
+         "leave every head", "slim-dims", "reference", 17)
+_variant("eb-keep", "EB Train (reference rule) with residual=\"keep\": the residual width stays "
+         "whole", "slim-keep", "reference", 18)
+_variant("eb-kind", "EB Train (reference rule) with budget=\"kind\": channels, MLP units and "
+         "heads each lose the ratio", "slim-kind", "reference", 19)
