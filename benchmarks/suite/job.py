@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,10 +17,22 @@ from benchmarks.suite.stages import SEARCHES, WEIGHTS
 from earlybird.costs.flops import count_flops
 from earlybird.graph import copy_model, prune_model
 from earlybird.graph.coefficients import kind_shares
+from earlybird.search.masks import ChannelLayout
 from earlybird.run.io import safe_load
 
 if TYPE_CHECKING:                                  # pragma: no cover
     from benchmarks.suite.config import Suite
+
+
+class Structure(NamedTuple):
+    """What a pruner works out from the network's architecture alone."""
+
+    layout: ChannelLayout
+    ties: Any
+    coefficients: frozenset
+
+
+_STRUCTURES: dict[tuple[str, str], Structure] = {}      # per process: (setting, tag) -> it
 
 
 class Job:
@@ -55,22 +67,33 @@ class Job:
         return eb.EarlyBirdPruner(model, self.example, [self.ratio], keep_weights=False,
                                   score=score, **SEARCHES[tag])
 
+    def structure(self, tag: str = "slim") -> Structure:
+        """The layout, head ties and coefficient groups of a pruner with ``tag``'s settings on
+        the setting's network, as its shared run searched it (from initialisation). They
+        depend on the architecture only, so each process works them out once: building a
+        pruner traces the network, a third of a dry run's time."""
+        key = (repr(self.st), tag)
+        if key not in _STRUCTURES:
+            pruner = eb.EarlyBirdPruner(common.build(self.st, self.seed), self.example, [0.5],
+                                        keep_weights=False, **SEARCHES[tag])
+            _STRUCTURES[key] = Structure(pruner.layout, pruner.graph.ties,
+                                         frozenset(pruner.graph.coefficients))
+        return _STRUCTURES[key]
+
     def prune(self, model: nn.Module, keep: dict[str, torch.Tensor],
               tag: str = "slim") -> nn.Module:
         """A pruned copy of ``model``; embeddings tied to attention heads lose whole head
-        dimensions (the ties of a pruner built on it with ``tag``'s settings)."""
+        dimensions (the ties of ``tag``'s pruner)."""
         small = copy_model(model)
-        prune_model(small, self.example, keep,
-                    self.pruner(copy_model(model), tag=tag).graph.ties)
+        prune_model(small, self.example, keep, self.structure(tag).ties)
         return small
 
-    def kind_shares(self, model: nn.Module, keep: dict[str, torch.Tensor],
-                    tag: str = "slim") -> dict[str, float]:
+    def kind_shares(self, keep: dict[str, torch.Tensor], tag: str = "slim") -> dict[str, float]:
         """The share of each kind of unit (channels, MLP units, heads, head dimensions) the
-        keep-masks ``keep`` of ``model`` prune, under ``tag``'s pruner settings."""
-        pruner = self.pruner(copy_model(model), tag=tag)
-        mask = torch.cat([keep[name] for name in pruner.layout.names])
-        return kind_shares(pruner.layout, mask, set(pruner.graph.coefficients))
+        keep-masks ``keep`` prune, under ``tag``'s pruner settings."""
+        layout = self.structure(tag).layout
+        mask = torch.cat([keep[name] for name in layout.names])
+        return kind_shares(layout, mask, set(self.structure(tag).coefficients))
 
     def weights(self, tag: str, epoch: int) -> dict[str, torch.Tensor]:
         """The weights a shared run kept at an epoch boundary (``slim-e<t>.pt``)."""
@@ -123,8 +146,7 @@ class Job:
         dense_model = self.model(self.weights(tag, epoch), tag=tag)
         step = epoch * int(slim["steps_per_epoch"]) if step is None else step
         at = [int(s) for s in slim["steps"]].index(step)
-        keep = self.pruner(dense_model, tag=tag).layout.split(
-            slim["masks"][f"{self.ratio:g}"][at])
+        keep = self.structure(tag).layout.split(slim["masks"][f"{self.ratio:g}"][at])
         return dense_model, keep
 
     def draw_step(self, slim: dict, rule: str) -> Optional[float]:

@@ -15,7 +15,7 @@ def _eb(job: Job, method: str, shared: dict[str, dict], tag: str, rule: str) -> 
     t, drawn, dense_model, keep = job.ticket(slim, tag, rule)
     search = costs.part(slim, t, str(slim["precision"]))
     extra = {"draw_epoch": t, "drawn": drawn, "rule": rule.split()[0],
-             "kind_shares": job.kind_shares(dense_model, keep, tag)}
+             "kind_shares": job.kind_shares(keep, tag)}
     if job.suite.checks_per_epoch > 1:
         extra["draw_at"] = job.draw_step(slim, rule)   # the check that drew it, in epochs
     if method == "eb-reinit":
