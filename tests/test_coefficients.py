@@ -300,10 +300,10 @@ def test_a_budget_per_kind_prunes_every_kind_by_the_ratio_where_one_threshold_le
     # coefficients of 5-6 beside LayerNorm scales of 0.1-1: one global threshold takes every
     # channel it may (23 of 24, the floor keeps 1) and then the weakest 39 units and heads;
     # a budget per kind takes half of each kind: 12 of 24 channels, 48 of 96 units, 2 of 4 heads
-    shares = {}
+    shares, pruners = {}, {}
     for budget in ("global", "kind"):
         model = _toy("vit")
-        pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.3, 0.5], budget=budget)
+        pruner = pruners[budget] = eb.EarlyBirdPruner(model, X[:1], ratios=[0.3, 0.5], budget=budget)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for c in pruner.coefficients():
@@ -325,6 +325,12 @@ def test_a_budget_per_kind_prunes_every_kind_by_the_ratio_where_one_threshold_le
     assert shares["global"]["channels"] == 23 / 24
     assert shares["global"]["units"] * 96 + shares["global"]["heads"] * 4 == 39
     assert shares["kind"] == {"channels": 0.5, "units": 0.5, "heads": 0.5}
+    with pytest.raises(ValueError, match=r"expected 124 scores, got shape \(123,\)"):
+        pruners["kind"].keep_masks(torch.rand(123), 0.5)
+    pruners["kind"].step(iteration=0)
+    with pytest.raises(eb.CheckpointError, match="state drew masks with budget='kind', this "
+                       "pruner 'global'"):
+        pruners["global"].load_state_dict(pruners["kind"].state_dict())
     with pytest.raises(eb.ConfigError, match=r"unknown budget 'layer'; choose from "
                        r"\['global', 'kind'\]"):
         eb.EarlyBirdConfig(budget="layer")

@@ -56,7 +56,7 @@ class Job:
         model = common.build(self.st, self.seed + seed_offset)
         if state is not None:
             if any(k.startswith("eb_coefficients.") for k in state):
-                eb.EarlyBirdPruner(model, self.example, [0.5], keep_weights=False,
+                eb.EarlyBirdPruner(model, self.example, self.suite.ratios, keep_weights=False,
                                    **SEARCHES[tag])
             model.load_state_dict(state)
         return model
@@ -74,11 +74,20 @@ class Job:
         pruner traces the network, a third of a dry run's time."""
         key = (repr(self.st), tag)
         if key not in _STRUCTURES:
-            pruner = eb.EarlyBirdPruner(common.build(self.st, self.seed), self.example, [0.5],
-                                        keep_weights=False, **SEARCHES[tag])
+            pruner = eb.EarlyBirdPruner(common.build(self.st, self.seed), self.example,
+                                        self.suite.ratios, keep_weights=False, **SEARCHES[tag])
             _STRUCTURES[key] = Structure(pruner.layout, pruner.graph.ties,
                                          frozenset(pruner.graph.coefficients))
         return _STRUCTURES[key]
+
+    def split(self, slim: dict, tag: str = "slim", at: int = -1) -> dict[str, torch.Tensor]:
+        """The keep-masks per layer of this job's ratio at check ``at`` of the shared run
+        ``slim`` (made with ``tag``'s settings); refuses masks recorded on another layout."""
+        layout = self.structure(tag).layout
+        if list(layout.sizes) != [int(s) for s in slim["sizes"]]:
+            raise ValueError(f"{self.suite.name} seed {self.seed}: the {tag} run recorded its "
+                             "masks on another layout of the network")
+        return layout.split(slim["masks"][f"{self.ratio:g}"][at])
 
     def prune(self, model: nn.Module, keep: dict[str, torch.Tensor],
               tag: str = "slim") -> nn.Module:
@@ -146,7 +155,7 @@ class Job:
         dense_model = self.model(self.weights(tag, epoch), tag=tag)
         step = epoch * int(slim["steps_per_epoch"]) if step is None else step
         at = [int(s) for s in slim["steps"]].index(step)
-        keep = self.structure(tag).layout.split(slim["masks"][f"{self.ratio:g}"][at])
+        keep = self.split(slim, tag, at)
         return dense_model, keep
 
     def draw_step(self, slim: dict, rule: str) -> Optional[float]:

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
@@ -72,10 +72,12 @@ def stage_dense(suite: "Suite", seed: int, folder: Path) -> dict:
 
 
 def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
-               tag: str = "slim") -> dict:
+               tag: Optional[str] = None) -> dict:
     """Dense training with slimming; a keep-mask per ratio at every epoch boundary (or
     ``checks_per_epoch`` times per epoch) and the weights at every epoch boundary
-    (``<tag>-e<t>.pt``); the pruner searches with ``SEARCHES[tag]``."""
+    (``<tag>-e<t>.pt``); the pruner searches with ``SEARCHES[tag]``. The tag defaults to
+    ``slim`` at fp32 and ``slim-<precision>`` otherwise."""
+    tag = tag or ("slim" if precision == "fp32" else f"slim-{precision}")
     path = folder / f"{tag}.pt"
     if path.exists():
         return safe_load(path, SLIM)
@@ -120,7 +122,7 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
 
 STAGES: dict[str, Callable[["Suite", int, Path], dict]] = {
     "dense": stage_dense, "slim": stage_slim,
-    "slim-q8": lambda suite, seed, folder: stage_slim(suite, seed, folder, "q8", "slim-q8"),
+    "slim-q8": lambda suite, seed, folder: stage_slim(suite, seed, folder, "q8"),
     **{tag: (lambda suite, seed, folder, tag=tag: stage_slim(suite, seed, folder, tag=tag))
        for tag in ("slim-dims", "slim-keep", "slim-kind")},
 }

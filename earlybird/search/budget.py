@@ -52,7 +52,8 @@ class KindBudget:
     ) -> None:
         if len(kinds) != len(layout.sizes):
             raise ValueError(f"{len(kinds)} kinds for {len(layout.sizes)} layers")
-        self.layout = layout
+        self.layout, self.caps, self.segment_caps = layout, caps, segment_caps
+        self._indices: dict[torch.device, list[Tensor]] = {}  # each kind's channels, per device
         layer = layout.layer_index
         self.parts: list[tuple[str, Tensor, ChannelLayout, list[int], Optional[list[int]], list[int]]] = []
         for kind in dict.fromkeys(kinds):  # in order of first appearance
@@ -80,19 +81,30 @@ class KindBudget:
         return [part[0] for part in self.parts]
 
     def keep_masks(self, scores: Tensor, ratios: Sequence[float]) -> dict[float, Tensor]:
-        """Flat keep-masks ``[N]`` of the full layout: each kind pruned at every ratio."""
-        out = {
-            r: torch.ones(self.layout.num_channels, dtype=torch.bool, device=scores.device) for r in ratios
-        }
-        for _, index, sub, caps, seg_caps, round_to in self.parts:
-            index = index.to(scores.device)
+        """Flat keep-masks ``[N]`` of the full layout: each kind pruned at every ratio, where
+        :func:`~earlybird.search.masks.keep_masks` would compute them (on the host for a layout
+        with units, else on ``scores``' device, with the kinds' indices copied there once)."""
+        n = self.layout.num_channels
+        if scores.shape != (n,):
+            raise ValueError(f"expected {n} scores, got shape {tuple(scores.shape)}")
+        if self.layout.units is not None:  # units need the host to fill a budget: one copy
+            scores = scores.detach().cpu()
+        device = scores.device
+        if device not in self._indices:
+            self._indices[device] = [part[1].to(device) for part in self.parts]
+        out = {r: torch.ones(n, dtype=torch.bool, device=device) for r in ratios}
+        for (_, _, sub, caps, seg_caps, round_to), index in zip(self.parts, self._indices[device]):
             masks = keep_masks(scores[index], sub, ratios, caps, seg_caps, round_to)
             for r in ratios:
-                out[r][index] = masks[r].to(scores.device)
+                out[r][index] = masks[r].to(device)
         return out
 
-    def check_room(self, ratios: Sequence[float], limits: str) -> None:
-        """:func:`~earlybird.search.masks.check_room` for every kind (naming the kind)."""
+    def check_room(self, ratios: Sequence[float], limits: str, budget: str = "kind") -> None:
+        """:func:`~earlybird.search.masks.check_room` for the whole layout (``budget="global"``)
+        or for every kind (``"kind"``, naming the kind)."""
+        if budget == "global":
+            check_room(self.layout, ratios, self.caps, self.segment_caps, limits)
+            return
         for kind, _, sub, caps, seg_caps, _ in self.parts:
             try:
                 check_room(sub, ratios, caps, seg_caps, limits)

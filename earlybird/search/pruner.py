@@ -30,7 +30,7 @@ from ..graph import (
 from ..graph.coefficients import kind_shares, unit_kind
 from ..run.io import attach_record, input_spec
 from .budget import KindBudget
-from .masks import check_room, keep_masks, layer_caps
+from .masks import keep_masks, layer_caps
 from .offload import copy_to_cpu, fetch_check, plain_state
 from .ticket import Ticket
 
@@ -108,16 +108,10 @@ class EarlyBirdPruner:
         self._seg_caps = self.layout.segment_caps(min_channels)
         self._round = [1 if heads_layer(n) else self.config.round_to for n in self.layout.names]
         kinds = [unit_kind(n, set(self.graph.coefficients)) for n in self.layout.names]
-        self._split = (
-            None
-            if self.config.budget == "global"
-            else KindBudget(self.layout, kinds, self._caps, self._seg_caps, self._round)
-        )
+        self._split = KindBudget(self.layout, kinds, self._caps, self._seg_caps, self._round)
         limits = f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}"
-        if self._split is not None:
-            self._split.check_room(self.config.ratios, limits)
-        else:
-            check_room(self.layout, self.config.ratios, self._caps, self._seg_caps, limits)
+        self._split.check_room(self.config.ratios, limits, self.config.budget)
+        self._split = None if self.config.budget == "global" else self._split
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
@@ -361,6 +355,7 @@ class EarlyBirdPruner:
             "names": list(self.layout.names),
             "sizes": list(self.layout.sizes),
             "ratios": list(self.config.ratios),
+            "budget": self.config.budget,
             "iterations": torch.tensor(self.iterations, dtype=torch.long),
             "masks": {str(r): self.history(r) for r in self.config.ratios},
             "tickets": {
@@ -381,6 +376,10 @@ class EarlyBirdPruner:
         if [float(r) for r in state["ratios"]] != list(self.config.ratios):
             raise CheckpointError(
                 f"state tracks ratios {state['ratios']}, this pruner {list(self.config.ratios)}"
+            )
+        if (budget := state.get("budget", "global")) != self.config.budget:  # masks of another kind
+            raise CheckpointError(
+                f"state drew masks with budget={budget!r}, this pruner {self.config.budget!r}"
             )
         self.iterations = [int(i) for i in state["iterations"]]
         self.tickets = {}

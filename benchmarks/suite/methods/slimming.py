@@ -18,7 +18,7 @@ BUDGET_OF = "eb-plateau"              # the EB Train row whose training FLOPs ns
 def ns(job: Job, shared: dict[str, dict]) -> dict:
     slim, epochs = shared["slim"], job.st.epochs
     model = job.model(job.weights("slim", epochs))
-    keep = job.structure().layout.split(slim["masks"][f"{job.ratio:g}"][-1])
+    keep = job.split(slim)
     small = job.prune(model, keep)
     result = job.train(small, 0)
     return job.row("ns", small, result, slim, before=[costs.part(slim, epochs)])
@@ -44,8 +44,7 @@ def ns_budget(job: Job, shared: dict[str, dict]) -> dict:
     slim = shared["slim"]
     images = int(slim["images_per_epoch"])
     full = job.model(job.weights("slim", job.st.epochs))
-    guess = count_flops(job.prune(full, job.structure().layout.split(
-        slim["masks"][f"{job.ratio:g}"][-1])), job.example).flops
+    guess = count_flops(job.prune(full, job.split(slim)), job.example).flops
     per_dense = training_flops(int(slim["flops"]), images)
     n = budget_epochs(budget, per_dense, training_flops(guess, images))
     short = _shortened(job, n)
