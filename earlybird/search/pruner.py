@@ -108,10 +108,13 @@ class EarlyBirdPruner:
         self._seg_caps = self.layout.segment_caps(min_channels)
         self._round = [1 if heads_layer(n) else self.config.round_to for n in self.layout.names]
         kinds = [unit_kind(n, set(self.graph.coefficients)) for n in self.layout.names]
-        self._split = KindBudget(self.layout, kinds, self._caps, self._seg_caps, self._round)
-        limits = f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}"
-        self._split.check_room(self.config.ratios, limits, self.config.budget)
-        self._split = None if self.config.budget == "global" else self._split
+        split = KindBudget(self.layout, kinds, self._caps, self._seg_caps, self._round)
+        split.check_room(
+            self.config.ratios,
+            f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}",
+            self.config.budget,
+        )
+        self._split: Optional[KindBudget] = None if self.config.budget == "global" else split
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
