@@ -1,12 +1,14 @@
 """Which input memory format trains a CIFAR VGG-11 faster on this CPU: contiguous (NCHW) or
-channels_last (NHWC), for the dense widths and for the odd widths pruning leaves?
+channels_last (NHWC), for the dense widths and for the odd widths pruning leaves, with one
+thread (as the benchmark studies' workers train) and with every core?
 
 One SGD step (forward, backward, update) at batch 128 on 32x32 inputs, median of 10 after 3
 warm-up steps, both formats side by side for each set of conv widths; the ratio says how much
-faster channels_last is. ``earlybird.training.trainer.memory_format`` picks channels_last on the CPU only
-when every conv width is a multiple of 8, from these measurements.
+faster channels_last is. ``earlybird.training.trainer.memory_format`` picks channels_last on the
+CPU with one thread, and with more only when every conv width is a multiple of 8, from these
+measurements.
 
-Run: ``python benchmarks/memory_format.py`` (about a minute on 2 cores).
+Run: ``python benchmarks/memory_format.py`` (about two minutes on 2 cores).
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ from benchmarks import common  # noqa: E402
 from earlybird.training.trainer import memory_format  # noqa: E402
 
 WIDTHS = {
+    "dense VGG-11 w0.125": [8, 16, 32, 32, 64, 64, 64, 64],
     "dense VGG-11 w0.25": [16, 32, 64, 64, 128, 128, 128, 128],
     "demo ticket p=0.3": [14, 27, 49, 48, 82, 76, 87, 99],
     "demo ticket p=0.5": [13, 26, 39, 39, 56, 52, 50, 69],
     "widths rounded to 8": [16, 24, 48, 48, 80, 80, 88, 96],
+    "multiples of 4, not 8": [12, 28, 52, 44, 84, 76, 84, 100],
     "dense VGG-11 w0.5": [32, 64, 128, 128, 256, 256, 256, 256],
     "w0.5, one less each": [31, 63, 127, 127, 255, 255, 255, 255],
 }
@@ -43,27 +47,30 @@ def vgg(widths: list[int]) -> nn.Module:
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one SGD step, batch 128")
-    print(f"{'widths':24s} {'contiguous':>11s} {'channels_last':>14s} {'cl speedup':>11s}  chosen")
-    for name, widths in WIDTHS.items():
-        model = vgg(widths)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        times = []
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            xx = x.contiguous(memory_format=fmt)
+    print(f"torch {torch.__version__}, {common.cpu_model()}; one SGD step, batch 128")
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        print(f"\n{threads} thread(s)")
+        print(f"{'widths':24s} {'contiguous':>11s} {'channels_last':>14s} {'cl speedup':>11s}  chosen")
+        for name, widths in WIDTHS.items():
+            torch.manual_seed(0)
+            x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+            model = vgg(widths)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            times = []
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                xx = x.contiguous(memory_format=fmt)
 
-            def step() -> None:
-                loss = nn.functional.cross_entropy(model(xx), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            times.append(common.median_s(step, 10, warmup=3))
-        chosen = "channels_last" if memory_format(model, torch.device("cpu")) == \
-            torch.channels_last else "contiguous"
-        print(f"{name:24s} {1e3 * times[0]:9.1f}ms {1e3 * times[1]:12.1f}ms "
-              f"{times[0] / times[1]:10.2f}x  {chosen}")
+                def step() -> None:
+                    loss = nn.functional.cross_entropy(model(xx), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                times.append(common.median_s(step, 10, warmup=3))
+            chosen = "channels_last" if memory_format(model, torch.device("cpu"), threads) == \
+                torch.channels_last else "contiguous"
+            print(f"{name:24s} {1e3 * times[0]:9.1f}ms {1e3 * times[1]:12.1f}ms "
+                  f"{times[0] / times[1]:10.2f}x  {chosen}")
 
 
 if __name__ == "__main__":

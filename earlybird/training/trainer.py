@@ -41,19 +41,25 @@ __all__ = ["Recipe", "Trainer", "evaluate", "lr_at", "default_schedule", "memory
 Progress = Callable[[Iterable, str, int], Iterable]
 
 
-def memory_format(model: nn.Module, device: torch.device) -> torch.memory_format:
-    """The input layout a model trains fastest in: ``channels_last`` on CUDA, and on the CPU
-    when every conv layer's channel counts are multiples of 8; the contiguous layout
-    otherwise. Pruning leaves odd widths (13, 27, 49, ...), for which the CPU's channels_last
-    kernels are slower than the contiguous ones (``python benchmarks/memory_format.py``).
+def memory_format(
+    model: nn.Module, device: torch.device, threads: Optional[int] = None
+) -> torch.memory_format:
+    """The input layout a model trains fastest in: ``channels_last`` on CUDA; on the CPU with
+    one thread (``threads``, default torch's) for any conv net, and with more threads when
+    every conv layer's channel counts are multiples of 8; the contiguous layout otherwise.
+    With several threads, pruning's odd widths (13, 27, 49, ...) run slower in the CPU's
+    channels_last kernels than in the contiguous ones; with one thread channels_last was the
+    faster for every set of widths measured (``python benchmarks/memory_format.py``).
 
-    >>> memory_format(torch.nn.Conv2d(16, 32, 3), torch.device("cpu"))
+    >>> memory_format(torch.nn.Conv2d(16, 32, 3), torch.device("cpu"), threads=2)
     torch.channels_last
-    >>> memory_format(torch.nn.Conv2d(16, 27, 3), torch.device("cpu"))
+    >>> memory_format(torch.nn.Conv2d(16, 27, 3), torch.device("cpu"), threads=2)
     torch.contiguous_format
+    >>> memory_format(torch.nn.Conv2d(16, 27, 3), torch.device("cpu"), threads=1)
+    torch.channels_last
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if device.type == "cuda":
+    if device.type == "cuda" or (threads or torch.get_num_threads()) == 1:
         return torch.channels_last if convs else torch.contiguous_format
     even = all(
         c % 8 == 0
