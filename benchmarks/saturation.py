@@ -39,7 +39,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "vgg11-w0.125-10k": {"arch": "vgg", "depth": 11, "width": 0.125, "train_images": 10000},
     "preresnet20-w0.5-5k": {"arch": "preresnet", "depth": 20, "width": 0.5, "train_images": 5000},
     # residual candidates for the draw-point study's held-out setting (issue #25), trained
-    # compiled: 1.3-1.5x faster steps on one thread (benchmarks/results/compile)
+    # compiled: 1.09-1.16x faster steps on one thread than eager channels_last
+    # (benchmarks/results/compile)
     "preresnet20-w0.25-10k": {"arch": "preresnet", "depth": 20, "width": 0.25,
                               "train_images": 10000, "compile": True},
     "preresnet20-w0.5-10k": {"arch": "preresnet", "depth": 20, "width": 0.5,

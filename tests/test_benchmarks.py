@@ -120,10 +120,12 @@ def test_compile_script_times_a_network_both_ways_and_writes_its_table(tmp_path,
     import json
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["network"] for r in rows] == ["tiny"] and len(compiled) == 1
-    assert rows[0]["eager_ms"] > 0 and rows[0]["compiled_ms"] > 0
-    ratio = rows[0]["eager_ms"] / rows[0]["compiled_ms"]
-    assert f"| tiny | {rows[0]['eager_ms']:.1f} | {rows[0]['compiled_ms']:.1f} | {ratio:.2f}x |" \
-        in (tmp_path / "README.md").read_text()
+    r = rows[0]
+    assert r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["eager_contiguous_ms"] > 0
+    assert r["layout"] == "channels_last"          # the Trainer's layout at one thread
+    ratio = r["eager_ms"] / r["compiled_ms"]
+    assert (f"| tiny | channels_last | {r['eager_contiguous_ms']:.1f} | {r['eager_ms']:.1f} | "
+            f"{r['compiled_ms']:.1f} | {ratio:.2f}x |") in (tmp_path / "README.md").read_text()
     with pytest.raises(SystemExit):
         compile_step.main(["--steps", "0"])
 
