@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import earlybird as eb
+from earlybird.graph import copy_model, prune_model
 from earlybird.graph.exclusion import breaking_groups, out_of_memory, trial
 from conftest import randomize_norms, set_scales
 
@@ -38,8 +39,8 @@ def test_a_model_with_an_unprunable_group_prunes_the_rest_and_says_so(x32, caplo
     with caplog.at_level(logging.WARNING, logger="earlybird"):
         pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], coefficients=False)
     assert list(pruner.excluded) == ["conv2"]
-    # the trial cuts conv2's first and last channel: torch-pruning removes both from conv_b's
-    # inputs, and the split by the stored width no longer fits
+    # the trial cuts conv2's first and last channel, one on each side of the split: the split
+    # by the stored width no longer fits
     assert pruner.excluded["conv2"].startswith("RuntimeError: Given groups=1, weight of size "
                                                "[4, 3, 1, 1], expected input")
     assert pruner.excluded["conv2"].endswith("to have 3 channels, but got 4 channels instead")
@@ -98,7 +99,10 @@ def test_group_testing_finds_several_and_pairs_that_break_only_together():
 def test_a_trial_prunes_a_copy_and_names_the_failure(x32):
     model = SplitTail()
     assert trial(model, x32, {"conv1": [0, 1]}) is None
-    assert trial(model, x32, {"conv1": [0], "conv2": [7]}).startswith("RuntimeError: ")
+    # conv2's channel 0 shortens the first chunk, which the stored width keeps at 4; its last
+    # channel shortens only the last chunk (conv_b loses that input), which still runs
+    assert trial(model, x32, {"conv1": [0], "conv2": [0]}).startswith("RuntimeError: ")
+    assert trial(model, x32, {"conv2": [7]}) is None
     assert model.conv1.out_channels == 6 and model.conv2.out_channels == 8
 
 
@@ -121,17 +125,50 @@ def test_running_out_of_memory_in_a_trial_is_raised_not_taken_for_a_breaking_gro
     assert out_of_memory(MemoryError()) and not out_of_memory(RuntimeError("shape mismatch"))
 
 
+class Shuffle(nn.Module):
+    """A channel shuffle (ShuffleNet's) between conv1 and conv2: channel ``g * 3 + i`` of
+    conv1 moves to ``2 * i + g``; torch-pruning maps the channels through it unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.conv2, self.head = nn.Conv2d(6, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.bn1(self.conv1(x)).relu()
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
 def test_a_trial_with_the_cut_silenced_catches_channels_cut_on_the_wrong_side(x32):
-    # cutting conv2's channel 0 runs, but torch-pruning removes conv_b's input for it (the
-    # split's other side): with channel 0 silenced first, its removal changes the output
-    model = SplitTail()
-    assert trial(model, x32, {"conv2": [0]}) is None
-    why = trial(model, x32, {"conv2": [0]}, zeros={"conv2": [0], "bn2": [0]})
+    # cutting conv1's channels 1 and 2 runs, but torch-pruning removes conv2's inputs 1 and 2
+    # for them (the shuffle moved them to 2 and 4): with them silenced first, their removal
+    # changes the output; a cut torch-pruning maps right (SplitTail's conv1) passes
+    model = Shuffle()
+    assert trial(model, x32, {"conv1": [1, 2]}) is None
+    why = trial(model, x32, {"conv1": [1, 2]}, zeros={"conv1": [1, 2], "bn1": [1, 2]})
     assert re.fullmatch(r"removing a silenced channel changed the output \(by up to [-+.e\d]+ of "
                         r"[-+.e\d]+\): torch-pruning cut other channels than it reported", why)
-    assert trial(model, x32, {"conv1": [2]}, zeros={"conv1": [2], "bn1": [2]}) is None
-    assert model.bn2.weight.min() > 0                      # the dense model is untouched
+    assert trial(SplitTail(), x32, {"conv1": [2]}, zeros={"conv1": [2], "bn1": [2]}) is None
+    assert model.bn1.weight.min() > 0                      # the dense model is untouched
 
+
+def test_a_split_maps_each_chunk_to_the_layer_that_reads_it():
+    # timm's MixedConv2d: a depthwise 3x3 on channels 0-3 and a 5x5 on 4-7; torch-pruning
+    # traced the 5x5 first and gave it the first chunk's indices
+    from timm.layers import MixedConv2d
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8),
+                          MixedConv2d(8, 8, [3, 5], depthwise=True), nn.BatchNorm2d(8))
+    x = torch.randn(2, 3, 8, 8)
+    keep = torch.ones(8, dtype=torch.bool)
+    keep[[1, 6]] = False
+    dense = model.eval()(x)
+    small = copy_model(model)
+    prune_model(small, x, {"0": keep})
+    assert small[2].splits == [3, 3] and [c.in_channels for c in small[2].values()] == [3, 3]
+    torch.testing.assert_close(small(x), dense[:, keep])
 
 
 @settings(max_examples=12, deadline=None)

@@ -153,7 +153,8 @@ def replay_history(model: nn.Module, example_inputs: Any, history: History) -> n
 def sync_attributes(model: nn.Module) -> None:
     """Widths some models keep as plain attributes beside their layers, set to the pruned
     widths (torchvision's VisionTransformer reshapes its patches with ``hidden_dim``; timm's
-    MetaFormer scales by ``scale.view(self.shape)``)."""
+    MetaFormer scales by ``scale.view(self.shape)``; timm's MixedConv2d splits its input into
+    ``splits`` channels, one part per kernel size)."""
     for m in model.modules():
         own = list(m.parameters(recurse=False))
         shape = getattr(m, "shape", None)  # timm's Scale: scale.view(self.shape)
@@ -170,6 +171,13 @@ def sync_attributes(model: nn.Module) -> None:
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
             setattr(m, "hidden_dim", proj.out_channels)
+        parts = list(m.values()) if isinstance(m, nn.ModuleDict) else []
+        convs = [c for c in parts if isinstance(c, nn.Conv2d)]
+        if isinstance(getattr(m, "splits", None), list) and convs and len(convs) == len(parts):
+            splits = [c.in_channels for c in convs]  # timm's MixedConv2d: torch.split(x, self.splits)
+            setattr(m, "splits", splits)
+            setattr(m, "in_channels", sum(splits))
+            setattr(m, "out_channels", sum(c.out_channels for c in convs))
 
 
 @torch.no_grad()

@@ -145,7 +145,8 @@ def _feature_split(graph: tp.DependencyGraph, node: Any) -> bool:
     forward: list = []
     backward: list = []
     for i, out in enumerate(node.outputs):  # one dependency per chunk, in order
-        chunk = offsets[i : i + 2]
+        k = _chunk_of(node, out)
+        chunk = offsets[i if k is None else k : (i if k is None else k) + 2]
         dep = next(
             (d for d in node.dependencies if d.target is out and not any(d is f for f in forward)), None
         )
@@ -159,6 +160,44 @@ def _feature_split(graph: tp.DependencyGraph, node: Any) -> bool:
             backward.append(back)
             back.index_mapping[0] = _index_mapping._SplitIndexMapping(offset=chunk, reverse=True)
     return True
+
+
+def _chunk_of(node: Any, out: Any, depth: int = 8) -> Optional[int]:
+    """Which chunk of split ``node`` its consumer ``out`` reads, from the autograd graph (the
+    ``output_nr`` of the edge that reaches the split), or None. torch-pruning pairs a split's
+    chunks with its consumers in the order it traced the consumers, which need not be the
+    chunks' order (timm's MixedConv2d: the 5x5 branch came first, and took the 3x3's indices)."""
+    frontier, seen = [getattr(out, "grad_fn", None)], set()
+    for _ in range(depth):
+        following = []
+        for fn in frontier:
+            for nxt, k in getattr(fn, "next_functions", ()) or ():
+                if nxt is node.grad_fn:
+                    return int(k)
+                if nxt is not None and id(nxt) not in seen:
+                    seen.add(id(nxt))
+                    following.append(nxt)
+        frontier = following
+    return None
+
+
+def _order_split(node: Any) -> None:
+    """Give each consumer of split ``node`` the index mapping of the chunk it reads (see
+    :func:`_chunk_of`), where torch-pruning mapped the chunks (``node.module.offsets``)."""
+    offsets = getattr(node.module, "offsets", None)
+    if node.type != tp.ops.OPTYPE.SPLIT or not offsets:
+        return
+    for out in node.outputs:
+        k = _chunk_of(node, out)
+        if k is None or k + 1 >= len(offsets):
+            continue
+        for dep, edge in [(d, False) for d in node.dependencies if d.target is out] + [
+            (d, True) for d in out.dependencies if d.target is node
+        ]:
+            if isinstance(dep.index_mapping[0], _index_mapping._SplitIndexMapping):
+                dep.index_mapping[0] = _index_mapping._SplitIndexMapping(
+                    offset=offsets[k : k + 2], reverse=edge
+                )
 
 
 def _split_offsets(grad_fn: Any, width: int) -> Optional[list[int]]:
@@ -190,6 +229,7 @@ def _update_each(graph: tp.DependencyGraph) -> None:
         if update is not None and not _spatial_slice(graph, node) and not _feature_split(graph, node):
             try:
                 update(graph, node)
+                _order_split(node)
                 _channels_last_flatten(graph, node)
             except (ZeroDivisionError, TypeError) as exc:
                 log.debug("no channel mapping through %s (%s: %s)", node.name, type(exc).__name__, exc)
