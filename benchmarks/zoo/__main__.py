@@ -105,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     def sweep(spec: tuple[str, str], memory_gb: float, threads: int) -> tuple:
         return spec, run_isolated(*spec, args.timeout, memory_gb, threads)
 
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)   # the cores taskset leaves
     with ThreadPoolExecutor(args.jobs) as pool:
         for future in as_completed([pool.submit(sweep, s, args.memory_gb, threads) for s in todo]):
             record(*future.result())
@@ -115,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for spec in retry:                          # leave 3 GiB to the rest of the machine
             if args.report:
                 break
-            record(*sweep(spec, max(args.memory_gb, ram_gb() - 3), os.cpu_count() or 1))
+            record(*sweep(spec, max(args.memory_gb, ram_gb() - 3), len(os.sched_getaffinity(0))))
     rows = rows_now()
     meta["complete"] = len(rows) == meta["planned"]
     print()

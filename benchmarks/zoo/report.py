@@ -119,7 +119,7 @@ def machine(jobs: int = 1, memory_gb: float = 0) -> str:
         ram = f", {mem:.0f} GiB RAM"
     except OSError:
         ram = ""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     cap = f", {memory_gb:g} GiB address space each" if memory_gb else ""
     return (f"{os.cpu_count()} CPU cores{ram}, no GPU used, {jobs} models at once with "
             f"{threads} torch thread(s){cap}, {platform.system()} {platform.machine()}")
