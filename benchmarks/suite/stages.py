@@ -124,5 +124,5 @@ STAGES: dict[str, Callable[["Suite", int, Path], dict]] = {
     "dense": stage_dense, "slim": stage_slim,
     "slim-q8": lambda suite, seed, folder: stage_slim(suite, seed, folder, "q8"),
     **{tag: (lambda suite, seed, folder, tag=tag: stage_slim(suite, seed, folder, tag=tag))
-       for tag in ("slim-dims", "slim-keep", "slim-kind")},
+       for tag in SEARCHES if tag not in ("slim", "slim-q8")},
 }
