@@ -96,11 +96,8 @@ def init_distributed(setting: Setting) -> Dist:
 
 def leave_distributed() -> None:
     """Every rank waits for the others, then leaves torchrun's process group (a no-op for one
-    process). A rank that exits while its peers still hold the group can abort in gloo's
-    teardown ("terminate called without an active exception")."""
-    if distributed.is_distributed():
-        distributed.barrier()
-        torch.distributed.destroy_process_group()
+    process; :func:`earlybird.training.distributed.leave`)."""
+    distributed.leave()
 
 
 def summed(n: int) -> int:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from .training import distributed
 from .training.distributed import dist_env
 from .errors import ConfigError, EarlyBirdError
 from .extras import require
@@ -307,6 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, EarlyBirdError) as exc:
         print(f"earlybird {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    distributed.leave()  # under torchrun: no rank exits while rank 0 still writes
     return 0
 
 

@@ -379,7 +379,8 @@ if rank == 0:
                "excluded": sorted(every[0][1][2]),
                "moved": bool((flat != 1).all()), "checks": len(pruner.iterations)},
               open(sys.argv[1], "w"))
-dist.destroy_process_group()
+from earlybird.training.distributed import leave
+leave()                                # no rank leaves while rank 0 still writes
 '''
 
 

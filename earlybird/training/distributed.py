@@ -6,6 +6,8 @@ earlybird uses. In a single process every function is a no-op or returns its inp
 (0, 1, True, 'cpu')
 >>> all_sum({"correct": 3, "seen": 4}), from_rank0("mask")
 ({'correct': 3, 'seen': 4}, 'mask')
+>>> leave(); is_distributed()
+False
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "setup",
     "is_distributed",
     "barrier",
+    "leave",
     "from_rank0",
     "all_sum",
     "wrap",
@@ -82,6 +85,18 @@ def barrier() -> None:
     """Wait for every rank."""
     if is_distributed():
         dist.barrier()
+
+
+def leave() -> None:
+    """Wait for every rank, then leave the process group (a no-op outside one).
+
+    Call it once, at the end, on every rank: a rank that exits or destroys the group while a
+    peer is still at work (rank 0 writing its files) can abort in gloo's teardown
+    ("terminate called without an active exception").
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def from_rank0(obj: Any) -> Any:
