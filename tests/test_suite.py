@@ -315,6 +315,20 @@ def test_report_renders_stored_results_again_and_keeps_their_meta(tmp_path, caps
 # twin's dry run covers every method on the network, the CIFAR-100 one every method that
 # builds, trains or prunes a head (dense, EB Train, NS and the lottery ticket)
 TWINS = {"vgg16-cifar100": "vgg16-cifar10", "preresnet101-cifar100": "preresnet101-cifar10"}
+# A deeper or wider network of a family whose cheapest setting runs every method through the same
+# code: its dry run covers the methods that meet the network's own layers (its blocks traced,
+# scored and pruned by channels, by weights and layer by layer). mini is CifarVGG-11 at width
+# 0.25, resnet18-imagenet torchvision's ResNet with basic blocks; ResNet-50 adds bottlenecks.
+KIN = {"vgg16-cifar10": "mini", "resnet50-imagenet": "resnet18-imagenet"}
+MODEL_FACING = ("dense", "eb", "ns", "lt", "lt-channel", "snip-channel", "thinet")
+
+
+def test_a_setting_of_a_family_is_covered_by_a_setting_that_runs_every_method():
+    for name, every in KIN.items():
+        a, b = S.load_suite(name), S.load_suite(every)
+        family = [s.setting.arch.rstrip("0123456789") for s in (a, b)]   # resnet50 -> resnet
+        assert family[0] == family[1] and set(a.methods) <= set(b.methods)
+        assert set(MODEL_FACING) <= set(a.methods)
 
 
 def test_a_cifar100_setting_differs_from_its_twin_only_in_classes_data_and_ratios():
@@ -336,6 +350,8 @@ def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_p
     suite = S.load_suite(name)
     if name in TWINS:
         suite = replace(suite, methods=("dense", "eb", "ns", "lt"))
+    elif name in KIN:
+        suite = replace(suite, methods=MODEL_FACING)
     rows = cli.dry_run(suite, tmp_path, progress=lambda line: None)
     assert sorted(r["method"] for r in rows) == sorted(suite.methods)
     for r in rows:
