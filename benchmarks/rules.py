@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from earlybird.search.config import SPAN_PER_TOTAL, EarlyBirdConfig
 from earlybird.search.criteria import COUNTING, Checks, get_criterion
 from earlybird.search.masks import ChannelLayout
 
@@ -38,29 +39,42 @@ VARIANTS: dict[str, tuple[str, int, int, float, Optional[float]]] = {
 }
 
 
-def rule_spec(rule: str) -> tuple[str, int, int, float, Optional[float]]:
+# the library's default (EarlyBirdConfig, told the schedule: span = total // SPAN_PER_TOTAL),
+# checked as often as the suite's EB Train checks; its span is a share of the schedule, so its
+# spec needs the setting's epochs
+DEFAULT = "default"
+DEFAULT_CHECKS_PER_EPOCH = 4
+
+
+def rule_spec(rule: str, epochs: Optional[int] = None) -> tuple[str, int, int, float, Optional[float]]:
     """A rule of :data:`RULES`, or ``"<criterion> @<k>/epoch"``: that criterion seeing ``k``
     checks per epoch, window 5, epsilon 0.1 (the plateau rule: span 2 epochs of steps; the epi
-    rule: epsilon 0.02).
+    rule: epsilon 0.02), or :data:`DEFAULT` in a schedule of ``epochs``.
 
-    >>> rule_spec("plateau @4/epoch"), rule_spec("reference")
-    (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None))
+    >>> rule_spec("plateau @4/epoch"), rule_spec("reference"), rule_spec("default", 128)
+    (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None), ('plateau', 4, 5, 0.1, 8.0))
     """
+    if rule == DEFAULT:
+        if epochs is None:
+            raise ValueError("the default rule's span is a share of the schedule: give its epochs")
+        d = EarlyBirdConfig()
+        return (d.criterion, DEFAULT_CHECKS_PER_EPOCH, d.window, d.epsilon, epochs / SPAN_PER_TOTAL)
     if rule in RULES or rule in VARIANTS:
         return RULES.get(rule) or VARIANTS[rule]
     criterion, _, every = rule.partition(" @")
     if not every.endswith("/epoch") or not every[:-6].isdigit() or criterion not in (
             "reference", "fifo", "normalized", "plateau", "epi"):
-        raise ValueError(f"unknown rule {rule!r}; use one of {[*RULES, *VARIANTS]} or "
+        raise ValueError(f"unknown rule {rule!r}; use one of {[DEFAULT, *RULES, *VARIANTS]} or "
                          "'<criterion> @<k>/epoch'")
     return (criterion, int(every[:-6]), 5, 0.02 if criterion == "epi" else 0.1,
             2.0 if criterion == "plateau" else None)
 
 
-def detect(record: dict, ratio: float, rule: str) -> Optional[int]:
+def detect(record: dict, ratio: float, rule: str, epochs: Optional[int] = None) -> Optional[int]:
     """The optimizer step at which ``rule`` draws the ticket of ``ratio``, or None (the
-    ``epi`` rule reads the record's layer ``sizes``)."""
-    criterion, per_epoch, window, epsilon, span_epochs = rule_spec(rule)
+    ``epi`` rule reads the record's layer ``sizes``; :data:`DEFAULT` needs the schedule's
+    ``epochs``)."""
+    criterion, per_epoch, window, epsilon, span_epochs = rule_spec(rule, epochs)
     spe = int(record["steps_per_epoch"])
     every = spe // per_epoch
     if every < 1 or spe % per_epoch:

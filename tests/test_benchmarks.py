@@ -13,8 +13,8 @@ import earlybird as eb  # noqa: E402
 from benchmarks import detection, rules, zoo  # noqa: E402
 from benchmarks.suite import methods  # noqa: E402
 from benchmarks.common import Setting  # noqa: E402
-from conftest import TinyVGG  # noqa: E402
-from test_pruner import EPI_SEQ, drive  # noqa: E402
+from conftest import TinyVGG, set_scales  # noqa: E402
+from test_pruner import A, B, C, EPI_SEQ, drive  # noqa: E402
 
 
 def record_from(masks: list[str], spe: int = 8) -> dict:
@@ -93,6 +93,25 @@ def test_epi_replayed_on_recorded_masks_draws_where_the_pruner_did(x32, monkeypa
     assert rules.detect(record, 0.5, "epi w2") == 10 * pruner.tickets[0.5].check == 40
     with pytest.raises(ValueError, match=r"rule 'epi w2' needs the layer sizes of the record"):
         rules.detect({k: v for k, v in record.items() if k != "sizes"}, 0.5, "epi w2")
+
+
+def test_the_default_replayed_on_recorded_masks_draws_where_the_pruner_told_the_schedule_did(x32):
+    # 16 epochs of 8 optimizer steps, checked every 2 (4 times an epoch, as EB Train checks):
+    # the pruner's span is 128 // 16 = 8 steps, the replay's 16 / 16 = 1 epoch of 8 steps. The
+    # masks churn for 10 checks and then settle (C moves 2 of 18 channels from A)
+    model = TinyVGG()
+    pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], total=16 * 8)
+    for t, bits in enumerate([A, B] * 5 + [A, C] + [A] * 8):
+        keep = torch.tensor([b == "1" for b in bits])
+        set_scales(model, torch.where(keep, 1.0, 0.1) + torch.linspace(0.0, 0.01, len(bits)))
+        pruner.step(iteration=2 * t)
+    record = {"steps": torch.tensor(pruner.iterations), "steps_per_epoch": 8,
+              "masks": {"0.5": pruner.history(0.5)}}
+    drawn = pruner.tickets[0.5].iteration
+    assert pruner.config.plateau_span() == 8 and drawn >= 2 * 8
+    assert rules.detect(record, 0.5, "default", epochs=16) == drawn
+    with pytest.raises(ValueError, match="the default rule's span is a share of the schedule"):
+        rules.detect(record, 0.5, "default")
 
 
 def test_round_to_script_prunes_one_ticket_three_ways_and_times_each(monkeypatch):

@@ -99,10 +99,12 @@ def _points(slim, ratio, rules):
 
 
 def test_the_summary_names_the_librarys_default_rule():
-    # the replayed rule the study marks as the default is the library's default detection
-    default = EarlyBirdConfig()
-    criterion, _, window, epsilon, _ = rule_spec(drawpoints.DEFAULT_RULE)
+    # the replayed rule the study marks as the default is the library's default detection told
+    # the schedule: 128 epochs of 80 steps give the pruner the replay's span in steps
+    default = EarlyBirdConfig(total=128 * 80)
+    criterion, _, window, epsilon, span_epochs = rule_spec(drawpoints.DEFAULT_RULE, 128)
     assert (criterion, window, epsilon) == (default.criterion, default.window, default.epsilon)
+    assert int(span_epochs * 80) == default.plateau_span() == 640
 
 
 def _summary(gaps_shares):

@@ -46,6 +46,7 @@ def test_stop_once_every_ratio_has_its_ticket(tmp_path):
     t = trainer(tmp_path, cb, epochs=20)
     t.fit(module, data())
     assert set(cb.pruner.tickets) == {0.3, 0.5}
+    assert cb.pruner.config.total == 20 and cb.config.total is None    # max_epochs, filled in
     drawn_at = max(t.check for t in cb.pruner.tickets.values())
     assert t.current_epoch == drawn_at + 1 < 20            # stopped right after the last draw
     assert "earlybird/distance_0.5" in t.callback_metrics
@@ -115,6 +116,7 @@ def test_under_gradient_accumulation_every_optimizer_step_is_checked_once(tmp_pa
     t.fit(Module(), data())
     assert t.global_step == 4
     assert cb.pruner.iterations == [1, 2, 3, 4]
+    assert cb.pruner.config.total == 4                     # the schedule in optimizer steps
 
 
 def test_stopping_is_decided_by_all_ranks_together(tmp_path, monkeypatch):

@@ -163,6 +163,19 @@ def test_check_every_counts_optimizer_steps(tmp_path):
     assert pruned["extra"]["draw_epoch"] == iterations[check] / 4
 
 
+def test_the_search_tells_its_pruner_the_schedule_in_the_counter_it_checks_with(tmp_path):
+    from earlybird.pipeline import RunConfig, stages
+    from earlybird.pipeline.env import setup
+    # 4 epochs of 256 images at batch 64: checked once an epoch, the schedule is 4 epochs; every
+    # 3 optimizer steps, 16 steps. A total the user gives is kept.
+    for check_every, given, total in ((None, None, 4), (3, None, 16), (3, 100, 100)):
+        cfg = RunConfig(save=str(tmp_path / "run"), width=0.125, depth=11, train_images=256,
+                        test_images=128, batch_size=64, recipe=eb.Recipe(epochs=4),
+                        check_every=check_every, earlybird=eb.EarlyBirdConfig(total=given))
+        env = setup(cfg)
+        assert stages._pruner(env.model(), env).config.total == total
+
+
 def test_imagefolder_data_with_a_torchvision_model(tmp_path):
     from PIL import Image
     for split in ("train", "val"):

@@ -273,6 +273,8 @@ class NoNorm(nn.Module):
     (dict(criterion="median"), ValueError, r"unknown criterion 'median'; choose from"),
     (dict(criterion="plateau", span=0), ValueError, "span must be None or an integer >= 1"),
     (dict(criterion="reference", span=100), ValueError, "span is used by the plateau rule only"),
+    (dict(total=0), ValueError, r"total must be None or an integer >= 1 \(epochs or steps\), got 0"),
+    (dict(total=12.5), ValueError, "total must be None or an integer >= 1"),
     (dict(sparsity=-1e-4), ValueError, "sparsity must be a number >= 0"),
     (dict(penalty="l2"), ValueError, r"choose from \['l1', 'group_lasso'\]"),
     (dict(min_channels=0), ValueError, "min_channels must be an integer >= 1"),
@@ -334,6 +336,28 @@ def test_rules_see_the_steps_and_ratio_of_every_check(x32, monkeypatch):
         pruner.step(iteration=step)
     assert seen[-2:] == [(0.3, [100, 200, 300], 3, 3, 0.2, 250),
                          (0.7, [100, 200, 300], 3, 3, 0.2, 250)]
+
+
+def test_the_schedule_sets_the_plateau_rules_span_and_none_of_the_other_rules(x32, monkeypatch, caplog):
+    from earlybird.search import criteria
+    seen = []
+
+    def spy(checks, window, epsilon, span):
+        seen.append(span)
+        return False
+    monkeypatch.setitem(criteria.CRITERIA, "plateau", spy)
+    monkeypatch.setitem(criteria.CRITERIA, "reference", spy)
+    for settings, span in ((dict(total=128), 8), (dict(total=10240), 640),   # a sixteenth
+                           (dict(total=10), 1), (dict(total=128, span=3), 3),
+                           (dict(), None), (dict(criterion="reference", total=128), None)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="earlybird"):
+            pruner = eb.EarlyBirdPruner(TinyVGG(), x32, ratios=[0.5], **settings)
+        pruner.step(iteration=0)
+        assert seen.pop() == span == pruner.config.plateau_span()
+        # the only setting that says nothing about when to draw is told so, once
+        warned = [r.getMessage() for r in caplog.records if "neither span nor total" in r.getMessage()]
+        assert len(warned) == (settings == {})
 
 
 def test_plateau_rule_in_the_pruner_draws_when_the_masks_stop_changing(x32):

@@ -48,9 +48,10 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
         p.error(f"unknown setting {args.setting!r}; choose from {settings()}")
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    epochs = load_suite(args.setting).setting.epochs
     for rule in args.rules:
         try:
-            rule_spec(rule)
+            rule_spec(rule, epochs)
         except ValueError as exc:
             p.error(str(exc))
     return args

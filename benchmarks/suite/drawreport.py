@@ -32,7 +32,7 @@ ROW_KEYS = ("seed", "ratio", "test_acc", "train_flops", "wall_s", "flops", "para
 def collect(suite: Suite, root: Path, grid: tuple[int, ...], rules: tuple[str, ...]) -> dict:
     """The study's rows as plain data: per seed whose slimming run is done, where each rule
     draws, the finetunes found in the cache and the dense and NS rows."""
-    seeds, rows, reference = {}, [], []
+    seeds, rows, reference, epochs = {}, [], [], suite.setting.epochs
     for seed in suite.seeds:
         folder = root / f"seed{seed}"
         if not (folder / "slim.pt").exists():
@@ -42,7 +42,7 @@ def collect(suite: Suite, root: Path, grid: tuple[int, ...], rules: tuple[str, .
         points: dict[str, dict[str, Optional[list[int]]]] = {}
         for ratio in suite.ratios:
             points[f"{ratio:g}"] = {rule: (None if (at := rule_point(
-                slim, ratio, rule, suite.setting.epochs)) is None else list(at)) for rule in rules}
+                slim, ratio, rule, epochs)) is None else list(at)) for rule in rules}
             wanted = {(e, e * spe) for e in grid} | {tuple(v) for v in points[f"{ratio:g}"].values()
                                                      if v is not None}
             for epoch, step in sorted(wanted):
@@ -60,7 +60,7 @@ def collect(suite: Suite, root: Path, grid: tuple[int, ...], rules: tuple[str, .
         seeds[str(seed)] = {"steps_per_epoch": spe, "slim_test_acc": float(slim["test_acc"]),
                             "points": points, "host": slim.get("host")}
     return {"setting": suite.as_dict(), "grid": list(grid),
-            "rules": {r: list(rule_spec(r)) for r in rules}, "seeds": seeds, "rows": rows,
+            "rules": {r: list(rule_spec(r, epochs)) for r in rules}, "seeds": seeds, "rows": rows,
             "reference": reference}
 
 
@@ -277,15 +277,15 @@ def render(results: dict, out: Path, default_rule: str) -> dict:
     """Write README.md, the two plots and summary.json from ``results`` (results.json's
     content) into ``out``; returns the summary."""
     from benchmarks.suite import drawplots
-    from earlybird.search.config import EarlyBirdConfig
+    from earlybird.search.config import SPAN_PER_TOTAL, EarlyBirdConfig
     from earlybird.run.io import write_text
     summary = summarize(results)
     decision = decide(summary)
     default = EarlyBirdConfig()
     rows = summary_rows(results, summary, results["setting"]["name"], default_rule)
     common.write_json(out / "summary.json", {
-        "default": {"criterion": default.criterion, "epsilon": default.epsilon,
-                    "window": default.window, "span": default.span, "rule": default_rule},
+        "default": {"criterion": default.criterion, "epsilon": default.epsilon, "window": default.window,
+                    "span": default.span, "span_per_total": SPAN_PER_TOTAL, "rule": default_rule},
         "decision": decision, "rows": rows})
     write_text(out / "README.md", markdown(results, summary, decision, results["meta"]))
     drawplots.curve(results, summary, out / "draw-point.png")

@@ -141,7 +141,7 @@ class Job:
         pruned at the next epoch boundary, where the weights are kept; undrawn: the mask and
         weights of the last epoch boundary before the end."""
         spe, epochs = int(slim["steps_per_epoch"]), self.st.epochs
-        step = detect(slim, self.ratio, rule)
+        step = detect(slim, self.ratio, rule, epochs)
         t = -(-step // spe) if step is not None else epochs           # ceil
         drawn = t < epochs
         if not drawn:
@@ -160,7 +160,7 @@ class Job:
 
     def draw_step(self, slim: dict, rule: str) -> Optional[float]:
         """Where ``rule`` drew the ticket, in epochs (a fraction inside one), or None."""
-        step = detect(slim, self.ratio, rule)
+        step = detect(slim, self.ratio, rule, self.st.epochs)
         return None if step is None else step / int(slim["steps_per_epoch"])
 
     def first_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

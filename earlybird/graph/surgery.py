@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .attention import attention_unit, dims_spec, drop_heads, find_attentions, heads_layer
+from .attention import attention_unit, dims_spec, drop_heads, find_attentions, heads_layer, unit_width
 from .coefficients import strip_coefficients
 from .heads import prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
@@ -192,8 +192,15 @@ def zero_pruned_channels(channel_graph: ChannelGraph, keep: Tensor) -> None:
             norm.module.bias[hit] = 0
 
 
-def check_runs(small: nn.Module, example_inputs: Any, ratio: float) -> None:
-    """The pruned copy must still run on the example inputs; say why not in one line."""
+def check_runs(small: nn.Module, example_inputs: Any, ratio: float, keep: Mapping[str, Tensor]) -> None:
+    """The pruned copy must keep exactly the ticket's channels and still run on the example
+    inputs; say why not in one line."""
+    for name, mask in keep.items():
+        width = unit_width(small.get_submodule(heads_layer(name) or name), name)
+        if width != int(mask.sum()):
+            raise UnsupportedModelError(
+                f"pruning left {name!r} with {width} channels where the ticket keeps {int(mask.sum())}"
+            )
     try:
         run_example(small, example_inputs)
     except UnsupportedModelError as exc:

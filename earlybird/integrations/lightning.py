@@ -101,7 +101,8 @@ class EarlyBirdCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.pruner is not None or self.history is not None:
             return
-        self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module), config=self.config)
+        config = self.config if self.config.total else make_config(self.config, total=self._total(trainer))
+        self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module), config=config)
         original = pl_module.on_load_checkpoint
 
         def rebuild_then_load(checkpoint: dict[str, Any]) -> None:
@@ -115,6 +116,12 @@ class EarlyBirdCallback(pl.Callback):
             original(checkpoint)
 
         pl_module.on_load_checkpoint = rebuild_then_load  # type: ignore[method-assign]
+
+    def _total(self, trainer: pl.Trainer) -> Optional[int]:
+        """The fit's length in the counter the checks pass: epochs, or optimizer steps with
+        ``every_n_steps``; None when it is unbounded."""
+        n = trainer.estimated_stepping_batches if self.every_n_steps else trainer.max_epochs
+        return int(n) if n is not None and 0 < n < float("inf") else None
 
     # ----------------------------------------------------------------------------- hooks
     def on_before_optimizer_step(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Any, Optional, cast
 
 import torch
@@ -98,7 +99,11 @@ def search(
 
 
 def _pruner(model: nn.Module, env: RunEnv) -> EarlyBirdPruner:
-    return EarlyBirdPruner(model, env.example(), config=env.cfg.earlybird)
+    """The search's pruner; its schedule (``total``) in the counter the checks pass: epochs, or
+    optimizer steps with ``check_every``."""
+    cfg = env.cfg
+    total = cfg.earlybird.total or cfg.recipe.epochs * (env.steps_per_epoch if cfg.check_every else 1)
+    return EarlyBirdPruner(model, env.example(), config=replace(cfg.earlybird, total=total))
 
 
 def _regularizer(model: nn.Module, env: RunEnv) -> Optional[Any]:

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from .carry import carry_optimizer, carry_scheduler
-from .config import EarlyBirdConfig, make_config
+from .config import NO_TOTAL, EarlyBirdConfig, make_config
 from .criteria import COUNTING, Checks, get_criterion
 from .distance import pairwise_distances
-from ..errors import CheckpointError, NoTicketError, UnsupportedModelError
-from ..graph.attention import heads_layer, unit_width
+from ..errors import CheckpointError, NoTicketError
+from ..graph.attention import heads_layer
 from ..graph import (
     ChannelGraph,
     check_runs,
@@ -116,6 +116,9 @@ class EarlyBirdPruner:
         )
         self._split: Optional[KindBudget] = None if self.config.budget == "global" else split
         self._criterion = get_criterion(self.config.criterion)
+        self._span = self.config.plateau_span()
+        if self.config.criterion == "plateau" and self._span is None:
+            log.warning(NO_TOTAL)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
         self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
@@ -175,7 +178,7 @@ class EarlyBirdPruner:
                 Checks(self._rows[ratio], self.iterations, ratio, counts),
                 self.config.window,
                 self.config.epsilon,
-                self.config.span,
+                self._span,
             ):
                 self.tickets[ratio] = self._draw(ratio, check)
                 drawn.append(ratio)
@@ -334,14 +337,7 @@ class EarlyBirdPruner:
             small.load_state_dict(ticket.state)
         history = prune_model(small, self.example_inputs, keep, self.graph.ties)
         small = small.to(memory_format=memory_format_of(self.model))  # channels_last stays
-        for name, mask in keep.items():
-            layer = small.get_submodule(heads_layer(name) or name)
-            width = unit_width(layer, name)
-            if width != int(mask.sum()):
-                raise UnsupportedModelError(
-                    f"pruning left {name!r} with {width} channels where the ticket keeps {int(mask.sum())}"
-                )
-        check_runs(small, self.example_inputs, ratio)
+        check_runs(small, self.example_inputs, ratio, keep)
         attach_record(small, history, self._spec)
         if optimizer is None:
             return small
