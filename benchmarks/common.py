@@ -30,7 +30,7 @@ from earlybird.data.datasets import (Batches, ImageSet, folder_loaders, load_dat
 from earlybird.training.distributed import Dist, barrier, dist_env, from_rank0  # noqa: E402,F401
 from earlybird.data.models import build_model  # noqa: E402
 from earlybird.training.recipe import Recipe  # noqa: E402
-from earlybird.training.trainer import Trainer  # noqa: E402
+from earlybird.training.trainer import Trainer, memory_format  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "cifar10-25k.npz"
@@ -60,6 +60,10 @@ class Setting:
     precision: str = "fp32"        # fp32 | bf16 (autocast on CUDA)
     compile: bool = False          # torch.compile the training step
     peak_tflops: float = 0.0       # the chip's rate, for the report's throughput table
+    # the input layout: auto (the Trainer's choice) or widths (channels_last only when every
+    # conv width is a multiple of 8: the Trainer's rule for one thread too before 0aa8a92, which
+    # the converged setting's rows were trained with)
+    layout: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         """The setting as plain data; keys added after results were committed are left out at
@@ -85,7 +89,8 @@ class Data:
 
 
 DATASETS = ("packed", "cifar10", "cifar100", "imagenet", "synthetic", "archive")
-LATER = {"precision": "fp32", "compile": False, "peak_tflops": 0.0}
+LATER = {"precision": "fp32", "compile": False, "peak_tflops": 0.0, "layout": "auto"}
+LAYOUTS = ("auto", "widths")
 WORKERS = min(8, os.cpu_count() or 1)          # DataLoader processes per rank (ImageNet)
 
 
@@ -192,10 +197,11 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
     epoch; the rest is the Trainer's (``precision="q8"``: qtorch's 8-bit training;
     ``weight_masks``: unstructured tickets; under torchrun: data-parallel).
     """
+    layout = None if setting.layout == "auto" else memory_format(model, device_of(setting), threads=2)
     trainer = Trainer(model, setting.recipe, data.train, test=data.test,
                       device=device_of(setting), precision=precision or setting.precision,
                       regularize=regularize, weight_masks=weight_masks, check_every=check_every,
-                      on_check=on_check, epoch=first, compile=setting.compile)
+                      on_check=on_check, epoch=first, compile=setting.compile, layout=layout)
     try:
         return trainer.fit(last, eval_every_epoch=eval_every_epoch, after_epoch=None
                            if after_epoch is None else lambda record: after_epoch(record["epoch"]))

@@ -49,16 +49,18 @@ DEFAULT_CHECKS_PER_EPOCH = 4
 def rule_spec(rule: str, epochs: Optional[int] = None) -> tuple[str, int, int, float, Optional[float]]:
     """A rule of :data:`RULES`, or ``"<criterion> @<k>/epoch"``: that criterion seeing ``k``
     checks per epoch, window 5, epsilon 0.1 (the plateau rule: span 2 epochs of steps; the epi
-    rule: epsilon 0.02), or :data:`DEFAULT` in a schedule of ``epochs``.
+    rule: epsilon 0.02), or :data:`DEFAULT` (``"default @<k>/epoch"``: checked ``k`` times per
+    epoch) in a schedule of ``epochs``.
 
     >>> rule_spec("plateau @4/epoch"), rule_spec("reference"), rule_spec("default", 128)
     (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None), ('plateau', 4, 5, 0.1, 8.0))
     """
-    if rule == DEFAULT:
+    name, _, every = rule.partition(" @")
+    if name == DEFAULT and (not every or (every.endswith("/epoch") and every[:-6].isdigit())):
         if epochs is None:
             raise ValueError("the default rule's span is a share of the schedule: give its epochs")
-        d = EarlyBirdConfig()
-        return (d.criterion, DEFAULT_CHECKS_PER_EPOCH, d.window, d.epsilon, epochs / SPAN_PER_TOTAL)
+        d, k = EarlyBirdConfig(), int(every[:-6]) if every else DEFAULT_CHECKS_PER_EPOCH
+        return (d.criterion, k, d.window, d.epsilon, epochs / SPAN_PER_TOTAL)
     if rule in RULES or rule in VARIANTS:
         return RULES.get(rule) or VARIANTS[rule]
     criterion, _, every = rule.partition(" @")

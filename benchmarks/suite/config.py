@@ -60,6 +60,9 @@ class Suite:
         if st.dataset not in common.DATASETS:
             raise ValueError(f"{self.name}: unknown dataset {st.dataset!r}; choose from "
                              f"{list(common.DATASETS)}")
+        if st.layout not in common.LAYOUTS:
+            raise ValueError(f"{self.name}: unknown layout {st.layout!r}; choose from "
+                             f"{list(common.LAYOUTS)}")
 
     def as_dict(self) -> dict[str, Any]:
         later = {k: getattr(self, k) for k, default in LATER.items() if getattr(self, k) != default}

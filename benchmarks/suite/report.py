@@ -17,7 +17,7 @@ from benchmarks.suite.plots import frontier, plot
 from benchmarks.suite.registry import REGISTRY, get
 from earlybird.run.io import write_text
 
-BAR_METHODS = ("eb", "eb-plateau")      # the EB rules the performance bar is read for
+BAR_METHODS = ("eb", "eb-plateau", "eb-default")   # the EB rules the performance bar is read for
 
 
 def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:

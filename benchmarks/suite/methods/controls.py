@@ -25,15 +25,17 @@ def random_widths(keep: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
     return out
 
 
-def random_ticket(job: Job, shared: dict[str, dict]) -> dict:
+def random_ticket(job: Job, shared: dict[str, dict], method: str = "random", rule: str = RULE) -> dict:
     """The EB ticket's per-layer widths with random channels, from a new initialisation."""
     slim = shared["slim"]
-    t, drawn, _, keep = job.ticket(slim, "slim", RULE)
+    if rule == "default":                  # as often as the setting checks
+        rule = f"default @{job.suite.checks_per_epoch}/epoch"
+    t, drawn, _, keep = job.ticket(slim, "slim", rule)
     keep = random_widths(keep, job.seed)
     small = job.prune(job.model(seed_offset=1), keep)
     result = job.train(small, 0)
-    return job.row("random", small, result, slim, widths={k: int(v.sum()) for k, v in keep.items()},
-                   draw_epoch=t, drawn=drawn, rule=RULE)
+    return job.row(method, small, result, slim, widths={k: int(v.sum()) for k, v in keep.items()},
+                   draw_epoch=t, drawn=drawn, rule=rule.split()[0])
 
 
 def weight_distance(a: nn.Module, b: nn.Module) -> float:
@@ -65,6 +67,10 @@ def stability(job: Job, shared: dict[str, dict]) -> dict:
 register(Method("random", "random ticket: EB ticket's per-layer widths, random channels, new "
                 "init, whole schedule", random_ticket, needs=("slim",), competitor=False,
                 rule=RULE, colour=14))
+register(Method("random-default", "random ticket with the widths of the library default's EB "
+                "ticket (eb-default), random channels, new init, whole schedule",
+                lambda job, shared: random_ticket(job, shared, "random-default", "default"),
+                needs=("slim",), competitor=False, rule="default", colour=8))
 register(Method("stability", "LT-paper stability: the EB ticket and a random ticket of its "
                 "widths, both cut from the draw-epoch weights, each trained twice with two data "
                 "orders; the distance between the copies", stability, needs=("slim",),

@@ -10,8 +10,8 @@ from benchmarks.suite.registry import Method, register
 
 def _eb(job: Job, method: str, shared: dict[str, dict], tag: str, rule: str) -> dict:
     slim = shared[tag]
-    if rule == "plateau":                  # as often as the setting checks (span: 2 epochs)
-        rule = f"plateau @{job.suite.checks_per_epoch}/epoch"
+    if rule in ("plateau", "default"):     # as often as the setting checks
+        rule = f"{rule} @{job.suite.checks_per_epoch}/epoch"
     t, drawn, dense_model, keep = job.ticket(slim, tag, rule)
     search = costs.part(slim, t, str(slim["precision"]))
     extra = {"draw_epoch": t, "drawn": drawn, "rule": rule.split()[0],
@@ -37,6 +37,8 @@ _variant("eb", "EB Train: slimming until the reference rule draws the ticket, pr
          "to the end", "slim", "reference", 1)
 _variant("eb-plateau", "EB Train with the plateau rule (span 2 epochs of steps), checked "
          "checks_per_epoch times per epoch", "slim", "plateau", 2)
+_variant("eb-default", "EB Train with the library's default rule (plateau, span a sixteenth of "
+         "the schedule), checked checks_per_epoch times per epoch", "slim", "default", 7)
 _variant("eb-reinit", "EB Train's ticket (reference rule) re-initialised, trained a whole "
          "schedule", "slim", "reference", 3)
 _variant("lf", "EB Train with an 8-bit search, fp32 finetune", "slim-q8", "reference", 4)

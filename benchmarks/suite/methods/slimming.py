@@ -34,13 +34,14 @@ def budget_epochs(budget: float, dense: float, small: float) -> int:
     return max(1, round(budget / (dense + small)))
 
 
-def ns_budget(job: Job, shared: dict[str, dict]) -> dict:
+def ns_budget(job: Job, shared: dict[str, dict], method: str = "ns-budget",
+              budget_of: str = BUDGET_OF) -> dict:
     """Network slimming shortened to EB Train's training FLOPs at this ratio and seed: a
     slimming run of ``n`` epochs and a finetune of ``m``, each with the setting's schedule
     shape (lr x0.1 at 50 % and 75 % of its own length); ``n`` from the dense and the full NS
     ticket's FLOPs per epoch, ``m`` from what is left for the ticket the short run draws."""
     from benchmarks.suite.runner import run_method       # the EB row, from the cache
-    budget = float(run_method(job.suite, job.seed, BUDGET_OF, job.ratio, job.folder)["train_flops"])
+    budget = float(run_method(job.suite, job.seed, budget_of, job.ratio, job.folder)["train_flops"])
     slim = shared["slim"]
     images = int(slim["images_per_epoch"])
     full = job.model(job.weights("slim", job.st.epochs))
@@ -56,9 +57,9 @@ def ns_budget(job: Job, shared: dict[str, dict]) -> dict:
     per_small = training_flops(count_flops(small.cpu(), job.example).flops, images)
     m = max(1, round((budget - n * per_dense) / per_small))
     result = common.train(small, _shortened(job, m), job.data, 0, m)
-    return job.row("ns-budget", small, result, slim,
+    return job.row(method, small, result, slim,
                    before=[costs.own(int(slim["flops"]), searched)], budget_flops=budget,
-                   budget_of=BUDGET_OF, slim_epochs=n, finetune_epochs=m,
+                   budget_of=budget_of, slim_epochs=n, finetune_epochs=m,
                    short_slim_acc=float(searched["test_acc"]))
 
 
@@ -71,3 +72,7 @@ register(Method("ns", "network slimming: the whole slimming run, prune by its fi
 register(Method("ns-budget", "network slimming shortened to EB Train's (eb-plateau) training "
                 "FLOPs: a slimming run and a finetune of fewer epochs, same schedule shape",
                 ns_budget, needs=("slim",), after=(BUDGET_OF,), competitor=False, colour=16))
+register(Method("ns-budget-default", "network slimming shortened to the training FLOPs of EB Train "
+                "with the library's default rule (eb-default)",
+                lambda job, shared: ns_budget(job, shared, "ns-budget-default", "eb-default"),
+                needs=("slim",), after=("eb-default",), competitor=False, colour=9))
