@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from earlybird.search.config import SPAN_PER_TOTAL, EarlyBirdConfig
+from earlybird.search.config import EARLIEST_SHARE, EarlyBirdConfig
 from earlybird.search.criteria import COUNTING, Checks, get_criterion
 from earlybird.search.masks import ChannelLayout
 
@@ -39,7 +39,7 @@ VARIANTS: dict[str, tuple[str, int, int, float, Optional[float]]] = {
 }
 
 
-# the library's default (EarlyBirdConfig, told the schedule: span = total // SPAN_PER_TOTAL),
+# the library's default (EarlyBirdConfig, told the schedule: span = total * EARLIEST_SHARE / 2),
 # checked as often as the suite's EB Train checks; its span is a share of the schedule, so its
 # spec needs the setting's epochs
 DEFAULT = "default"
@@ -53,14 +53,14 @@ def rule_spec(rule: str, epochs: Optional[int] = None) -> tuple[str, int, int, f
     epoch) in a schedule of ``epochs``.
 
     >>> rule_spec("plateau @4/epoch"), rule_spec("reference"), rule_spec("default", 128)
-    (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None), ('plateau', 4, 5, 0.1, 8.0))
+    (('plateau', 4, 5, 0.1, 2.0), ('reference', 1, 5, 0.1, None), ('plateau', 4, 5, 0.1, 12.0))
     """
     name, _, every = rule.partition(" @")
     if name == DEFAULT and (not every or (every.endswith("/epoch") and every[:-6].isdigit())):
         if epochs is None:
             raise ValueError("the default rule's span is a share of the schedule: give its epochs")
         d, k = EarlyBirdConfig(), int(every[:-6]) if every else DEFAULT_CHECKS_PER_EPOCH
-        return (d.criterion, k, d.window, d.epsilon, epochs / SPAN_PER_TOTAL)
+        return (d.criterion, k, d.window, d.epsilon, epochs * EARLIEST_SHARE / 2)
     if rule in RULES or rule in VARIANTS:
         return RULES.get(rule) or VARIANTS[rule]
     criterion, _, every = rule.partition(" @")

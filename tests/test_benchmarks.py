@@ -97,18 +97,18 @@ def test_epi_replayed_on_recorded_masks_draws_where_the_pruner_did(x32, monkeypa
 
 def test_the_default_replayed_on_recorded_masks_draws_where_the_pruner_told_the_schedule_did(x32):
     # 16 epochs of 8 optimizer steps, checked every 2 (4 times an epoch, as EB Train checks):
-    # the pruner's span is 128 // 16 = 8 steps, the replay's 16 / 16 = 1 epoch of 8 steps. The
-    # masks churn for 10 checks and then settle (C moves 2 of 18 channels from A)
+    # the pruner's span is 3/32 of 128 = 12 steps, the replay's 3/32 of 16 = 1.5 epochs of 8
+    # steps. The masks churn for 10 checks and then settle (C moves 2 of 18 channels from A)
     model = TinyVGG()
     pruner = eb.EarlyBirdPruner(model, x32, ratios=[0.5], total=16 * 8)
-    for t, bits in enumerate([A, B] * 5 + [A, C] + [A] * 8):
+    for t, bits in enumerate([A, B] * 5 + [A, C] + [A] * 16):
         keep = torch.tensor([b == "1" for b in bits])
         set_scales(model, torch.where(keep, 1.0, 0.1) + torch.linspace(0.0, 0.01, len(bits)))
         pruner.step(iteration=2 * t)
     record = {"steps": torch.tensor(pruner.iterations), "steps_per_epoch": 8,
               "masks": {"0.5": pruner.history(0.5)}}
     drawn = pruner.tickets[0.5].iteration
-    assert pruner.config.plateau_span() == 8 and drawn >= 2 * 8
+    assert pruner.config.plateau_span() == 12 and drawn >= 2 * 12
     assert rules.detect(record, 0.5, "default", epochs=16) == drawn
     with pytest.raises(ValueError, match="the default rule's span is a share of the schedule"):
         rules.detect(record, 0.5, "default")

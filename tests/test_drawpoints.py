@@ -104,7 +104,7 @@ def test_the_summary_names_the_librarys_default_rule():
     default = EarlyBirdConfig(total=128 * 80)
     criterion, _, window, epsilon, span_epochs = rule_spec(drawpoints.DEFAULT_RULE, 128)
     assert (criterion, window, epsilon) == (default.criterion, default.window, default.epsilon)
-    assert int(span_epochs * 80) == default.plateau_span() == 640
+    assert int(span_epochs * 80) == default.plateau_span() == 960
 
 
 def _summary(gaps_shares):

@@ -347,7 +347,7 @@ def test_the_schedule_sets_the_plateau_rules_span_and_none_of_the_other_rules(x3
         return False
     monkeypatch.setitem(criteria.CRITERIA, "plateau", spy)
     monkeypatch.setitem(criteria.CRITERIA, "reference", spy)
-    for settings, span in ((dict(total=128), 8), (dict(total=10240), 640),   # a sixteenth
+    for settings, span in ((dict(total=128), 12), (dict(total=10240), 960),   # 3/32 of it
                            (dict(total=10), 1), (dict(total=128, span=3), 3),
                            (dict(), None), (dict(criterion="reference", total=128), None)):
         caplog.clear()

@@ -277,7 +277,7 @@ def render(results: dict, out: Path, default_rule: str) -> dict:
     """Write README.md, the two plots and summary.json from ``results`` (results.json's
     content) into ``out``; returns the summary."""
     from benchmarks.suite import drawplots
-    from earlybird.search.config import SPAN_PER_TOTAL, EarlyBirdConfig
+    from earlybird.search.config import EARLIEST_SHARE, EarlyBirdConfig
     from earlybird.run.io import write_text
     summary = summarize(results)
     decision = decide(summary)
@@ -285,7 +285,7 @@ def render(results: dict, out: Path, default_rule: str) -> dict:
     rows = summary_rows(results, summary, results["setting"]["name"], default_rule)
     common.write_json(out / "summary.json", {
         "default": {"criterion": default.criterion, "epsilon": default.epsilon, "window": default.window,
-                    "span": default.span, "span_per_total": SPAN_PER_TOTAL, "rule": default_rule},
+                    "span": default.span, "earliest_share": EARLIEST_SHARE, "rule": default_rule},
         "decision": decision, "rows": rows})
     write_text(out / "README.md", markdown(results, summary, decision, results["meta"]))
     drawplots.curve(results, summary, out / "draw-point.png")
