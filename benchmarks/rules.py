@@ -6,6 +6,7 @@ The detection experiment (``benchmarks/detection.py``) and the suite's EB method
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from earlybird.search.config import EARLIEST_SHARE, EarlyBirdConfig
@@ -86,7 +87,8 @@ def detect(record: dict, ratio: float, rule: str, epochs: Optional[int] = None) 
     picked = [i for i, s in enumerate(steps) if s % every == 0]
     masks = record["masks"][f"{ratio:g}"][picked]
     steps = [steps[i] for i in picked]
-    span = None if span_epochs is None else int(span_epochs * spe)
+    # rounded up, as the pruner rounds the default's span (the studies' spans are whole epochs)
+    span = None if span_epochs is None else math.ceil(span_epochs * spe)
     fn = get_criterion(criterion)
     counts = None
     if criterion in COUNTING:

@@ -119,6 +119,15 @@ def test_under_gradient_accumulation_every_optimizer_step_is_checked_once(tmp_pa
     assert cb.pruner.config.total == 4                     # the schedule in optimizer steps
 
 
+def test_the_schedule_is_what_max_epochs_and_max_steps_allow(tmp_path):
+    # 4 batches an epoch: max_steps=6 ends the fit inside epoch 2 whatever max_epochs says
+    for epochs, steps, total in ((3, -1, 3), (-1, 6, 2), (50, 6, 2)):
+        cb = EarlyBirdCallback(ratios=[0.5], on_detect="continue")
+        t = trainer(tmp_path, cb, epochs=epochs, max_steps=steps)
+        t.fit(Module(), data())
+        assert cb.pruner.config.total == total and cb.pruner.config.plateau_span() == 1
+
+
 def test_stopping_is_decided_by_all_ranks_together(tmp_path, monkeypatch):
     # a rank whose detector has not fired keeps every rank training: the stop is reduced
     cb = EarlyBirdCallback(ratios=[0.5], window=2, epsilon=0.5)

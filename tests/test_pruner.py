@@ -348,14 +348,17 @@ def test_the_schedule_sets_the_plateau_rules_span_and_none_of_the_other_rules(x3
     monkeypatch.setitem(criteria.CRITERIA, "plateau", spy)
     monkeypatch.setitem(criteria.CRITERIA, "reference", spy)
     for settings, span in ((dict(total=128), 12), (dict(total=10240), 960),   # 3/32 of it
-                           (dict(total=10), 1), (dict(total=128, span=3), 3),
+                           (dict(total=48), 5), (dict(total=10), 1),     # rounded up: >= 18.75 %
+                           (dict(total=128, span=3), 3),
                            (dict(), None), (dict(criterion="reference", total=128), None)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="earlybird"):
             pruner = eb.EarlyBirdPruner(TinyVGG(), x32, ratios=[0.5], **settings)
-        pruner.step(iteration=0)
-        assert seen.pop() == span == pruner.config.plateau_span()
-        # the only setting that says nothing about when to draw is told so, once
+            assert not caplog.records                  # a pruner that never checks is not told
+            pruner.step(iteration=0)
+            pruner.step(iteration=1)
+        assert seen[-2:] == [span, span] and span == pruner.config.plateau_span()
+        # the only setting that says nothing about when to draw is told so, once, at its check
         warned = [r.getMessage() for r in caplog.records if "neither span nor total" in r.getMessage()]
         assert len(warned) == (settings == {})
 

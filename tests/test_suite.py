@@ -538,6 +538,32 @@ def test_claims_are_read_from_the_table():
     assert "claims" not in S.summarize(replace(suite, claims=False), rows)
 
 
+def test_the_default_rules_claims_are_read_against_its_own_controls():
+    # eb-default is judged against the random ticket of its widths and NS at its FLOPs, not
+    # against the reference ticket's random control or eb-plateau's ns-budget
+    suite = replace(S.load_suite("quick"), ratios=(0.5,), claims=True, methods=(
+        "eb", "eb-plateau", "eb-default", "ns", "random", "random-default", "ns-budget",
+        "ns-budget-default"))
+    rows = []
+    for seed, shift in ((0, -0.5), (1, 0.5)):
+        rows += [_row("eb-default", 0.5, seed, 80.0 + shift, 30.0, 45.0, draw_epoch=3),
+                 _row("eb", 0.5, seed, 79.0 + shift, 35.0, 50.0, draw_epoch=8),
+                 _row("eb-plateau", 0.5, seed, 78.0 + shift, 25.0, 40.0, draw_epoch=2),
+                 _row("ns", 0.5, seed, 80.4 + shift, 90.0, 120.0),
+                 _row("random", 0.5, seed, 70.0, 35.0, 50.0),
+                 _row("random-default", 0.5, seed, 76.0 + shift, 30.0, 45.0),
+                 _row("ns-budget", 0.5, seed, 60.0, 25.5, 41.0),
+                 _row("ns-budget-default", 0.5, seed, 79.5, 30.3, 46.0)]
+    found = S.summarize(suite, rows)["claims"]
+    b = {e["method"]: e for e in found["b"]}
+    assert b["eb-default"]["delta"] == pytest.approx(4.0) and b["eb"]["delta"] == pytest.approx(9.0)
+    d = {e["method"]: e for e in found["d"]}
+    assert d["eb-default"]["delta"] == pytest.approx(0.5) and d["eb-default"]["flops_ratio"] == \
+        pytest.approx(30.3 / 30.0)
+    assert d["eb-plateau"]["delta"] == pytest.approx(18.0)
+    assert [e["method"] for e in found["a"]] == ["eb-default", "eb-plateau", "eb"]   # default first
+
+
 def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_results(tmp_path):
     # a 3-epoch ViT slimming run (issue #26: do the head and MLP masks settle early?)
     from benchmarks.suite.kinds import kind_distances
@@ -568,3 +594,25 @@ def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_result
     (out / "README.md").write_text("older")
     S.rewrite_results(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+
+
+def test_a_settings_layout_is_checked_and_widths_keeps_the_multiples_of_8_rule(monkeypatch):
+    raw = json.loads((common.ROOT / "configs" / "converged.json").read_text())
+    with pytest.raises(ValueError, match=r"unknown layout 'nhwc'; choose from \['auto', 'widths'\]"):
+        S.suite_from_dict({**raw, "layout": "nhwc"}, "converged")
+    seen = []
+
+    class Spy:                                     # the Trainer common.train would build
+        def __init__(self, model, *args, layout=None, **kwargs):
+            seen.append(layout)
+            raise KeyboardInterrupt
+    monkeypatch.setattr(common, "Trainer", Spy)
+    data = common.Data([None], None)              # one batch: nothing is trained
+    widths, auto = S.load_suite("converged").setting, S.load_suite("mini").setting
+    for setting, net in ((widths, nn.Conv2d(3, 27, 3)), (widths, nn.Conv2d(8, 32, 3)),
+                         (auto, nn.Conv2d(3, 27, 3))):
+        with pytest.raises(KeyboardInterrupt):
+            common.train(net, setting, data, 0, 1)
+    # odd widths stay contiguous and multiples of 8 go channels_last, whatever the threads;
+    # "auto" leaves the choice to the Trainer (channels_last for any conv net on one thread)
+    assert seen == [torch.contiguous_format, torch.channels_last, None]

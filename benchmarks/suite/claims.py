@@ -4,7 +4,8 @@
 fewer training FLOPs and how much less wall-clock; (b) the EB ticket more accurate than the
 random ticket of the same widths by more than two standard deviations (the pooled seed
 standard deviation of the two); (c) the share of the schedule at which each ticket was drawn;
-(d) EB Train against ``ns-budget``, network slimming at EB Train's training FLOPs. Each is read
+(d) EB Train against network slimming at its training FLOPs (``ns-budget``,
+``ns-budget-default``). Each is read
 for the EB rules the setting ran (``eb-default``, the library's default, first) and marked met
 or missed next to the paper's figure.
 """
@@ -116,7 +117,8 @@ def claims_markdown(found: dict[str, Any]) -> list[str]:
                      f"{100 * e['share']:.1f} % | {e['drawn_seeds']} of {e['seeds']} | "
                      f"{verdict(e['met'])} |")
     lines += ["", "(d) EB Train against network slimming at the same training FLOPs "
-              "(`ns-budget`; verdict: EB at least as accurate) — paper: "
+              "(`ns-budget`; `ns-budget-default` for `eb-default`; verdict: EB at least as "
+              "accurate) — paper: "
               f"{found['paper']['d']}.", "",
               "| EB rule | p | EB acc % | ns-budget acc % | EB - ns-budget | FLOPs ns-budget / EB "
               "| verdict |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]

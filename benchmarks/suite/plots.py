@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import Any
 from pathlib import Path
 
 from benchmarks import common
@@ -11,13 +12,18 @@ from earlybird.run.io import atomic_write
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")      # one per ratio in the frontier plot
 
 
+
+def _palette(plt: Any) -> tuple:
+    """tab20 then tab20b: a method's colour index picks from 40, the first 20 as before."""
+    return tuple(plt.get_cmap("tab20").colors) + tuple(plt.get_cmap("tab20b").colors)
+
 def plot(summary: dict, out: Path) -> None:
     """Accuracy vs training FLOPs, one panel per ratio, one marker per method (± std)."""
     plt = common.pyplot()
     ratios = sorted({e["ratio"] for e in summary["table"] if e["ratio"] is not None})
     dense = next((e for e in summary["table"] if e["method"] == "dense"), None)
     fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4.5), squeeze=False)
-    palette = plt.get_cmap("tab20").colors        # one colour per method, the same in every panel
+    palette = _palette(plt)                       # one colour per method, the same in every panel
     for ax, ratio in zip(axes[0], ratios):
         for e in [e for e in summary["table"] if e["ratio"] == ratio] + ([dense] if dense else []):
             acc = e["test_acc"]
@@ -41,7 +47,7 @@ def frontier(summary: dict, out: Path) -> None:
     FLOPs for every method and ratio in one plot; a colour per method, a marker per ratio, each
     method's ratios joined; the dense network as a reference line."""
     plt = common.pyplot()
-    palette = plt.get_cmap("tab20").colors
+    palette = _palette(plt)
     table = [e for e in summary["table"] if e["ratio"] is not None]
     ratios = sorted({e["ratio"] for e in table})
     fig, ax = plt.subplots(figsize=(8, 5.5))

@@ -30,7 +30,7 @@ class Method:
         competitor: compared against EB Train (False: EB variants and controls).
         unstructured: a weight-masked ticket, which keeps the dense shape and FLOPs.
         rule: the detection rule of the EB ticket it uses (``benchmarks.detection.RULES``).
-        colour: its colour in the plots (a tab20 index, fixed so old plots keep theirs).
+        colour: its colour in the plots (an index into tab20 then tab20b, fixed so old plots keep theirs).
         table: ``"main"``, or ``"stability"`` for a method with a table of its own.
         after: methods whose row (same ratio and seed) it starts from; in a pool they run
             first.

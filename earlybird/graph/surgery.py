@@ -192,10 +192,12 @@ def zero_pruned_channels(channel_graph: ChannelGraph, keep: Tensor) -> None:
             norm.module.bias[hit] = 0
 
 
-def check_runs(small: nn.Module, example_inputs: Any, ratio: float, keep: Mapping[str, Tensor]) -> None:
-    """The pruned copy must keep exactly the ticket's channels and still run on the example
-    inputs; say why not in one line."""
-    for name, mask in keep.items():
+def check_runs(
+    small: nn.Module, example_inputs: Any, ratio: float, keep: Optional[Mapping[str, Tensor]] = None
+) -> None:
+    """The pruned copy must keep exactly the ticket's channels (``keep``, when given) and still
+    run on the example inputs; say why not in one line."""
+    for name, mask in (keep or {}).items():
         width = unit_width(small.get_submodule(heads_layer(name) or name), name)
         if width != int(mask.sum()):
             raise UnsupportedModelError(

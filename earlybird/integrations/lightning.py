@@ -9,6 +9,7 @@ Example (the README's Lightning snippet runs a complete one)::
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -36,7 +37,10 @@ class EarlyBirdCallback(pl.Callback):
     Args:
         ratios: pruning ratios to track (default: the config's).
         config: the search's settings, an :class:`~earlybird.EarlyBirdConfig` (the same one
-            the pruner, ``RunConfig`` and the CLI take); default: its defaults.
+            the pruner, ``RunConfig`` and the CLI take); default: its defaults. Its ``total``
+            (the schedule, which sets the plateau rule's span), when None, is filled in as
+            training starts: the epochs (or, with ``every_n_steps``, the optimizer steps) that
+            ``max_epochs`` and ``max_steps`` allow.
         example_inputs: inputs for tracing; default ``pl_module.example_input_array``.
         model_attr: attribute of the LightningModule holding the network (``"model"``); the
             LightningModule itself when it has no such attribute.
@@ -101,8 +105,7 @@ class EarlyBirdCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.pruner is not None or self.history is not None:
             return
-        config = self.config if self.config.total else make_config(self.config, total=self._total(trainer))
-        self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module), config=config)
+        self.pruner = EarlyBirdPruner(self._network(pl_module), self._inputs(pl_module), config=self.config)
         original = pl_module.on_load_checkpoint
 
         def rebuild_then_load(checkpoint: dict[str, Any]) -> None:
@@ -118,10 +121,25 @@ class EarlyBirdCallback(pl.Callback):
         pl_module.on_load_checkpoint = rebuild_then_load  # type: ignore[method-assign]
 
     def _total(self, trainer: pl.Trainer) -> Optional[int]:
-        """The fit's length in the counter the checks pass: epochs, or optimizer steps with
-        ``every_n_steps``; None when it is unbounded."""
-        n = trainer.estimated_stepping_batches if self.every_n_steps else trainer.max_epochs
-        return int(n) if n is not None and 0 < n < float("inf") else None
+        """The fit's length in the counter the checks pass (optimizer steps with
+        ``every_n_steps``, else epochs), from Lightning's count of its optimizer steps, which
+        ``max_epochs`` and ``max_steps`` both bound; None when it is unbounded."""
+        steps = trainer.estimated_stepping_batches
+        if not 0 < steps < math.inf:
+            return None
+        if self.every_n_steps:
+            return int(steps)
+        batches = trainer.num_training_batches
+        if not 0 < batches < math.inf:
+            return None
+        return math.ceil(steps / math.ceil(batches / trainer.accumulate_grad_batches))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the schedule sets the plateau rule's span; the data is set up only now
+        if self.pruner is not None and self.pruner.config.total is None:
+            total = self._total(trainer)
+            self.pruner.config = make_config(self.pruner.config, total=total)
+            log.info("earlybird: the schedule is %s %s", total, "steps" if self.every_n_steps else "epochs")
 
     # ----------------------------------------------------------------------------- hooks
     def on_before_optimizer_step(

@@ -8,6 +8,7 @@ options and help come from these fields) and the Lightning callback all take it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Optional, Sequence
@@ -33,9 +34,9 @@ HEAD_MODES = ("whole", "dims", "off")
 RESIDUAL_MODES = ("prune", "keep")
 BUDGETS = ("global", "kind")
 # the plateau rule's default span is half this share of the schedule, so it draws no earlier than
-# 3/16 = 18.75 % of it (benchmarks/results/draw-point/converged: the earliest draw point whose
-# tickets come within 0.3 points of network slimming at p = 0.3 and 0.5; at 12.5 % they miss
-# by 0.42 at p = 0.3)
+# 3/16 = 18.75 % of it (benchmarks/results/draw-point/converged: the earliest measured draw point
+# whose tickets come within 0.3 points of network slimming at p = 0.3 and 0.5; at 12.5 % they
+# miss by 0.42 at p = 0.3; nothing between was measured)
 EARLIEST_SHARE = 3 / 16
 NO_TOTAL = (
     "earlybird: the plateau rule has neither span nor total, so its span is (window - 1) // 2 "
@@ -73,12 +74,12 @@ class EarlyBirdConfig:
     window: int = option(
         5,
         "masks (reference, normalized) or consecutive distances (fifo) looked at, >= 2; "
-        "plateau: (window - 1) // 2 checks make its span when span is None",
+        "plateau: (window - 1) // 2 checks make its span when neither span nor total is given",
     )
     criterion: str = option(
         "plateau",
-        "detection rule: plateau (chosen from benchmarks/detection.py: its tickets "
-        "retrain better), reference (the released code's rule), fifo (the paper's "
+        "detection rule: plateau (chosen on the converged draw-point study, "
+        "benchmarks/results/draw-point), reference (the released code's rule), fifo (the paper's "
         "Algorithm 1), normalized, or epi (When to Prune's early pruning indicator: how alike "
         "the kept channels per layer are)",
         choices=sorted(CRITERIA),
@@ -259,7 +260,7 @@ class EarlyBirdConfig:
 
     def plateau_span(self) -> Optional[int]:
         """The plateau rule's span in the counter passed to ``step()``: ``span``, else
-        ``total * EARLIEST_SHARE / 2`` rounded (at least 1), else None (the rule's last
+        ``total * EARLIEST_SHARE / 2`` rounded up (at least 1), else None (the rule's last
         ``(window - 1) // 2`` checks).
 
         >>> EarlyBirdConfig(total=128).plateau_span(), EarlyBirdConfig(total=128, span=2).plateau_span()
@@ -267,7 +268,7 @@ class EarlyBirdConfig:
         """
         if self.criterion != "plateau" or self.span is not None or self.total is None:
             return self.span
-        return max(1, round(self.total * EARLIEST_SHARE / 2))
+        return max(1, math.ceil(self.total * EARLIEST_SHARE / 2))
 
 
 def _is_int(value: object) -> bool:

@@ -16,7 +16,8 @@ as ``rule(checks, window, epsilon, span)`` and returns True when the newest mask
   ``span`` steps differs from its mean over the ``span`` steps before by at most ``epsilon``
   times its own early level (the largest such mean so far). Neither the distance's absolute
   size nor the number of steps per epoch enters; ``span`` is counted in the steps passed to
-  ``step()`` (``None``: the last ``window - 1`` checks).
+  ``step()`` (``None``: the last ``(window - 1) // 2`` checks; the pruner passes 3/32 of the
+  schedule when it is told it, ``EarlyBirdConfig.total``).
 - ``epi``: the early pruning indicator of "When to Prune" (Shen et al., CVPR 2022). It compares
   how many channels each layer keeps, not which: the similarity of two checks is
   ``1 - mean_l |n_l - m_l| / (n_l + m_l)`` over the layers, the indicator the mean similarity of

@@ -116,9 +116,6 @@ class EarlyBirdPruner:
         )
         self._split: Optional[KindBudget] = None if self.config.budget == "global" else split
         self._criterion = get_criterion(self.config.criterion)
-        self._span = self.config.plateau_span()
-        if self.config.criterion == "plateau" and self._span is None:
-            log.warning(NO_TOTAL)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
         self._rows: dict[float, list[list[float]]] = {r: [] for r in self.config.ratios}
@@ -160,6 +157,9 @@ class EarlyBirdPruner:
         self._trained = self._trained or refuse_untrained(
             list(self.graph.coefficients.values()), not self.iterations, self._stripped
         )
+        span = self.config.plateau_span()  # the config may learn the schedule late (Lightning)
+        if not self.iterations and span is None and self.config.criterion == "plateau":
+            log.warning(NO_TOTAL)
         scores = self.graph.scores()  # on the model's device
         flat = self._flat_masks(scores, self.config.ratios)
         near = {r: self._distances_to_recent(r, m) for r, m in flat.items()}
@@ -178,7 +178,7 @@ class EarlyBirdPruner:
                 Checks(self._rows[ratio], self.iterations, ratio, counts),
                 self.config.window,
                 self.config.epsilon,
-                self._span,
+                span,
             ):
                 self.tickets[ratio] = self._draw(ratio, check)
                 drawn.append(ratio)

@@ -70,7 +70,7 @@ register(Method("random", "random ticket: EB ticket's per-layer widths, random c
 register(Method("random-default", "random ticket with the widths of the library default's EB "
                 "ticket (eb-default), random channels, new init, whole schedule",
                 lambda job, shared: random_ticket(job, shared, "random-default", "default"),
-                needs=("slim",), competitor=False, rule="default", colour=8))
+                needs=("slim",), competitor=False, rule="default", colour=21))
 register(Method("stability", "LT-paper stability: the EB ticket and a random ticket of its "
                 "widths, both cut from the draw-epoch weights, each trained twice with two data "
                 "orders; the distance between the copies", stability, needs=("slim",),

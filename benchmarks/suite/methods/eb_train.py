@@ -38,7 +38,7 @@ _variant("eb", "EB Train: slimming until the reference rule draws the ticket, pr
 _variant("eb-plateau", "EB Train with the plateau rule (span 2 epochs of steps), checked "
          "checks_per_epoch times per epoch", "slim", "plateau", 2)
 _variant("eb-default", "EB Train with the library's default rule (plateau, span 3/32 of the "
-         "schedule), checked checks_per_epoch times per epoch", "slim", "default", 7)
+         "schedule), checked checks_per_epoch times per epoch", "slim", "default", 20)
 _variant("eb-reinit", "EB Train's ticket (reference rule) re-initialised, trained a whole "
          "schedule", "slim", "reference", 3)
 _variant("lf", "EB Train with an 8-bit search, fp32 finetune", "slim-q8", "reference", 4)

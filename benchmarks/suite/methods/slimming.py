@@ -75,4 +75,4 @@ register(Method("ns-budget", "network slimming shortened to EB Train's (eb-plate
 register(Method("ns-budget-default", "network slimming shortened to the training FLOPs of EB Train "
                 "with the library's default rule (eb-default)",
                 lambda job, shared: ns_budget(job, shared, "ns-budget-default", "eb-default"),
-                needs=("slim",), after=("eb-default",), competitor=False, colour=9))
+                needs=("slim",), after=("eb-default",), competitor=False, colour=22))
