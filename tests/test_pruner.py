@@ -509,6 +509,29 @@ def test_the_group_search_is_bounded_in_time(x32, monkeypatch):
     assert time.monotonic() - started < 5
 
 
+def test_a_group_may_take_a_multiple_of_the_slowest_group_found(x32, monkeypatch):
+    # TinyVGG's groups take milliseconds: the bound on the stuck one is the floor, not the
+    # 15 s a group may take at most
+    import time
+    import torch_pruning as tp
+    from earlybird.graph import search as S
+    monkeypatch.setattr(S, "GROUP_FLOOR", 0.5)
+    monkeypatch.setattr(S, "GROUP_FACTOR", 10.0)
+    search = tp.DependencyGraph.get_pruning_group
+    model = TinyVGG()
+
+    def stuck(self, root, *args, **kwargs):
+        if root is model.features[3]:
+            time.sleep(30)
+        return search(self, root, *args, **kwargs)
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", stuck)
+    started = time.monotonic()
+    pruner = eb.EarlyBirdPruner(model, x32)
+    assert time.monotonic() - started < 5 and S.GROUP_SECONDS == 15.0
+    assert pruner.excluded == {"features.3": "torch-pruning's search of its channels ran past "
+                               "0.5 s (reshapes and permutes)"}
+
+
 def test_channel_indices_past_a_layer_are_left_out_or_refused_under_strict():
     # timm's dual-path networks: torch-pruning maps the slices and concatenations of a DPN
     # block to channel indices past the end of the BatchNorms (found by the zoo on dpn48b,

@@ -3,10 +3,15 @@
 torch-pruning finds a group by walking the channel index mappings through every reshape and
 permute it traced; through window partitions (Swin, MaxViT, CoAtNet) those index lists blow up
 and one group can take many minutes or all memory. :func:`search_groups` walks the roots as
-``DependencyGraph.get_all_groups`` does, but gives each group :data:`GROUP_SECONDS` and the
-whole search :data:`SEARCH_SECONDS`. A group that runs past its bound, runs out of memory or
-fails inside torch-pruning is left out with the reason (or, with ``strict``, refuses the model);
-a search past the whole bound refuses it, naming what it got through.
+``DependencyGraph.get_all_groups`` does, but bounds each group's search and the whole search
+(:data:`SEARCH_SECONDS`). Group searches come in two kinds: a normal one takes well under a
+second (0.05-0.07 s for every group of torchvision's MaxViT-T on an Intel Xeon), one through
+window partitions blows up (each of MaxViT-T's 22 others was still running at 15 s). A group
+may therefore take :data:`GROUP_FACTOR` times the slowest group found so far, at least
+:data:`GROUP_FLOOR` and at most :data:`GROUP_SECONDS` seconds. A group that runs past its
+bound, runs out of memory or fails inside torch-pruning is left out with the reason (or, with
+``strict``, refuses the model); a search past the whole bound refuses it, naming what it got
+through.
 
 The time bound uses ``SIGALRM``, so it holds on the main thread of a Unix process (scripts,
 notebooks, the CLI); elsewhere the search runs unbounded, as torch-pruning's does.
@@ -28,9 +33,11 @@ from ..errors import UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUP_SECONDS", "SEARCH_SECONDS", "SearchTimeout", "search_groups"]
+__all__ = ["GROUP_SECONDS", "GROUP_FLOOR", "GROUP_FACTOR", "SEARCH_SECONDS", "SearchTimeout", "search_groups"]
 
-GROUP_SECONDS = 15.0  # one group's search; a normal group takes well under a second
+GROUP_SECONDS = 15.0  # the most one group's search may take
+GROUP_FLOOR = 3.0  # the least it is allowed
+GROUP_FACTOR = 30.0  # a group may take this many times the slowest one found so far
 SEARCH_SECONDS = 180.0  # the whole search (DenseNet-201 at 64 px, the slowest zoo pass: ~30 s)
 
 
@@ -74,8 +81,8 @@ def search_groups(
     strict: bool = False,
 ) -> tuple[list[Any], dict[str, str]]:
     """torch-pruning's groups of ``model`` (one per root layer not in ``ignored``), and
-    ``{root layer: why}`` for the roots whose search failed or ran past :data:`GROUP_SECONDS`."""
-    group_seconds, search_seconds = GROUP_SECONDS, SEARCH_SECONDS
+    ``{root layer: why}`` for the roots whose search failed or ran past its bound."""
+    search_seconds, slowest = SEARCH_SECONDS, 0.0
     names: Mapping[nn.Module, str] = {m: n for n, m in model.named_modules()}
     ignored = list(ignored) + list(graph.IGNORED_LAYERS_IN_TRACING)
     visited: set[nn.Module] = set()
@@ -95,16 +102,15 @@ def search_groups(
                 f"{search_seconds:g} s after {len(groups)} groups ({len(failed)} left out); its "
                 "reshapes and permutes (window partitions) make the search too slow to prune it"
             )
+        bound = min(GROUP_SECONDS, max(GROUP_FLOOR, GROUP_FACTOR * slowest), left)
+        began = time.monotonic()
         try:
-            with _bounded(min(group_seconds, left)):
+            with _bounded(bound):
                 group = graph.get_pruning_group(
                     m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m)))
                 )
         except SearchTimeout:
-            why = (
-                f"torch-pruning's search of its channels ran past {min(group_seconds, left):g} s"
-                " (reshapes and permutes)"
-            )
+            why = f"torch-pruning's search of its channels ran past {bound:.3g} s (reshapes and permutes)"
         except MemoryError:
             why = (
                 "torch-pruning ran out of memory mapping its channels through reshapes and "
@@ -116,6 +122,7 @@ def search_groups(
                 f"{' '.join(str(exc).split())[:160]}"
             )
         else:
+            slowest = max(slowest, time.monotonic() - began)
             modules = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
             visited.update(modules)
             if not any(x in ignored for x in modules):
