@@ -43,7 +43,8 @@ def test_a_ticket_of_the_grid_is_the_eb_row_drawn_at_the_same_epoch(tmp_path):
 
 def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
     suite = _suite()
-    grid, rules = (2, 4, 6), ("reference", "plateau", "epi")
+    grid, rules = (2, 4, 6), ("reference", "default", "epi")       # default: its span is 3/32
+    # of the 8 epochs
     out = drawpoints.run(suite, tmp_path, 1, grid, rules, progress=lambda line: None)
     folder = tmp_path / "draw" / "seed0"
     slim = out[0]["slim"]
@@ -54,6 +55,8 @@ def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
             if at is not None:
                 wanted.add((r, at[0], None if at[1] == 4 * at[0] else at[1]))
     assert set(out[0]["rows"]) == wanted
+    # the default waits for twice its span, 2 x 3 steps of 4 an epoch, and draws in this run
+    assert all(drawpoints.rule_point(slim, r, "default", 8)[1] >= 6 for r in suite.ratios)
     assert set(out[0]["reference"]) == {("dense", None), ("ns", 0.3), ("ns", 0.5)}
     # every finetune starts at its draw epoch and trains to the end of the schedule
     assert all(row["epochs_trained"] == 8 - key[1] for key, row in out[0]["rows"].items())
@@ -63,17 +66,17 @@ def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps   # nothing ran
     meta = {"command": "c", "machine": "m", "date": "d", "wall_min": 0.0}
     results = tmp_path / "results" / "draw"
-    summary = drawreport.write(suite, tmp_path / "draw", grid, rules, results, meta, "plateau")
+    summary = drawreport.write(suite, tmp_path / "draw", grid, rules, results, meta, "default")
     assert [p["epoch"] for p in summary["ratios"]["0.5"]["curve"]] == list(grid)
     written = {p.name: p.read_bytes() for p in results.iterdir()}
     assert set(written) == {"results.json", "README.md", "summary.json", "draw-point.png",
                             "accuracy_vs_inference.png"}
-    drawreport.rewrite(results, "plateau")
+    drawreport.rewrite(results, "default")
     assert {p.name: p.read_bytes() for p in results.iterdir()} == written
     top = json.loads(drawcli.merge(results.parent).read_text())
     assert len(top["rows"]) == len(rules) * len(suite.ratios)
     assert all(set(row) == SUMMARY_KEYS for row in top["rows"])
-    assert [r["rule"] for r in top["rows"] if r["is_default"]] == ["plateau", "plateau"]
+    assert [r["rule"] for r in top["rows"] if r["is_default"]] == ["default", "default"]
     ns = {r: out[0]["reference"][("ns", r)]["test_acc"] for r in suite.ratios}
     assert all(row["ns_acc_mean"] == ns[row["ratio"]] for row in top["rows"])
     # a held-out setting: no grid, the rules' points, dense and NS only (all cached already)
@@ -83,7 +86,7 @@ def test_the_study_runs_resumes_and_renders_its_summary_again(tmp_path):
     assert held[0]["rows"] and set(held[0]["reference"]) == set(out[0]["reference"])
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
     alone = drawreport.write(suite, tmp_path / "draw", (), rules, tmp_path / "held", meta,
-                             "plateau")
+                             "default")
     assert all(not entry["curve"] for entry in alone["ratios"].values())
     assert all(alone["ratios"][r]["rules"] == summary["ratios"][r]["rules"]
                for r in ("0.3", "0.5"))
