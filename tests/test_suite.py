@@ -318,14 +318,24 @@ TWINS = {"vgg16-cifar100": "vgg16-cifar10", "preresnet101-cifar100": "preresnet1
 # A deeper or wider network of a family whose cheapest setting runs every method through the same
 # code: its dry run covers the methods that meet the network's own layers (its blocks traced,
 # scored and pruned by channels, by weights and layer by layer). mini is CifarVGG-11 at width
-# 0.25, resnet18-imagenet torchvision's ResNet with basic blocks; ResNet-50 adds bottlenecks.
-KIN = {"vgg16-cifar10": "mini", "resnet50-imagenet": "resnet18-imagenet"}
+# 0.25, resnet18-imagenet torchvision's ResNet with basic blocks; ResNet-50 adds bottlenecks;
+# PreResNet-101 (bottlenecks) has the PreResNet-20 at width 0.25 (basic blocks) of its setting.
+KIN = {"vgg16-cifar10": "mini", "resnet50-imagenet": "resnet18-imagenet",
+       "preresnet101-cifar10": "preresnet20-w0.25"}
 MODEL_FACING = ("dense", "eb", "ns", "lt", "lt-channel", "snip-channel", "thinet")
+
+
+def _load(name):
+    """A shipped setting, or preresnet101-cifar10's own setting with a PreResNet-20 at width 0.25."""
+    if name != "preresnet20-w0.25":
+        return S.load_suite(name)
+    suite = S.load_suite("preresnet101-cifar10")
+    return replace(suite, name=name, setting=replace(suite.setting, depth=20, width=0.25))
 
 
 def test_a_setting_of_a_family_is_covered_by_a_setting_that_runs_every_method():
     for name, every in KIN.items():
-        a, b = S.load_suite(name), S.load_suite(every)
+        a, b = S.load_suite(name), _load(every)
         family = [s.setting.arch.rstrip("0123456789") for s in (a, b)]   # resnet50 -> resnet
         assert family[0] == family[1] and set(a.methods) <= set(b.methods)
         assert set(MODEL_FACING) <= set(a.methods)
@@ -341,13 +351,13 @@ def test_a_cifar100_setting_differs_from_its_twin_only_in_classes_data_and_ratio
 
 
 @pytest.mark.parametrize("name", ["vgg16-cifar10", "vgg16-cifar100", "preresnet101-cifar10",
-                                  "preresnet101-cifar100", "resnet18-imagenet",
-                                  "resnet50-imagenet", "mini", "vgg16-cifar10-fast",
-                                  "converged", "vit-cifar"])
+                                  "preresnet101-cifar100", "preresnet20-w0.25",
+                                  "resnet18-imagenet", "resnet50-imagenet", "mini",
+                                  "vgg16-cifar10-fast", "converged", "vit-cifar"])
 def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_path):
     # the GPU settings cannot train here; their dry run trains every method one optimizer step
     # per epoch on random 32 px images of the setting's classes, through the same code
-    suite = S.load_suite(name)
+    suite = _load(name)
     if name in TWINS:
         suite = replace(suite, methods=("dense", "eb", "ns", "lt"))
     elif name in KIN:
