@@ -67,7 +67,7 @@ def search(setting: Setting, seed: int, ratios: tuple[float, ...], folder: Path)
         raise ValueError(f"{spe} steps per epoch do not split into {CHECKS_PER_EPOCH} checks")
     model = common.build(setting, seed)
     pruner = eb.EarlyBirdPruner(model, common.example(), ratios, sparsity=setting.s,
-                                keep_weights=False)
+                                keep_weights=False, total=setting.epochs * spe)
     pruner.step(iteration=0)
     atomic_save({"format": WEIGHTS, "state": model.state_dict()}, folder / "weights-e0.pt")
 

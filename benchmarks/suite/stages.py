@@ -85,8 +85,10 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
     data = common.load_data(st, seed)
     spe = data.steps_per_epoch
     model = common.build(st, seed)
+    # step() gets the optimizer step; ``total`` only sets the plateau rule's span, which the
+    # recorded masks do not depend on (the rules are replayed on them afterwards)
     pruner = eb.EarlyBirdPruner(model, common.example(st), suite.ratios, sparsity=st.s,
-                                keep_weights=False, **SEARCHES[tag])
+                                keep_weights=False, total=st.epochs * spe, **SEARCHES[tag])
     k = suite.checks_per_epoch
     if spe % k:
         raise ValueError(f"{suite.name}: {spe} steps per epoch do not split into "
