@@ -97,7 +97,8 @@ def run(suite: Suite, cache: Path, jobs: int, grid: tuple[int, ...] = GRID,
         rules: tuple[str, ...] = STUDY_RULES, mix_cpus: bool = False,
         progress: Callable[[str], None] = print) -> dict[int, dict]:
     """Every stage, reference row and finetune of the study, cached; a pool of ``jobs``
-    single-thread workers, seeds in order (one seed's curve is complete before the next
+    single-thread workers (one job at a time in this process, on every core, when ``jobs`` is
+    1), seeds in order (one seed's curve is complete before the next
     seed's finetunes start). Returns ``{seed: {"slim", "rows": {(ratio, epoch, step): row},
     "reference": {(method, ratio): row}}}``."""
     bad = [e for e in grid if not 0 < e < suite.setting.epochs]
@@ -110,8 +111,13 @@ def run(suite: Suite, cache: Path, jobs: int, grid: tuple[int, ...] = GRID,
         f.mkdir(parents=True, exist_ok=True)
     out: dict[int, dict] = {s: {"rows": {}, "reference": {}} for s in suite.seeds}
     started = time.perf_counter()
-    pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
-                               initializer=common.init_worker, initargs=(1,))
+    pool: ProcessPoolExecutor | _InProcess
+    if jobs == 1:                  # as the suite's runner does: no worker to start, all cores
+        common.init_worker(common.usable_cores())
+        pool = _InProcess()
+    else:
+        pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                                   initializer=common.init_worker, initargs=(1,))
     pending: dict[Future, tuple] = {}
     # (priority, kind, seed, args): a seed's slimming run, then its reference rows and
     # finetunes (longest first, so the pool ends evenly), then its dense baseline
@@ -152,6 +158,21 @@ def run(suite: Suite, cache: Path, jobs: int, grid: tuple[int, ...] = GRID,
     finally:
         pool.shutdown(cancel_futures=True)
     return out
+
+
+class _InProcess:
+    """The pool's two calls for ``jobs == 1``: each job runs at once, in this process."""
+
+    def submit(self, fn: Callable, *args: object) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as exc:                     # raised again by fut.result()
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, cancel_futures: bool = False) -> None:
+        pass
 
 
 def _after_slim(slim: dict, suite: Suite, seed: int, grid: tuple[int, ...],
