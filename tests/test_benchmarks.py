@@ -149,6 +149,46 @@ def test_compile_script_times_a_network_both_ways_and_writes_its_table(tmp_path,
         compile_step.main(["--steps", "0"])
 
 
+def test_gpu_step_script_times_dense_and_both_roundings_in_each_layout_and_mode(tmp_path,
+                                                                            monkeypatch):
+    from benchmarks import round_to
+    from benchmarks.gpu import steps
+    monkeypatch.setitem(round_to.MODELS, "tiny", lambda: eb.models.CifarVGG(11, num_classes=10,
+                                                                            width=0.25))
+    monkeypatch.setattr(steps, "MODEL", "tiny")
+    compiled = []                   # inductor's own compile is not what this tests
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    argv = ["--device", "cpu", "--batch", "4", "2", "--blocks", "1", "--steps", "1", "--compile",
+            "--peak-tflops", "100", "--out", str(tmp_path)]
+    assert steps.main(argv) == 0
+    import json
+    stored = json.loads((tmp_path / "results.json").read_text())
+    rows = stored["rows"]
+    labels = ["dense", "p=0.5 round_to=1", "p=0.5 round_to=8"]
+    assert [(r["batch"], r["network"], r["layout"], r["mode"]) for r in rows] == [
+        (b, n, lay, m) for b in (4, 2) for n in labels for lay in ("channels_last", "contiguous")
+        for m in ("eager", "compile")]
+    assert len(compiled) == 12              # one compiled copy per batch, network and layout
+    by = {(r["batch"], r["network"], r["layout"], r["mode"]): r for r in rows}
+    base = by[4, "dense", "channels_last", "eager"]
+    assert base["vs_dense"] == 1.0 and base["flops_vs_dense"] == 1.0
+    assert base["widths_multiple_of_8"] == base["convs"] == 8
+    rounded = by[4, "p=0.5 round_to=8", "channels_last", "eager"]
+    assert rounded["widths_multiple_of_8"] == 8 and rounded["flops_vs_dense"] < 1
+    for r in rows:                                  # the columns are one measurement each
+        b, dense = r["batch"], by[r["batch"], "dense", "channels_last", "eager"]
+        assert r["images_per_s"] == pytest.approx(b / (r["step_ms"] / 1e3))
+        assert r["tflops"] == pytest.approx(6 * r["mflops"] * 1e6 * b / (r["step_ms"] / 1e3)
+                                            / 1e12)
+        assert r["vs_dense"] == pytest.approx(r["step_ms"] / dense["step_ms"])
+    table = [line for line in (tmp_path / "README.md").read_text().splitlines()
+             if line.startswith(("| 4 |", "| 2 |"))]
+    assert len(table) == 24 and all("% |" in line for line in table)   # share of the peak
+    assert stored["meta"]["batch"] == [4, 2] and stored["meta"]["precision"] == "bf16"
+    with pytest.raises(SystemExit):
+        steps.main(["--ratio", "1.5"])
+
+
 def test_saturation_picks_the_cheapest_converged_candidate_and_marks_compiled_runs():
     from benchmarks import saturation
 
