@@ -66,3 +66,70 @@ def run_cli(args: list[str], env: dict[str, str], check: bool = True,
     if check:
         done.check_returncode()
     return done
+
+
+def _rank(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+    """One rank: ``python -m earlybird|benchmarks ...`` or ``python script.py ...``."""
+    import runpy
+
+    import torch
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    torch.set_num_threads(1)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+    if args[0] == "-m":
+        module, rest = args[1], args[2:]
+        sys.argv = [module, *rest]
+        if module == "earlybird":
+            from earlybird.cli import main
+        elif module == "benchmarks":
+            from benchmarks.__main__ import main
+        else:
+            raise ValueError(f"no forked entry point for -m {module}")
+        sys.exit(main(rest))
+    sys.argv = list(args)
+    runpy.run_path(args[0], run_name="__main__")
+
+
+def torchrun(*args: str, cwd: Optional[str] = None, env: Optional[dict[str, str]] = None,
+             world: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """What ``torchrun --standalone --nproc_per_node 2 <args>`` returns (stdout and stderr of
+    every rank, rank 0 first; the first failing rank's exit code), from ranks forked with
+    earlybird imported: each rank gets torchrun's variables (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, a free ``MASTER_PORT``) and one thread, and joins the
+    process group through ``env://`` as under torchrun. ``conftest.torchrun`` runs the real
+    launcher (a fresh interpreter per rank, about 10 s more a run)."""
+    import socket
+    with socket.socket() as s:                       # a free port for rank 0's store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[1])
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root, **(env or {}),
+            "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "GROUP_RANK": "0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        ranks = []
+        for r in range(world):
+            out, err = Path(tmp, f"stdout{r}"), Path(tmp, f"stderr{r}")
+            out.touch()
+            err.touch()
+            rank_env = {**base, "RANK": str(r), "LOCAL_RANK": str(r)}
+            p = _context().Process(target=_rank, args=(list(args), rank_env, cwd or root,
+                                                       str(out), str(err)))
+            p.start()
+            ranks.append((p, out, err))
+        for p, _, _ in ranks:
+            p.join(timeout)
+        if any(p.exitcode is None for p, _, _ in ranks):
+            for p, _, _ in ranks:
+                p.kill()
+                p.join()
+            raise subprocess.TimeoutExpired(list(args), timeout,
+                                            "".join(o.read_text() for _, o, _ in ranks),
+                                            "".join(e.read_text() for _, _, e in ranks))
+        code = next((p.exitcode for p, _, _ in ranks if p.exitcode), 0)
+        return subprocess.CompletedProcess(list(args), code,
+                                           "".join(o.read_text() for _, o, _ in ranks),
+                                           "".join(e.read_text() for _, _, e in ranks))

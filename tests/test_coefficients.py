@@ -385,7 +385,8 @@ leave()                                # no rank leaves while rank 0 still write
 
 
 def test_coefficients_train_data_parallel_and_stay_equal_on_every_rank(tmp_path):
-    from conftest import failure, torchrun
+    from conftest import failure
+    from forked import torchrun                      # ranks forked with earlybird imported
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     out = torchrun(str(script), str(tmp_path / "out.json"))

@@ -12,7 +12,7 @@ from earlybird.cli import main
 from earlybird.run.io import PRUNED_FORMAT
 from earlybird.run.runs import CHECKPOINT_FORMAT
 import forked
-from conftest import failure, torchrun
+from conftest import failure
 
 BASE = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--train-images", "256",
         "--test-images", "128", "--batch-size", "64", "--test-batch-size", "128",
@@ -140,7 +140,7 @@ def test_killed_search_resumes_to_the_same_ticket_and_weights(tmp_path):
 
 def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
     save = tmp_path / "ddp"
-    out = torchrun("-m", "earlybird", "run", "--save", str(save), *TINY)
+    out = forked.torchrun("-m", "earlybird", "run", "--save", str(save), *TINY)
     assert out.returncode == 0, failure(out)
     assert out.stdout.count("ratio  drawn") == 1           # only rank 0 prints
     search = torch.load(save / "search.pt", weights_only=True)

@@ -17,7 +17,8 @@ import earlybird as eb  # noqa: E402
 from benchmarks import __main__ as cli, common, suite as S  # noqa: E402
 from benchmarks.suite import methods  # noqa: E402
 from benchmarks.suite.methods.eb_train import TRANSFORMER_VARIANTS  # noqa: E402
-from conftest import TinyResidual, TinyVGG, failure, torchrun  # noqa: E402
+from conftest import TinyResidual, TinyVGG, failure  # noqa: E402
+from forked import torchrun  # noqa: E402  (ranks forked with earlybird imported)
 
 
 # ----------------------------------------------------------------------------- selection rules
