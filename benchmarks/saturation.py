@@ -132,11 +132,14 @@ def markdown(summary: dict, meta: dict) -> str:
         lines.append(f"**No candidate converged.** Nearest: `{c['candidate']}` at T = "
                      f"{c['epochs']} ({c['gap_to_2T']:+.2f} points from 2T); results there carry "
                      "that gap.")
-    lines += ["", "Seconds per epoch: the median epoch of each run (mean over seeds), with two "
-              "single-threaded workers sharing the 2 cores; the median leaves out epochs that "
-              "other work on the machine stretched. Core-hours: that times T. (compiled): "
-              "trained through torch.compile, 1.3-1.5x faster a step for these networks "
-              "(benchmarks/results/compile), so its cost is not comparable with the eager rows'."]
+    note = ("Seconds per epoch: the median epoch of each run (mean over seeds), with two "
+            "single-threaded workers sharing the 2 cores; the median leaves out epochs that "
+            "other work on the machine stretched. Core-hours: that times T.")
+    if any(e.get("compiled") for e in summary["table"]):
+        note += (" (compiled): trained through torch.compile, 1.3-1.5x faster a step for these "
+                 "networks (benchmarks/results/compile), so its cost is not comparable with the "
+                 "eager rows'.")
+    lines += ["", note]
     lines += common.provenance(meta)
     return "\n".join(lines)
 

@@ -207,3 +207,36 @@ def test_saturation_picks_the_cheapest_converged_candidate_and_marks_compiled_ru
     text = saturation.markdown(summary, {"command": "c", "machine": "m", "date": "d",
                                          "wall_min": 0.0})
     assert "| b (compiled) | 1,000 | 1.00 | 100 | 32 | 1 |" in text and "| a | 1,000 |" in text
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+SUITE_RESULTS = sorted(d.name for d in RESULTS.iterdir() if (d / "results.json").is_file()
+                       and "suite" in __import__("json").loads((d / "results.json").read_text()))
+
+
+@pytest.mark.parametrize("name", SUITE_RESULTS)
+def test_committed_suite_results_render_again_byte_for_byte(name, tmp_path):
+    # `python -m benchmarks report` on a committed folder: nothing trains, the same report
+    import json
+    import shutil
+    from benchmarks import suite as S
+    copy = tmp_path / name
+    shutil.copytree(RESULTS / name, copy)
+    S.rewrite_results(copy)
+    assert (copy / "README.md").read_text() == (RESULTS / name / "README.md").read_text()
+    assert json.loads((copy / "results.json").read_text()) == \
+        json.loads((RESULTS / name / "results.json").read_text())
+
+
+def test_committed_saturation_results_render_again_byte_for_byte():
+    import json
+    from benchmarks import saturation
+    names = sorted(d.name for d in RESULTS.iterdir() if d.name.startswith("saturation"))
+    assert names == ["saturation", "saturation-residual", "saturation-residual-w0.5"]
+    for name in names:
+        stored = json.loads((RESULTS / name / "results.json").read_text())
+        epochs = tuple(sorted({r["epochs"] for r in stored["rows"]}))
+        summary = saturation.summarize(stored["rows"], epochs)
+        assert stored["chosen"] == json.loads(json.dumps(summary["chosen"])), name
+        assert saturation.markdown(summary, stored["meta"]) == \
+            (RESULTS / name / "README.md").read_text(), name
