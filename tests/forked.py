@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -94,13 +95,15 @@ def _rank(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) ->
 
 
 def torchrun(*args: str, cwd: Optional[str] = None, env: Optional[dict[str, str]] = None,
-             world: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+             world: int = 2, timeout: float = 600, grace: float = 30
+             ) -> subprocess.CompletedProcess:
     """What ``torchrun --standalone --nproc_per_node 2 <args>`` returns (stdout and stderr of
     every rank, rank 0 first; the first failing rank's exit code), from ranks forked with
     earlybird imported: each rank gets torchrun's variables (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``, a free ``MASTER_PORT``) and one thread, and joins the
     process group through ``env://`` as under torchrun. ``conftest.torchrun`` runs the real
-    launcher (a fresh interpreter per rank, about 10 s more a run)."""
+    launcher (a fresh interpreter per rank, about 10 s more a run). Once a rank fails, the
+    others get ``grace`` seconds to end before they are killed, as torchrun's agent does."""
     import socket
     with socket.socket() as s:                       # a free port for rank 0's store
         s.bind(("127.0.0.1", 0))
@@ -120,8 +123,19 @@ def torchrun(*args: str, cwd: Optional[str] = None, env: Optional[dict[str, str]
                                                        str(out), str(err)))
             p.start()
             ranks.append((p, out, err))
-        for p, _, _ in ranks:
-            p.join(timeout)
+        # a failed rank's peers are stopped, not left waiting in a collective until the timeout
+        deadline, failed = time.monotonic() + timeout, None
+        while any(p.exitcode is None for p, _, _ in ranks) and time.monotonic() < deadline:
+            if failed is None:
+                failed = next((p.exitcode for p, _, _ in ranks if p.exitcode), None)
+                if failed is not None:
+                    deadline = min(deadline, time.monotonic() + grace)
+            time.sleep(0.05)
+        if failed is not None and any(p.exitcode is None for p, _, _ in ranks):
+            for p, _, _ in ranks:
+                if p.exitcode is None:
+                    p.kill()
+                    p.join()
         if any(p.exitcode is None for p, _, _ in ranks):
             for p, _, _ in ranks:
                 p.kill()
@@ -129,7 +143,7 @@ def torchrun(*args: str, cwd: Optional[str] = None, env: Optional[dict[str, str]
             raise subprocess.TimeoutExpired(list(args), timeout,
                                             "".join(o.read_text() for _, o, _ in ranks),
                                             "".join(e.read_text() for _, _, e in ranks))
-        code = next((p.exitcode for p, _, _ in ranks if p.exitcode), 0)
+        code = failed or next((p.exitcode for p, _, _ in ranks if p.exitcode), 0)
         return subprocess.CompletedProcess(list(args), code,
                                            "".join(o.read_text() for _, o, _ in ranks),
                                            "".join(e.read_text() for _, _, e in ranks))

@@ -151,6 +151,16 @@ def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
     assert (save / "retrain-0.5-finetune.pt").exists()
 
 
+def test_forked_ranks_stop_the_others_when_one_fails_and_report_its_exit_code(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import os, sys, time\nprint('rank', os.environ['RANK'], os.environ['WORLD_SIZE'], flush=True)\n"
+                      "sys.exit(3) if os.environ['RANK'] == '1' else time.sleep(120)\n")
+    started = __import__("time").monotonic()
+    out = forked.torchrun(str(script), cwd=str(tmp_path), grace=1)
+    assert out.returncode == 3 and __import__("time").monotonic() - started < 60
+    assert out.stdout == "rank 0 2\nrank 1 2\n"                # rank 0's output first
+
+
 def test_check_every_counts_optimizer_steps(tmp_path):
     save = tmp_path / "steps"
     assert cli("search", "--save", str(save), *TINY, "--check-every", "3", "--full") == 0
