@@ -153,11 +153,13 @@ def test_two_process_gloo_ddp_search_and_retrain(tmp_path):
 
 def test_forked_ranks_stop_the_others_when_one_fails_and_report_its_exit_code(tmp_path):
     script = tmp_path / "fail.py"
-    script.write_text("import os, sys, time\nprint('rank', os.environ['RANK'], os.environ['WORLD_SIZE'], flush=True)\n"
+    script.write_text("import os, sys, time\n"
+                      "print('rank', os.environ['RANK'], os.environ['WORLD_SIZE'], flush=True)\n"
                       "sys.exit(3) if os.environ['RANK'] == '1' else time.sleep(120)\n")
-    started = __import__("time").monotonic()
+    import time
+    started = time.monotonic()
     out = forked.torchrun(str(script), cwd=str(tmp_path), grace=1)
-    assert out.returncode == 3 and __import__("time").monotonic() - started < 60
+    assert out.returncode == 3 and time.monotonic() - started < 60
     assert out.stdout == "rank 0 2\nrank 1 2\n"                # rank 0's output first
 
 
