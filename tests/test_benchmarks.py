@@ -240,3 +240,15 @@ def test_committed_saturation_results_render_again_byte_for_byte():
         assert stored["chosen"] == json.loads(json.dumps(summary["chosen"])), name
         assert saturation.markdown(summary, stored["meta"]) == \
             (RESULTS / name / "README.md").read_text(), name
+
+
+def test_committed_step_transformer_and_detection_results_render_again_byte_for_byte():
+    import json
+    from benchmarks import compile_step, detection, transformers
+    for name, module in (("compile", compile_step), ("transformers", transformers)):
+        stored = json.loads((RESULTS / name / "results.json").read_text())
+        assert module.markdown(stored["rows"], stored["meta"]) == \
+            (RESULTS / name / "README.md").read_text(), name
+    stored = json.loads((RESULTS / "detection" / "results.json").read_text())
+    meta = stored.pop("meta")
+    assert detection.markdown(stored, meta) == (RESULTS / "detection" / "README.md").read_text()
