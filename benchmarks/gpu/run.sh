@@ -17,7 +17,7 @@ python3 -m pytest -p no:cacheprovider -q -m gpu tests/test_gpu.py 2>&1 | tee -a 
     || echo "GPU tests: some failed (above)" | tee -a "$out/run.log"
 start=$(date +%s)
 python3 benchmarks/gpu/steps.py --batch 256 1024 --peak-tflops 989.4 --out "$out/steps" \
-    2>&1 | tee -a "$out/run.log"
+    2>&1 | tee -a "$out/run.log" || echo "steps: failed (above)" | tee -a "$out/run.log"
 echo "steps: $(( $(date +%s) - start )) s" | tee -a "$out/run.log"
 python3 -m benchmarks fit "$setting" --minutes "$minutes" | tee "$out/fit.json"
 epochs=$(python3 -c "import json,sys; print(json.load(open('$out/fit.json'))['epochs'])")
