@@ -31,20 +31,6 @@ def _context() -> multiprocessing.context.ForkServerContext:
     return _CONTEXT
 
 
-def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
-    import torch
-
-    from earlybird.cli import main
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
-    for fd, path in ((1, out), (2, err)):       # C++ and Python output alike, as a pipe would
-        os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
-    sys.argv = ["earlybird", *args]
-    sys.exit(main(args))
-
-
 def run_cli(args: list[str], env: dict[str, str], check: bool = True,
             timeout: float = 600) -> subprocess.CompletedProcess:
     """What ``subprocess.run([python, "-m", "earlybird", *args], env=env, capture_output=True,
@@ -53,8 +39,8 @@ def run_cli(args: list[str], env: dict[str, str], check: bool = True,
         out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
         out.touch()
         err.touch()
-        child = _context().Process(target=_child, args=(list(args), dict(env), os.getcwd(),
-                                                        str(out), str(err)))
+        child = _context().Process(target=_rank, args=(["-m", "earlybird", *args], dict(env),
+                                                       os.getcwd(), str(out), str(err)))
         child.start()
         child.join(timeout)
         if child.exitcode is None:
@@ -70,15 +56,16 @@ def run_cli(args: list[str], env: dict[str, str], check: bool = True,
 
 
 def _rank(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
-    """One rank: ``python -m earlybird|benchmarks ...`` or ``python script.py ...``."""
+    """``python -m earlybird|benchmarks ...`` or ``python script.py ...`` in a forked child, with
+    ``OMP_NUM_THREADS`` threads (one if unset): a rank, or a :func:`run_cli` run."""
     import runpy
 
     import torch
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    torch.set_num_threads(1)
-    for fd, path in ((1, out), (2, err)):
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    for fd, path in ((1, out), (2, err)):       # C++ and Python output alike, as a pipe would
         os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
     if args[0] == "-m":
         module, rest = args[1], args[2:]

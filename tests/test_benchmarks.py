@@ -1,4 +1,5 @@
 """The benchmark scripts' own logic: rule replay, random tickets, isolated zoo workers."""
+import json
 import sys
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def test_saturation_picks_the_cheapest_converged_candidate_and_marks_compiled_ru
 
 RESULTS = ROOT / "benchmarks" / "results"
 SUITE_RESULTS = sorted(d.name for d in RESULTS.iterdir() if (d / "results.json").is_file()
-                       and "suite" in __import__("json").loads((d / "results.json").read_text()))
+                       and "suite" in json.loads((d / "results.json").read_text()))
 
 
 @pytest.mark.parametrize("name", SUITE_RESULTS)
