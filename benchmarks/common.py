@@ -31,6 +31,7 @@ from earlybird.training.distributed import Dist, barrier, dist_env, from_rank0  
 from earlybird.data.models import build_model  # noqa: E402
 from earlybird.training.recipe import Recipe  # noqa: E402
 from earlybird.training.trainer import Trainer, memory_format  # noqa: E402
+from benchmarks import resume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "cifar10-25k.npz"
@@ -189,13 +190,18 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
           on_check: Optional[Callable[[int], bool]] = None,
           after_epoch: Optional[Callable[[int], None]] = None,
           eval_every_epoch: bool = False, precision: Optional[str] = None,
-          weight_masks: Optional[dict[nn.Parameter, torch.Tensor]] = None) -> dict[str, Any]:
+          weight_masks: Optional[dict[nn.Parameter, torch.Tensor]] = None,
+          checkpoint: Optional[Path] = None, state: Optional[resume.State] = None) -> dict[str, Any]:
     """Epochs ``first .. last - 1`` of the setting's schedule through the library's
     :class:`~earlybird.training.trainer.Trainer`; returns the final test accuracy (and each epoch's
     with ``eval_every_epoch``), the training time per epoch and the images trained on per
     epoch. With ``first == last`` it only evaluates. ``after_epoch(epoch)`` runs after each
     epoch; the rest is the Trainer's (``precision="q8"``: qtorch's 8-bit training;
     ``weight_masks``: unstructured tickets; under torchrun: data-parallel).
+
+    With ``checkpoint`` the run keeps its progress there after every epoch and goes on from it
+    (:func:`benchmarks.resume.fit`; ``state``: the caller's ``(get, restore)``); the caller
+    removes the file once the result is kept. Data-parallel runs do not checkpoint.
     """
     layout = None if setting.layout == "auto" else memory_format(model, device_of(setting), threads=2)
     trainer = Trainer(model, setting.recipe, data.train, test=data.test,
@@ -203,6 +209,8 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
                       regularize=regularize, weight_masks=weight_masks, check_every=check_every,
                       on_check=on_check, epoch=first, compile=setting.compile, layout=layout)
     try:
+        if checkpoint is not None and dist_env().world == 1:
+            return resume.fit(trainer, last, checkpoint, eval_every_epoch, after_epoch, state)
         return trainer.fit(last, eval_every_epoch=eval_every_epoch, after_epoch=None
                            if after_epoch is None else lambda record: after_epoch(record["epoch"]))
     finally:

@@ -68,28 +68,28 @@ def test_a_compiling_process_gets_its_own_inductor_cache_and_clears_killed_ones(
                                                                                monkeypatch):
     # a kill while inductor links a kernel leaves a truncated .so that breaks every later
     # process sharing the cache (pytorch/pytorch#102539): each process compiles privately
-    from earlybird.training import trainer
+    from earlybird.training import compilecache
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(trainer, "_private_cache", None)
+    monkeypatch.setattr(compilecache, "_private_cache", None)
     killed = tmp_path / "earlybird-inductor-999999999-x"             # no such process
     killed.mkdir()
     (killed / "k.so").write_bytes(b"")
     alive = tmp_path / f"earlybird-inductor-{os.getppid()}-y"
     alive.mkdir()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor sets
-    path = trainer.private_compile_cache()
+    path = compilecache.private_compile_cache()
     assert path is not None and os.path.dirname(path) == str(tmp_path)
     assert os.path.basename(path).startswith(f"earlybird-inductor-{os.getpid()}-")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path and os.path.isdir(path)
     assert not killed.exists() and alive.exists()
-    assert trainer.private_compile_cache() == path                   # once per process
+    assert compilecache.private_compile_cache() == path                   # once per process
     parent = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: parent + 1)            # a forked child
-    child = trainer.private_compile_cache()
+    child = compilecache.private_compile_cache()
     assert child not in (None, path) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == child
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))   # the user's own
-    assert trainer.private_compile_cache() is None
+    assert compilecache.private_compile_cache() is None
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [alive.name, os.path.basename(path), os.path.basename(child)])

@@ -5,14 +5,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, detection, suite as S  # noqa: E402
+from benchmarks import common, detection, resume, suite as S  # noqa: E402
 from benchmarks.rules import rule_spec  # noqa: E402
 from benchmarks.suite import drawcli, drawpoints, drawreport  # noqa: E402
+from benchmarks.suite.stages import STAGES, WEIGHTS  # noqa: E402
+from earlybird.run import io  # noqa: E402
 from earlybird.search.config import EarlyBirdConfig  # noqa: E402
 
 SUMMARY_KEYS = {"setting", "rule", "is_default", "ratio", "seeds", "draw_share_mean",
@@ -191,3 +194,79 @@ def test_two_checkouts_share_a_cache_but_other_data_is_refused(tmp_path):
     (root / "setting.json").write_text(json.dumps({**stamp, "data": "/data/other.npz"}))
     with pytest.raises(ValueError, match=r"made with different settings \(\['data'\]\)"):
         S.cache_dir(suite, tmp_path)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_before(monkeypatch, epoch):
+    """Stop training (as a kill would) when the Trainer is about to train ``epoch``."""
+    from earlybird.training.trainer import Trainer
+    real = Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == epoch:
+            raise _Killed(epoch)
+        return real(self)
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+def test_training_killed_between_epochs_goes_on_from_its_checkpoint_exactly(tmp_path,
+                                                                           monkeypatch):
+    st = _suite().setting
+    data = common.load_data(st, 0)
+    whole = common.build(st, 0)
+    torch.manual_seed(1)
+    want = common.train(whole, st, data, 0, 5, eval_every_epoch=True,
+                        checkpoint=tmp_path / "a.ckpt")
+    path = tmp_path / "b.ckpt"
+    with monkeypatch.context() as m:
+        _kill_before(m, 3)
+        torch.manual_seed(1)
+        with pytest.raises(_Killed):
+            common.train(common.build(st, 0), st, data, 0, 5, eval_every_epoch=True,
+                         checkpoint=path)
+    assert io.safe_load(path, resume.CHECKPOINT)["trainer"]["epoch"] == 3
+    torch.manual_seed(99)                       # a new process: another random state
+    resumed = common.build(st, 0)
+    got = common.train(resumed, st, data, 0, 5, eval_every_epoch=True, checkpoint=path)
+    assert got["accs"] == want["accs"] and got["test_acc"] == want["test_acc"]
+    assert len(got["epoch_s"]) == 5 and got["images_per_epoch"] == want["images_per_epoch"] == 16
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(),
+                                                 resumed.state_dict().values()))
+    again = common.train(common.build(st, 0), st, data, 0, 5, checkpoint=path)   # all done
+    assert again["test_acc"] == want["test_acc"] and again["epoch_s"] == got["epoch_s"]
+    assert again["accs"] == [want["test_acc"]]          # as without eval_every_epoch
+
+
+def test_a_killed_slimming_run_and_finetune_resume_to_the_same_masks_and_rows(tmp_path,
+                                                                            monkeypatch):
+    suite = _suite()
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for f in (whole, cut):
+        f.mkdir()
+    want = STAGES["slim"](suite, 0, whole)
+    want_row = drawpoints.finetune(suite, 0, 0.5, 4, None, whole)
+    with monkeypatch.context() as m:
+        _kill_before(m, 6)
+        with pytest.raises(_Killed):
+            STAGES["slim"](suite, 0, cut)
+    assert sorted(p.name for p in cut.iterdir() if "ckpt" in p.name) == ["slim.ckpt"]
+    got = STAGES["slim"](suite, 0, cut)
+    assert torch.equal(got["steps"], want["steps"]) and got["test_acc"] == want["test_acc"]
+    assert all(torch.equal(got["masks"][r], want["masks"][r]) for r in want["masks"])
+    assert len(got["epoch_s"]) == 8
+    for e in (5, 8):
+        a, b = (io.safe_load(f / f"slim-e{e}.pt", WEIGHTS)["state"] for f in (whole, cut))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with monkeypatch.context() as m:
+        _kill_before(m, 6)
+        with pytest.raises(_Killed):
+            drawpoints.finetune(suite, 0, 0.5, 4, None, cut)
+    assert sorted(p.name for p in cut.iterdir() if "ckpt" in p.name) == [
+        "draw-p0.5-e4.ckpt-train1"]
+    row = drawpoints.finetune(suite, 0, 0.5, 4, None, cut)
+    for key in ("test_acc", "train_flops", "epochs_trained", "flops", "params", "widths"):
+        assert row[key] == want_row[key], key
+    assert not [p for p in cut.iterdir() if "ckpt" in p.name]       # removed once kept

@@ -69,7 +69,7 @@ def finetune(suite: Suite, seed: int, ratio: float, epoch: int, step: Optional[i
     path = draw_path(folder, ratio, epoch, step, spe)
     if path.exists():
         return json.loads(path.read_text())
-    job = Job(suite, seed, ratio, folder)
+    job = Job(suite, seed, ratio, folder, checkpoint=path.with_suffix(""))
     dense_model, keep = job.ticket_at(slim, "slim", epoch, step)
     small = job.prune(dense_model, keep)
     result = job.train(small, epoch)
@@ -78,6 +78,8 @@ def finetune(suite: Suite, seed: int, ratio: float, epoch: int, step: Optional[i
                   widths={k: int(v.sum()) for k, v in keep.items()}, host=common.host())
     if common.dist_env().main:
         common.write_json(path, row)
+        for done in job.checkpoints():
+            done.unlink()
     return row
 
 

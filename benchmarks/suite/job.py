@@ -39,10 +39,15 @@ class Job:
     """What every method's runner works with: the setting, the seed, the ratio (None for a
     per-seed method), the seed's cache folder, and helpers that every method trains through."""
 
-    def __init__(self, suite: "Suite", seed: int, ratio: Optional[float], folder: Path) -> None:
+    def __init__(self, suite: "Suite", seed: int, ratio: Optional[float], folder: Path,
+                 checkpoint: Optional[Path] = None) -> None:
         self.suite, self.seed, self.ratio, self.folder = suite, seed, ratio, folder
         self.st = suite.setting
         self.example = common.example(self.st)
+        # with a checkpoint stem (the row's path without ".json"), the n-th train() call keeps
+        # its progress in "<stem>.ckpt-train<n>" after every epoch: a job killed and run again
+        # redoes its deterministic steps and goes on from there (checkpoints() lists them)
+        self.checkpoint, self._trains = checkpoint, 0
 
     @functools.cached_property
     def data(self) -> common.Data:
@@ -114,9 +119,18 @@ class Job:
         """Train from epoch ``first`` to ``last`` (default: the schedule's end) at ``precision``
         (default: the setting's)."""
         torch.manual_seed(self.seed * 7919 + first)
+        self._trains += 1
+        path = None if self.checkpoint is None else self.checkpoint.with_name(
+            f"{self.checkpoint.name}.ckpt-train{self._trains}")
         return common.train(model, self.st, data or self.data, first,
                             self.st.epochs if last is None else last,
-                            precision=precision, weight_masks=weight_masks)
+                            precision=precision, weight_masks=weight_masks, checkpoint=path)
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints of this job's train() calls (removed once its row is kept)."""
+        if self.checkpoint is None:
+            return []
+        return sorted(self.checkpoint.parent.glob(f"{self.checkpoint.name}.ckpt-train*"))
 
     def row(self, method: str, model: nn.Module, result: dict, dense: dict, *,
             before: Sequence[dict] = (), precision: Optional[str] = None, select_s: float = 0.0,

@@ -30,9 +30,12 @@ def run_method(suite: Suite, seed: int, method: str, ratio: Optional[float], fol
         return json.loads(path.read_text())
     spec = get(method)
     shared = {s: STAGES[s](suite, seed, folder) for s in spec.needs}
-    row = {**spec.run(Job(suite, seed, ratio, folder), shared), "host": common.host()}
+    job = Job(suite, seed, ratio, folder, checkpoint=path.with_suffix(""))
+    row = {**spec.run(job, shared), "host": common.host()}
     if common.dist_env().main:
         common.write_json(path, row)
+        for done in job.checkpoints():
+            done.unlink()
     common.barrier()
     return row
 

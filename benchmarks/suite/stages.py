@@ -62,12 +62,15 @@ def stage_dense(suite: "Suite", seed: int, folder: Path) -> dict:
         if epoch + 1 == suite.rewind_epoch:
             kept["rewind"] = cpu_state(model)
 
-    result = common.train(model, st, data, 0, st.epochs, after_epoch=after)
+    result = common.train(model, st, data, 0, st.epochs, after_epoch=after,
+                          checkpoint=folder / "dense.ckpt",
+                          state=(lambda: kept, lambda saved: kept.update(saved)))
     cost = count_flops(model.cpu(), common.example(st))
     save({"format": DENSE, **kept, "final": cpu_state(model), "test_acc": result["test_acc"],
           "epoch_s": torch.tensor(result["epoch_s"]),
           "images_per_epoch": result["images_per_epoch"],
           "flops": cost.flops, "params": cost.params, "host": common.host()}, path)
+    (folder / "dense.ckpt").unlink(missing_ok=True)
     return safe_load(path, DENSE)
 
 
@@ -107,7 +110,9 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
 
     result = common.train(model, st, data, 0, st.epochs, regularize=pruner.regularize,
                           after_epoch=after, precision=None if precision == "fp32" else precision,
-                          check_every=spe // k if k > 1 else None, on_check=check)
+                          check_every=spe // k if k > 1 else None, on_check=check,
+                          checkpoint=folder / f"{tag}.ckpt",
+                          state=(pruner.state_dict, pruner.load_state_dict))
     cost = count_flops(model.cpu(), common.example(st))
     masks = {f"{r:g}": pruner.history(r) for r in suite.ratios}
     theirs = common.from_rank0(masks)                   # under torchrun: rank 0's tickets
@@ -119,6 +124,7 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
           "images_per_epoch": result["images_per_epoch"],
           "precision": st.precision if precision == "fp32" else precision,
           "flops": cost.flops, "params": cost.params, "host": common.host()}, path)
+    (folder / f"{tag}.ckpt").unlink(missing_ok=True)
     return safe_load(path, SLIM)
 
 
