@@ -154,3 +154,17 @@ def test_no_import_circles_in_the_library_or_the_benchmarks():
     # the checker sees one: two toy modules that import each other inside functions
     assert _cycle({"a": {"b"}, "b": {"a"}, "c": set()}) == ["a", "b", "a"]
     assert "earlybird.graph.surgery" in graph["earlybird.graph.headgroups"]
+
+
+def test_each_test_worker_runs_on_a_core_of_its_own_with_one_thread(pytestconfig):
+    # tox runs `pytest -n auto`: one pytest-xdist worker per usable core, each pinned to one
+    # core with one thread (conftest.py); a plain `pytest` run keeps its cores and threads
+    import os
+
+    import torch
+    from conftest import pytest_xdist_auto_num_workers
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        assert len(os.sched_getaffinity(0)) == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    else:
+        assert pytest_xdist_auto_num_workers(pytestconfig) == len(os.sched_getaffinity(0))
