@@ -199,9 +199,8 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
     epoch; the rest is the Trainer's (``precision="q8"``: qtorch's 8-bit training;
     ``weight_masks``: unstructured tickets; under torchrun: data-parallel).
 
-    With ``checkpoint`` the run keeps its progress there after every epoch and goes on from it
-    (:func:`benchmarks.resume.fit`; ``state``: the caller's ``(get, restore)``); the caller
-    removes the file once the result is kept. Data-parallel runs do not checkpoint.
+    With ``checkpoint``: progress kept every epoch, resumed (:func:`benchmarks.resume.fit`;
+    ``state``: the caller's ``(get, restore)``); not under torchrun.
     """
     layout = None if setting.layout == "auto" else memory_format(model, device_of(setting), threads=2)
     trainer = Trainer(model, setting.recipe, data.train, test=data.test,
@@ -210,7 +209,8 @@ def train(model: nn.Module, setting: Setting, data: Data, first: int, last: int,
                       on_check=on_check, epoch=first, compile=setting.compile, layout=layout)
     try:
         if checkpoint is not None and dist_env().world == 1:
-            return resume.fit(trainer, last, checkpoint, eval_every_epoch, after_epoch, state)
+            return resume.fit(trainer, last, checkpoint, eval_every_epoch, after_epoch, state,
+                              {"cpu": cpu_model(), "threads": torch.get_num_threads()})
         return trainer.fit(last, eval_every_epoch=eval_every_epoch, after_epoch=None
                            if after_epoch is None else lambda record: after_epoch(record["epoch"]))
     finally:

@@ -105,9 +105,11 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> None:
                     m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
-    """``pytest -n auto`` (tox runs it): one worker per core this process may run on."""
-    return len(os.sched_getaffinity(0))
+    """``pytest -n auto`` (tox runs it): one worker per core this process may run on, unless
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` says otherwise."""
+    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", len(os.sched_getaffinity(0))))
 
 
 def pytest_configure(config):

@@ -88,8 +88,11 @@ def test_a_compiling_process_gets_its_own_inductor_cache_and_clears_killed_ones(
     monkeypatch.setattr(os, "getpid", lambda: parent + 1)            # a forked child
     child = compilecache.private_compile_cache()
     assert child not in (None, path) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == child
+    monkeypatch.setattr(compilecache, "_private_cache", None)       # a spawned child
+    spawned = compilecache.private_compile_cache()
+    assert spawned not in (None, path, child)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))   # the user's own
     assert compilecache.private_compile_cache() is None
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [alive.name, os.path.basename(path), os.path.basename(child)])
+        [alive.name, *(os.path.basename(p) for p in (path, child, spawned))])

@@ -270,3 +270,27 @@ def test_a_killed_slimming_run_and_finetune_resume_to_the_same_masks_and_rows(tm
     for key in ("test_acc", "train_flops", "epochs_trained", "flops", "params", "widths"):
         assert row[key] == want_row[key], key
     assert not [p for p in cut.iterdir() if "ckpt" in p.name]       # removed once kept
+
+
+def test_a_checkpoint_from_another_thread_count_is_set_aside(tmp_path, monkeypatch, caplog):
+    # the thread count picks the input layout, so its numbers differ: the run starts over
+    st = _suite().setting
+    data = common.load_data(st, 0)
+    path = tmp_path / "c.ckpt"
+    with monkeypatch.context() as m:
+        _kill_before(m, 2)
+        with pytest.raises(_Killed):
+            common.train(common.build(st, 0), st, data, 0, 3, checkpoint=path)
+    saved = io.safe_load(path, resume.CHECKPOINT)
+    assert saved["where"] == {"cpu": common.cpu_model(), "threads": torch.get_num_threads()}
+    saved = {k: v for k, v in saved.items() if k != "sha256"}
+    io.atomic_save({**saved, "where": {**saved["where"], "threads": 64}}, path)
+    trained = []
+    with monkeypatch.context() as m:
+        from earlybird.training.trainer import Trainer
+        real = Trainer.train_epoch
+        m.setattr(Trainer, "train_epoch", lambda self: trained.append(self.epoch) or real(self))
+        got = common.train(common.build(st, 0), st, data, 0, 3, checkpoint=path)
+    assert trained == [0, 1, 2] and len(got["epoch_s"]) == 3          # from the start
+    assert "starting over" in caplog.text
+    assert io.safe_load(path, resume.CHECKPOINT)["where"]["threads"] == torch.get_num_threads()

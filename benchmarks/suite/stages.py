@@ -50,6 +50,7 @@ def stage_dense(suite: "Suite", seed: int, folder: Path) -> dict:
     """The unpruned baseline; keeps the weights at init, at ``rewind_epoch`` and at the end."""
     path = folder / "dense.pt"
     if path.exists():
+        (folder / "dense.ckpt").unlink(missing_ok=True)     # a kill after the save left it
         return safe_load(path, DENSE)
     st = suite.setting
     data = common.load_data(st, seed)
@@ -83,6 +84,7 @@ def stage_slim(suite: "Suite", seed: int, folder: Path, precision: str = "fp32",
     tag = tag or ("slim" if precision == "fp32" else f"slim-{precision}")
     path = folder / f"{tag}.pt"
     if path.exists():
+        (folder / f"{tag}.ckpt").unlink(missing_ok=True)
         return safe_load(path, SLIM)
     st = suite.setting
     data = common.load_data(st, seed)

@@ -37,8 +37,8 @@ def private_compile_cache() -> Optional[str]:
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if _private_cache is not None and _private_cache[0] == os.getpid() and chosen == _private_cache[1]:
         return _private_cache[1]
-    if _private_cache is not None and chosen == _private_cache[1]:
-        chosen = None  # forked: the parent's, not the user's
+    if chosen is not None and os.path.basename(os.path.normpath(chosen)).startswith(_PREFIX):
+        chosen = None  # a parent's private cache (forked or spawned): not the user's
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     if chosen is not None and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
@@ -50,9 +50,15 @@ def private_compile_cache() -> Optional[str]:
     path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     _private_cache = (os.getpid(), path)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    atexit.register(_remove, os.getpid(), path)
     log.debug("inductor compiles into %s (private to process %d)", path, os.getpid())
     return path
+
+
+def _remove(owner: int, path: str) -> None:
+    """At exit: the process's own cache only (a forked child inherits the handler)."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:
