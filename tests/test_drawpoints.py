@@ -104,6 +104,25 @@ def _points(slim, ratio, rules):
     return [(e, None if s == 4 * e else s) for e, s in (p for p in found if p is not None)]
 
 
+COMMITTED = ROOT / "benchmarks" / "results" / "draw-point"
+
+
+def test_the_committed_studies_render_again_to_the_same_report_and_summary(tmp_path):
+    # every committed study comes back from its results.json alone, and the merged summary
+    # holds exactly their rows
+    names = sorted(p.parent.name for p in COMMITTED.glob("*/results.json"))
+    assert "converged" in names
+    for name in names:
+        copy = tmp_path / name
+        copy.mkdir()
+        (copy / "results.json").write_text((COMMITTED / name / "results.json").read_text())
+        drawreport.rewrite(copy, drawpoints.DEFAULT_RULE)
+        for f in ("README.md", "summary.json"):
+            assert (copy / f).read_text() == (COMMITTED / name / f).read_text(), (name, f)
+    merged = json.loads(drawcli.merge(tmp_path).read_text())
+    assert merged == json.loads((COMMITTED / "summary.json").read_text())
+
+
 def test_the_summary_names_the_librarys_default_rule():
     # the replayed rule the study marks as the default is the library's default detection told
     # the schedule: 128 epochs of 80 steps give the pruner the replay's span in steps
