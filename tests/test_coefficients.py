@@ -243,9 +243,15 @@ def test_whole_heads_are_units_a_ticket_removes_and_heads_off_leaves_them():
         eb.EarlyBirdConfig(heads="all")
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("name,seed", [("vit", 0), ("vit", 1), ("swin", 0)])
-def test_head_dimensions_leave_every_head_and_the_function_is_kept(name, seed):
+def test_head_dimensions_leave_every_head_and_the_function_is_kept(name, seed, fused):
+    # fused: timm's F.scaled_dot_product_attention path, which scales the logits by the width
+    # it is given (the pruned head_dim), where the other path multiplies by the stored `scale`
     model = _toy(name)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
     pruner = eb.EarlyBirdPruner(model, X[:1], ratios=[0.5], heads="dims")
     made = coefficient_modules(model)
     dims = {k: c for k, c in made.items() if k.endswith(":dims")}
@@ -270,8 +276,15 @@ def test_head_dimensions_leave_every_head_and_the_function_is_kept(name, seed):
         attention = small.get_submodule(a)
         assert attention.num_heads == heads
         assert attention.proj.in_features == heads * int(keep[f"{a}:dims"].sum())
+        kept = int(keep[f"{a}:dims"].sum())
+        assert attention.scale == kept ** -0.5            # the queries carry the old scale
+        assert [e[2]["scale"] for e in history if e[0] == a] == [kept ** -0.5]
     fresh = _toy(name)
+    for m in fresh.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
     replay_history(fresh, X[:1], history)
+    assert all(fresh.get_submodule(a).scale == small.get_submodule(a).scale for a in HEADS[name])
     fresh.load_state_dict(small.state_dict())
     torch.testing.assert_close(fresh(X), small(X))
 

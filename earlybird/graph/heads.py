@@ -15,8 +15,15 @@ torch-pruning's own group of a ``qkv`` layer cannot be used: through ``qkv[0], q
 (Swin) or a talking-heads mix (CaiT) it maps the cut onto relative-position tables and onto
 ``proj`` three times over. These cuts enter the pruning history as ``[name, "heads", spec]``
 entries, replayed in order (:func:`replay_heads`). Heads keep equal sizes and
-``heads x head_dim`` stays the embedding width; a ``head_dim`` attribute is updated, the
-attention scale is left as trained.
+``heads x head_dim`` stays the embedding width; a ``head_dim`` attribute is updated.
+
+The logits keep their scale. An attention that keeps a float ``scale`` (timm's, set to
+``head_dim ** -0.5``) multiplies ``q @ k`` by it on one path and, on its fused path,
+``F.scaled_dot_product_attention`` uses ``1 / sqrt`` of the width it is given: after a cut,
+the pruned ``head_dim``. :func:`cut_head_dims` sets ``scale`` to the new ``head_dim ** -0.5``
+and multiplies the queries' weights by the old scale over the new one, so both paths compute
+what the dense attention computed with the cut dimensions silenced (the spec records the new
+scale, and :func:`replay_heads` sets it; histories without it replay as before).
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from typing import Any, Mapping, Optional, Sequence, cast
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["Tie", "find_ties", "tied_units", "prune_heads", "replay_heads"]
+__all__ = ["Tie", "find_ties", "tied_units", "prune_heads", "replay_heads", "cut_head_dims"]
 
 Tie = dict  # {"heads": int, "width": int, "attentions": {attention name: [producer names]}}
 
@@ -111,9 +118,55 @@ def prune_heads(model: nn.Module, tie: Tie, removed: int) -> list[list]:
         layers = [cast(nn.Linear, attention.get_submodule(p)) for p in producers]
         dims = _weakest_dims(layers, width, heads, count)
         spec = {"width": width, "heads": heads, "producers": list(producers), "proj": proj, "dims": dims}
-        replay_heads(model, name, spec)
-        entries.append([name, "heads", spec])
+        entries.append([name, "heads", cut_head_dims(model, name, spec)])
     return entries
+
+
+def _queries(attention: nn.Module, spec: Mapping[str, Any]) -> Optional[list[tuple[Tensor, int]]]:
+    """The tensors that make the queries of ``attention`` after the cut, each with how many of
+    its leading rows do (all of a ``q`` layer's, the first third of a ``qkv``'s, a ``q_bias``);
+    None where that is not known or a norm over the queries would undo a rescale."""
+    q_norm = getattr(attention, "q_norm", None)
+    if q_norm is not None and not isinstance(q_norm, nn.Identity):
+        return None
+    width = spec["heads"] * (spec["width"] // spec["heads"] - len(spec["dims"]))
+    producers = list(spec["producers"])
+    layers = [cast(nn.Linear, attention.get_submodule(p)) for p in producers]
+    if "q" in producers:
+        layer = layers[producers.index("q")]
+    elif len(layers) == 1 and layers[0].out_features == 3 * width:
+        layer = layers[0]
+    else:
+        return None
+    found: list[tuple[Tensor, int]] = [(layer.weight, width)]
+    if layer.bias is not None:
+        found.append((layer.bias, width))
+    q_bias = vars(attention)["_parameters"].get("q_bias")
+    if q_bias is not None and q_bias.shape == (width,):
+        found.append((q_bias, width))
+    return found
+
+
+@torch.no_grad()
+def cut_head_dims(model: nn.Module, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`replay_heads` on a trained model, keeping its logits: where the attention keeps a
+    float ``scale`` and its queries are found, the spec gains the new scale and the queries'
+    weights are multiplied by the old scale over it; returns the spec the history records."""
+    attention = model.get_submodule(name)
+    old = getattr(attention, "scale", None)
+    spec = dict(spec)
+    if isinstance(old, float):
+        spec["scale"] = (spec["width"] // spec["heads"] - len(spec["dims"])) ** -0.5
+    replay_heads(model, name, spec)
+    queries = _queries(attention, spec) if "scale" in spec else None
+    if queries is None:
+        if "scale" in spec:  # not found: the scale stays as trained, as before
+            setattr(attention, "scale", old)
+            del spec["scale"]
+        return spec
+    for tensor, rows in queries:
+        tensor[:rows] *= old / spec["scale"]
+    return spec
 
 
 def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
@@ -143,5 +196,7 @@ def replay_heads(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
     tp.prune_linear_in_channels(attention.get_submodule(spec["proj"]), inner)
     if isinstance(getattr(attention, "head_dim", None), int):
         attention.head_dim = head_dim - len(dims)
+    if "scale" in spec and isinstance(getattr(attention, "scale", None), float):
+        setattr(attention, "scale", float(spec["scale"]))  # queries carry the old (cut_head_dims)
     if isinstance(getattr(attention, "attn_dim", None), int):  # timm's Attention
         attention.attn_dim = heads * (head_dim - len(dims))

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedModelError
 from .attention import attention_unit, dims_spec, drop_heads, find_attentions, heads_layer, unit_width
 from .coefficients import strip_coefficients
-from .heads import prune_heads, replay_heads
+from .heads import cut_head_dims, prune_heads, replay_heads
 from .trace import all_trainable, build_graph, kept_modes, run_example
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,8 +80,7 @@ def prune_model(
                 spec = {**spec, "drop": drop}
                 drop_heads(model, attention, spec)
             else:
-                spec = dims_spec(spec, drop)
-                replay_heads(model, attention, spec)
+                spec = cut_head_dims(model, attention, dims_spec(spec, drop))
             history.append([attention, "drop-heads" if kind == "heads" else "heads", spec])
     return history
 
