@@ -590,13 +590,17 @@ def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_result
         matrix = torch.tensor(entry["ratios"]["0.3"])
         assert matrix.shape == (4, 4) and torch.equal(matrix, matrix.T)
         assert not matrix.diagonal().any() and bool((matrix[0, 1:] > 0).all())
+        assert len(entry["pruned"]["0.3"]) == 4 and all(0 <= q <= 1 for q in entry["pruned"]["0.3"])
+    # one global threshold: the kinds' pruned shares make up the ratio over all units
+    last = {k: e["pruned"]["0.3"][-1] * e["units"] for k, e in data["kinds"].items()}
+    assert round(sum(last.values())) == eb.prune_budget(96 + 1536 + 12, 0.3)
     meta = {"command": "c", "machine": "m", "wall_min": 1.0, "date": "d", "train_images": 4,
             "test_images": 4}
     out = tmp_path / "results"
     S.write_results(small, rows, out, meta, data)
     readme = (out / "README.md").read_text()
     assert "## Do the masks of each kind settle early?" in readme and "| heads | 12 | 0.3 |" in readme
-    assert "| last change | of |" in readme
+    assert "| pruned | settles at epoch | last change | of |" in readme
     # a budget per kind: 28 of 96 channels, 460 of 1,536 units, 3 of 12 heads at p = 0.3
     assert "| ratio | method | channels | units | heads |" in readme
     assert "| 0.3 | eb-kind | 29.2 % | 29.9 % | 25.0 % |" in readme

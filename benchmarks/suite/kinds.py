@@ -6,8 +6,13 @@ tickets is that the mask stops moving early in training (its Figure 3, pairwise 
 between the masks of every two epochs). :func:`kind_distances` splits one seed's recorded masks
 (the ``slim`` stage's, at every epoch boundary) by kind and computes that matrix per kind and
 ratio; the report shows it as a plot and gives, per kind, the first epoch from which
-consecutive masks stay within the detection threshold. Everything is plain data, stored in
-``results.json``, so a committed report renders again without the cache.
+consecutive masks stay within the detection threshold. Under one global threshold a kind may
+lose far less than the ratio ``p`` (or far more), and two masks that prune a share ``q`` of a
+kind's units differ in at most ``2 min(q, 1 - q)`` of them: a kind that loses 3 % can never
+move by 0.1. So the threshold is applied to the distance as a share of the largest one the
+two masks' pruned counts allow (the ``normalized`` rule's measure), and the report gives each
+kind's pruned share beside it. Everything is plain data, stored in ``results.json``, so a
+committed report renders again without the cache.
 """
 from __future__ import annotations
 
@@ -56,24 +61,48 @@ def kind_distances(suite: Suite, cache: Path, seed: Optional[int] = None) -> Opt
     out: dict[str, Any] = {"seed": seed, "epochs": [steps[i] // spe for i in rows], "kinds": {}}
     for kind, idx in kinds.items():
         index = torch.tensor(idx)
-        out["kinds"][kind] = {"units": len(idx), "ratios": {
-            f"{r:g}": [[round(float(v), 4) for v in line] for line in pairwise_distances(
-                slim["masks"][f"{r:g}"][rows][:, index]).tolist()] for r in suite.ratios}}
+        masks = {f"{r:g}": slim["masks"][f"{r:g}"][rows][:, index] for r in suite.ratios}
+        out["kinds"][kind] = {
+            "units": len(idx),
+            "ratios": {r: [[round(float(v), 4) for v in line]
+                           for line in pairwise_distances(m).tolist()] for r, m in masks.items()},
+            # the share of the kind's units each epoch's mask prunes
+            "pruned": {r: [round(1 - float(row.float().mean()), 4) for row in m]
+                       for r, m in masks.items()}}
     return out
 
 
-def settle_epoch(distances: list[list[float]], epochs: list[int],
-                 threshold: float = SETTLED) -> Optional[int]:
-    """The first epoch from which every two consecutive masks differ by less than
-    ``threshold``, or None if the last step still moves more.
+def reachable(a: float, b: float) -> float:
+    """The largest distance between two masks that prune shares ``a`` and ``b`` of the same
+    units: every unit one prunes the other keeps, as far as their counts allow.
 
-    >>> settle_epoch([[0, .3, .3, .3], [.3, 0, .05, .06], [.3, .05, 0, .02], [.3, .06, .02, 0]],
-    ...              [0, 1, 2, 3])
+    >>> reachable(0.03, 0.03), reachable(0.5, 0.5), reachable(0.8, 0.6)
+    (0.06, 1.0, 0.6)
+    """
+    return round(min(a + b, 2 - a - b), 10)
+
+
+def settle_epoch(distances: list[list[float]], epochs: list[int],
+                 threshold: float = SETTLED, pruned: Optional[list[float]] = None) -> Optional[int]:
+    """The first epoch from which every two consecutive masks differ by less than
+    ``threshold``, or None if the last step still moves more. With ``pruned`` (each mask's
+    pruned share) a distance counts as a share of the largest the two masks allow
+    (:func:`reachable`).
+
+    >>> d = [[0, .3, .3, .3], [.3, 0, .05, .06], [.3, .05, 0, .02], [.3, .06, .02, 0]]
+    >>> settle_epoch(d, [0, 1, 2, 3])
     1
+    >>> few = [[0, .06, .06, .06], [.06, 0, .04, .04], [.06, .04, 0, 0], [.06, .04, 0, 0]]
+    >>> settle_epoch(few, [0, 1, 2, 3]), settle_epoch(few, [0, 1, 2, 3], pruned=[.03] * 4)
+    (0, 2)
     """
     first = None
     for i in range(1, len(epochs)):
-        if distances[i - 1][i] < threshold:
+        d = distances[i - 1][i]
+        if pruned is not None:
+            top = reachable(pruned[i - 1], pruned[i])
+            d = d / top if top else 0.0
+        if d < threshold:
             first = epochs[i - 1] if first is None else first
         else:
             first = None
@@ -96,16 +125,22 @@ def markdown(data: dict[str, Any]) -> list[str]:
     lines = ["", "## Do the masks of each kind settle early?", "",
              f"Seed {data['seed']}'s slimming run, masks at every epoch boundary, split by the "
              "kind of unit (`mask_distance_by_kind.png`: the distance between every two epochs' "
-             f"masks). Settles at: the first epoch from which consecutive masks differ by less "
-             f"than {SETTLED:g}, a share of the kind's units (with 12 heads one head moving is "
-             "0.083); last change: the last epoch whose mask differs from the one before in any "
-             "unit.", "", "| kind | units | p | settles at epoch | last change | of |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "masks, as a share of the kind's units). Pruned: the share of the kind's units the "
+             "last mask prunes (one global threshold gives each kind its own). Settles at: the "
+             f"first epoch from which consecutive masks differ by less than {SETTLED:g} of the "
+             "largest distance their pruned counts allow (a kind that loses 3 % of its units "
+             "can move by 0.06 at most); with 12 heads, one head in or out moves a mask by "
+             "0.083 of the units. Last change: the last epoch whose mask differs from the one "
+             "before in any unit.", "",
+             "| kind | units | p | pruned | settles at epoch | last change | of |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     last = data["epochs"][-1]
     for kind, entry in data["kinds"].items():
         for ratio, matrix in entry["ratios"].items():
-            at, moved = settle_epoch(matrix, data["epochs"]), last_change(matrix, data["epochs"])
-            lines.append(f"| {kind} | {entry['units']:,} | {ratio} | "
+            pruned = entry["pruned"][ratio]
+            at = settle_epoch(matrix, data["epochs"], pruned=pruned)
+            moved = last_change(matrix, data["epochs"])
+            lines.append(f"| {kind} | {entry['units']:,} | {ratio} | {100 * pruned[-1]:.1f} % | "
                          f"{'never' if at is None else at} | {'-' if moved is None else moved} | "
                          f"{last} |")
     return lines
