@@ -631,3 +631,13 @@ def test_a_settings_layout_is_checked_and_widths_keeps_the_multiples_of_8_rule(m
     # odd widths stay contiguous and multiples of 8 go channels_last, whatever the threads;
     # "auto" leaves the choice to the Trainer (channels_last for any conv net on one thread)
     assert seen == [torch.contiguous_format, torch.channels_last, None]
+
+
+def test_the_progress_line_says_when_a_rule_never_drew():
+    from benchmarks.suite import runner
+    lines = []
+    row = {"method": "eb", "ratio": 0.5, "seed": 1, "test_acc": 61.25, "draw_epoch": 7}
+    for drawn in (True, False):
+        runner._report(lines.append, 0.0, {**row, "drawn": drawn}, 2, 9)
+    assert lines[0].endswith("2/9 eb p=0.5 seed 1: 61.25 %, drawn at epoch 7")
+    assert lines[1].endswith("2/9 eb p=0.5 seed 1: 61.25 %, not drawn: the mask of epoch 7")

@@ -207,7 +207,9 @@ def _stage(stage: str, suite: Suite, seed: int, folder: Path) -> None:
 def _report(progress: Callable[[str], None], started: float, row: dict, done: int,
             total: int) -> None:
     ratio = "" if row["ratio"] is None else f" p={row['ratio']:g}"
-    draw = f", drawn at epoch {row['draw_epoch']}" if "draw_epoch" in row else ""
+    draw = "" if "draw_epoch" not in row else (
+        f", drawn at epoch {row['draw_epoch']}" if row.get("drawn", True)
+        else f", not drawn: the mask of epoch {row['draw_epoch']}")
     progress(f"[{(time.perf_counter() - started) / 60:5.1f} min] {done}/{total} "
              f"{row['method']}{ratio} seed {row['seed']}: {_outcome(row)}{draw}")
 
