@@ -68,4 +68,3 @@ def fit(trainer: Trainer, last: int, checkpoint: Path, eval_every_epoch: bool,
             "accs": done["accs"] if eval_every_epoch or not done["epoch_s"]
             else [result["test_acc"]],
             "images_per_epoch": done["images"]}
-
