@@ -177,6 +177,36 @@ def test_a_cache_refuses_a_second_cpu_model_unless_told(tmp_path, monkeypatch):
     assert json.loads((root / "machines.json").read_text())[1:] == ["Another CPU"]
 
 
+def test_every_rank_claims_the_machine_through_the_same_one_barrier(tmp_path, monkeypatch):
+    # under torchrun rank 1 may read machines.json before or after rank 0 has added its CPU;
+    # either way it must enter the one barrier rank 0 enters (it used to skip it when it read
+    # late, and both ranks then waited for ever in different collectives)
+    from benchmarks.suite.runner import claim_machine
+    from earlybird.training.distributed import Dist
+    barriers, writes = [], []
+    monkeypatch.setattr(common, "barrier", lambda: barriers.append(1))
+    monkeypatch.setattr(common, "write_json", lambda path, data: writes.append(data))
+    mine = common.cpu_model()
+    for rank in (0, 1):
+        monkeypatch.setattr(common, "dist_env", lambda rank=rank: Dist(rank, 2, rank))
+        for record in (None, [mine], ["Another CPU", mine]):
+            root = tmp_path / f"r{rank}-{len(record or ())}"
+            root.mkdir()
+            if record is not None:
+                (root / "machines.json").write_text(json.dumps(record))
+            barriers.clear()
+            claim_machine(root)
+            assert len(barriers) == 1, (rank, record)
+    assert writes == [[mine]]                           # rank 0 only, and only where absent
+    root = tmp_path / "other"
+    root.mkdir()
+    (root / "machines.json").write_text(json.dumps(["Another CPU"]))
+    barriers.clear()
+    with pytest.raises(ValueError, match="pass --mix-cpus"):
+        claim_machine(root)                             # every rank refuses, after the barrier
+    assert len(barriers) == 1
+
+
 def test_workers_share_the_cores_the_process_may_use(monkeypatch):
     # a study pinned with `taskset -c 1` beside another one: its worker gets 1 thread, not 2
     monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {1}, raising=False)

@@ -98,9 +98,13 @@ def claim_machine(root: Path, mix_cpus: bool = False) -> None:
     """Record this machine's CPU model as one that computes results in the cache ``root``.
 
     Refuses (ValueError) when other CPU models computed there before, unless ``mix_cpus``.
+    Under torchrun every rank reads the record before rank 0 writes it and enters the same
+    one barrier, so all ranks decide alike: a rank that read the file after rank 0 had added
+    its CPU used to skip the barrier and wait for ever in the next collective.
     """
     path, mine = root / MACHINES, common.cpu_model()
     seen = json.loads(path.read_text()) if path.exists() else []
+    common.barrier()
     if mine in seen:
         return
     if seen and not mix_cpus:
@@ -110,7 +114,6 @@ def claim_machine(root: Path, mix_cpus: bool = False) -> None:
                          "folder")
     if common.dist_env().main:
         common.write_json(path, [*seen, mine])
-    common.barrier()
 
 
 def _portable(stamp: dict) -> dict:
