@@ -13,8 +13,18 @@ from torch import nn
 import earlybird as eb
 from earlybird.graph import coefficient_modules, copy_model, prune_model, replay_history
 
-timm.layers.set_fused_attn(False)
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def unfused_attention():
+    """The toys of this module compute attention with explicit matmuls (exact comparisons);
+    timm reads the setting when an attention layer is built. Restored after the module, so
+    the other modules' timm models keep timm's default, the fused path."""
+    before = timm.layers.use_fused_attn()
+    timm.layers.set_fused_attn(False)
+    yield
+    timm.layers.set_fused_attn(before)
 
 
 def vit(width=24, mlp=2.0, **kwargs):
