@@ -1,8 +1,11 @@
 """Slimming coefficients for units without a norm scale: ViT-, Swin-, ConvNeXt- and Mixer-like
 toys keep their function when the coefficients are made, trained, folded and pruned."""
+import logging
+
 import pytest
 import timm
 import torch
+import torchvision
 from timm.layers import GluMlp, SwiGLU
 from timm.models.convnext import ConvNeXt
 from timm.models.mlp_mixer import MlpMixer
@@ -357,9 +360,38 @@ def test_a_budget_per_kind_prunes_every_kind_by_the_ratio_where_one_threshold_le
     with pytest.raises(eb.ConfigError, match=r"unknown budget 'layer'; choose from "
                        r"\['global', 'kind'\]"):
         eb.EarlyBirdConfig(budget="layer")
-    with pytest.raises(ValueError, match=r"with a budget per kind, the heads: ratio 0.9 prunes "
-                       r"3 of 4 channels, but min_channels=1"):
-        eb.EarlyBirdPruner(_toy("vit"), X[:1], ratios=[0.9], budget="kind")
+    assert eb.EarlyBirdConfig().budget == "kind"          # the default since vit-cifar (#26)
+
+
+def test_a_kind_with_too_few_units_loses_what_its_floors_allow_and_no_kind_is_emptied(caplog):
+    # 2 blocks of 2 heads: p = 0.9 asks 3 of 4 heads, the floors (one head a block) allow 2;
+    # channels and units still lose 0.9 of theirs (21 of 24, 86 of 96)
+    with caplog.at_level(logging.WARNING, logger="earlybird.search.budget"):
+        pruner = eb.EarlyBirdPruner(_toy("vit"), X[:1], ratios=[0.9])
+    assert [r.getMessage() for r in caplog.records] == [
+        "budget='kind': the heads can lose 2 of their units where ratio 0.9 asks 3; those kinds "
+        "lose all that min_channels=1 and max_layer_ratio=None allow, the others their share"]
+    assert pruner.shares(0.9) == {"channels": 21 / 24, "units": 86 / 96, "heads": 2 / 4}
+    small = pruner.prune(0.9, force=True)
+    assert [b.attn.num_heads for b in small.blocks] == [1, 1] and small(X).shape == (2, 5)
+    with pytest.raises(ValueError, match=r"ratio 0.99 prunes 122 of 124 channels, but "
+                       r"min_channels=1 and max_layer_ratio=None allow at most 119"):
+        eb.EarlyBirdPruner(_toy("vit"), X[:1], ratios=[0.99])  # 23 + 94 + 2 prunable
+
+
+def test_a_model_with_one_kind_of_unit_draws_the_same_masks_under_either_budget():
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    pruners = {b: eb.EarlyBirdPruner(model, x, ratios=[0.3, 0.5], budget=b) for b in ("kind", "global")}
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.1, 1.0, generator=torch.Generator().manual_seed(m.num_features))
+    assert pruners["kind"].budget == pruners["global"].budget == "global"
+    for r in (0.3, 0.5):
+        assert torch.equal(pruners["kind"].mask(r), pruners["global"].mask(r))
+    pruners["global"].step()
+    pruners["kind"].load_state_dict(pruners["global"].state_dict())   # a CNN's state loads either way
 
 
 DDP_SCRIPT = '''
@@ -487,8 +519,8 @@ class _Tokens(nn.Module):
 def test_a_gated_split_by_either_dimension_index_is_paired_and_an_ungated_product_left_alone(dim):
     x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = _Tokens(dim, nn.SiLU()).eval()
-    pruner = eb.EarlyBirdPruner(model, x, ratios=[0.5])
+    model = _Tokens(dim, nn.SiLU()).eval()            # units and stem channels share one threshold
+    pruner = eb.EarlyBirdPruner(model, x, ratios=[0.5], budget="global")
     assert dict(zip(pruner.layout.names, pruner.layout.sizes)) == {"stem": 16, "mlp.fc1": 32}
     assert [c.numel() for c in pruner.coefficients()] == [16]     # one per gated unit
     with torch.no_grad():

@@ -84,8 +84,8 @@ def test_a_compiling_process_gets_its_own_inductor_cache_and_clears_killed_ones(
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path and os.path.isdir(path)
     assert not killed.exists() and alive.exists()
     assert compilecache.private_compile_cache() == path                   # once per process
-    parent = os.getpid()
-    monkeypatch.setattr(os, "getpid", lambda: parent + 1)            # a forked child
+    live = os.getppid()       # a pid that exists: a later call clears the caches of dead ones
+    monkeypatch.setattr(os, "getpid", lambda: live)           # a forked child
     child = compilecache.private_compile_cache()
     assert child not in (None, path) and os.environ["TORCHINDUCTOR_CACHE_DIR"] == child
     monkeypatch.setattr(compilecache, "_private_cache", None)       # a spawned child

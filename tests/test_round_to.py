@@ -131,7 +131,8 @@ def test_attention_heads_are_not_rounded():
                               mlp_ratio=2.0, num_classes=5)
     # 32 embedding channels, 64 MLP units, 4 heads; p = 0.49 prunes 49: the weak head and
     # 48 MLP units (blocks of 2)
-    pruner = eb.EarlyBirdPruner(model, torch.randn(1, 3, 32, 32), ratios=[0.49], round_to=2)
+    pruner = eb.EarlyBirdPruner(model, torch.randn(1, 3, 32, 32), ratios=[0.49], round_to=2,
+                                budget="global")         # the kinds compete for one budget
     with torch.no_grad():
         for c in pruner.coefficients():
             c.copy_(torch.rand(c.shape, generator=torch.Generator().manual_seed(2)))

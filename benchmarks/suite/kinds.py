@@ -25,7 +25,7 @@ import earlybird as eb
 from benchmarks import common
 from benchmarks.suite.config import Suite
 from benchmarks.suite.runner import cache_dir
-from benchmarks.suite.stages import SLIM
+from benchmarks.suite.stages import SEARCHES, SLIM
 from earlybird.graph.coefficients import unit_kind
 from earlybird.run.io import atomic_write, safe_load
 from earlybird.search.distance import pairwise_distances
@@ -44,7 +44,7 @@ def kind_distances(suite: Suite, cache: Path, seed: Optional[int] = None) -> Opt
     slim = safe_load(path, SLIM)
     st = suite.setting
     pruner = eb.EarlyBirdPruner(common.build(st, seed), common.example(st), suite.ratios,
-                                sparsity=st.s, keep_weights=False)
+                                sparsity=st.s, keep_weights=False, **SEARCHES["slim"])
     layout = pruner.layout
     if list(layout.sizes) != [int(s) for s in slim["sizes"]]:
         raise ValueError(f"{path}: its masks were recorded on another layout of the network")

@@ -11,14 +11,17 @@ draws its mask; the masks are put back together in the full layout's order.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .masks import ChannelLayout, check_room, keep_masks
+from .masks import ChannelLayout, check_room, keep_masks, prune_budget, prune_room
 
 __all__ = ["KindBudget"]
+
+log = logging.getLogger(__name__)
 
 
 def _renumber(values: Tensor) -> tuple[Tensor, list[int]]:
@@ -99,14 +102,35 @@ class KindBudget:
                 out[r][index] = masks[r].to(device)
         return out
 
-    def check_room(self, ratios: Sequence[float], limits: str, budget: str = "kind") -> None:
-        """:func:`~earlybird.search.masks.check_room` for the whole layout (``budget="global"``)
-        or for every kind (``"kind"``, naming the kind)."""
-        if budget == "global":
-            check_room(self.layout, ratios, self.caps, self.segment_caps, limits)
-            return
+    def check_room(
+        self, ratios: Sequence[float], limits: str, warn: bool = False
+    ) -> dict[str, dict[float, tuple[int, int]]]:
+        """Raise ValueError (:func:`~earlybird.search.masks.check_room`) when a ratio prunes
+        more of the whole layout than the floors (``limits`` names them) leave prunable; return
+        the kinds that hold fewer prunable units than their own share, ``{kind: {ratio:
+        (budget, room)}}``, and with ``warn`` log them. With a budget per kind such a kind
+        loses all its floors allow (3 heads per layer keep 1 each), never all of its units.
+
+        >>> layout = ChannelLayout(("ln", "heads"), (8, 4))
+        >>> KindBudget(layout, ["channels", "heads"], [7, 2], None, [1, 1]).check_room([0.75], "")
+        {'heads': {0.75: (3, 2)}}
+        """
+        check_room(self.layout, ratios, self.caps, self.segment_caps, limits)
+        short: dict[str, dict[float, tuple[int, int]]] = {}
         for kind, _, sub, caps, seg_caps, _ in self.parts:
-            try:
-                check_room(sub, ratios, caps, seg_caps, limits)
-            except ValueError as err:
-                raise ValueError(f"with a budget per kind, the {kind}: {err}") from None
+            for r in ratios:
+                budget, room = prune_budget(sub.num_channels, r), prune_room(sub, caps, seg_caps)
+                if budget > room:
+                    short.setdefault(kind, {})[r] = (budget, room)
+        if warn and short:
+            asked = "; ".join(
+                f"the {kind} can lose {room} of their units where ratio {r:g} asks {budget}"
+                for kind, by_ratio in short.items()
+                for r, (budget, room) in by_ratio.items()
+            )
+            log.warning(
+                "budget='kind': %s; those kinds lose all that %s allow, the others their share",
+                asked,
+                limits,
+            )
+        return short

@@ -143,10 +143,11 @@ class EarlyBirdConfig:
         choices=RESIDUAL_MODES,
     )
     budget: str = option(
-        "global",
-        "global (one threshold over every kind of unit: norm-scaled channels, MLP units, "
-        "heads) or kind (each kind loses the ratio of its own units, under a threshold of "
-        "its own)",
+        "kind",
+        "kind (each kind of unit - norm-scaled channels, MLP units, heads - loses the ratio "
+        "of its own units, under a threshold of its own; a kind with too few units above its "
+        "floors loses what they allow) or global (one threshold over every kind). A model "
+        "with one kind of unit (a CNN's channels) draws the same masks either way",
         choices=BUDGETS,
     )
 
@@ -290,7 +291,7 @@ def make_config(
     EarlyBirdConfig(ratios=(0.5,), epsilon=0.1, window=3, criterion='plateau', sparsity=0.0001, \
 penalty='l1', min_channels=1, max_layer_ratio=None, round_to=1, keep_weights=True, \
 score='auto', span=None, total=None, coefficients=True, heads='whole', \
-residual='prune', budget='global')
+residual='prune', budget='kind')
     """
     if config is not None and not isinstance(config, EarlyBirdConfig):
         raise TypeError(f"config must be an EarlyBirdConfig, got {type(config).__name__}")

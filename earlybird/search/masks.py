@@ -25,7 +25,15 @@ from torch import Tensor
 
 from .blocks import masks_by_block
 
-__all__ = ["ChannelLayout", "prune_budget", "layer_caps", "keep_masks", "global_masks", "check_room"]
+__all__ = [
+    "ChannelLayout",
+    "prune_budget",
+    "layer_caps",
+    "keep_masks",
+    "global_masks",
+    "check_room",
+    "prune_room",
+]
 
 
 def prune_budget(num_channels: int, ratio: float) -> int:
@@ -274,6 +282,21 @@ def _masks_by_channel(
     return out
 
 
+def prune_room(layout: ChannelLayout, caps: Sequence[int], segment_caps: Optional[Sequence[int]]) -> int:
+    """How many channels of ``layout`` the floors leave prunable: the layers' ``caps``, each
+    also bounded by its segments' ``segment_caps``.
+
+    >>> prune_room(ChannelLayout(("a", "b"), (4, 3)), [3, 2], None)
+    5
+    """
+    if segment_caps is None:
+        return sum(caps)
+    seg_room = torch.zeros(len(caps), dtype=torch.long).index_add_(  # a floor per segment too
+        0, layout.segment_layer, torch.tensor(segment_caps, dtype=torch.long)
+    )
+    return sum(min(c, int(r)) for c, r in zip(caps, seg_room))
+
+
 def check_room(
     layout: ChannelLayout,
     ratios: Sequence[float],
@@ -290,12 +313,7 @@ def check_room(
     ValueError: ratio 0.9 prunes 3 of 4 channels, but min_channels=2 allow at most 2; lower \
 the ratio or relax the per-layer limits
     """
-    n, room = layout.num_channels, sum(caps)
-    if segment_caps is not None:  # a layer also keeps a floor per segment
-        seg_room = torch.zeros(len(caps), dtype=torch.long).index_add_(
-            0, layout.segment_layer, torch.tensor(segment_caps, dtype=torch.long)
-        )
-        room = sum(min(c, int(r)) for c, r in zip(caps, seg_room))
+    n, room = layout.num_channels, prune_room(layout, caps, segment_caps)
     for r in ratios:
         if prune_budget(n, r) > room:
             raise ValueError(

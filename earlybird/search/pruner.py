@@ -109,12 +109,11 @@ class EarlyBirdPruner:
         self._round = [1 if heads_layer(n) else self.config.round_to for n in self.layout.names]
         kinds = [unit_kind(n, set(self.graph.coefficients)) for n in self.layout.names]
         split = KindBudget(self.layout, kinds, self._caps, self._seg_caps, self._round)
-        split.check_room(
-            self.config.ratios,
-            f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}",
-            self.config.budget,
-        )
-        self._split: Optional[KindBudget] = None if self.config.budget == "global" else split
+        # a model with one kind of unit (a CNN's channels) draws the same masks either way
+        per_kind = self.config.budget == "kind" and len(split.kinds) > 1
+        limits = f"min_channels={min_channels} and max_layer_ratio={max_layer_ratio}"
+        split.check_room(self.config.ratios, limits, warn=per_kind)
+        self._split: Optional[KindBudget] = split if per_kind else None
         self._criterion = get_criterion(self.config.criterion)
         self._masks: dict[float, list[Tensor]] = {r: [] for r in self.config.ratios}
         self._recent: dict[float, Optional[list[Tensor]]] = {r: [] for r in self.config.ratios}
@@ -194,6 +193,12 @@ class EarlyBirdPruner:
         model again, the same function; no more tickets). Returns the values by group name."""
         self._stripped = True
         return strip_coefficients(self.model)
+
+    @property
+    def budget(self) -> str:
+        """How the masks are drawn: ``"kind"`` (a threshold per kind of unit) or ``"global"``;
+        a model with one kind of unit draws by one threshold whatever the setting says."""
+        return "kind" if self._split is not None else "global"
 
     def shares(self, ratio: float) -> dict[str, float]:
         """The share of each kind of unit the ticket of ``ratio`` (or its current mask) prunes:
@@ -354,7 +359,7 @@ class EarlyBirdPruner:
             "names": list(self.layout.names),
             "sizes": list(self.layout.sizes),
             "ratios": list(self.config.ratios),
-            "budget": self.config.budget,
+            "budget": self.budget,
             "iterations": torch.tensor(self.iterations, dtype=torch.long),
             "masks": {str(r): self.history(r) for r in self.config.ratios},
             "tickets": {
@@ -376,10 +381,8 @@ class EarlyBirdPruner:
             raise CheckpointError(
                 f"state tracks ratios {state['ratios']}, this pruner {list(self.config.ratios)}"
             )
-        if (budget := state.get("budget", "global")) != self.config.budget:  # masks of another kind
-            raise CheckpointError(
-                f"state drew masks with budget={budget!r}, this pruner {self.config.budget!r}"
-            )
+        if (budget := state.get("budget", "global")) != self.budget:  # masks of another kind
+            raise CheckpointError(f"state drew masks with budget={budget!r}, this pruner {self.budget!r}")
         self.iterations = [int(i) for i in state["iterations"]]
         self.tickets = {}
         for ratio in self.config.ratios:

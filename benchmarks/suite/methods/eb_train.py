@@ -43,8 +43,9 @@ _variant("eb-reinit", "EB Train's ticket (reference rule) re-initialised, traine
          "schedule", "slim", "reference", 3)
 _variant("lf", "EB Train with an 8-bit search, fp32 finetune", "slim-q8", "reference", 4)
 _variant("ll", "EB Train with an 8-bit search and an 8-bit finetune", "slim-q8", "reference", 5)
-# a transformer's search settings, each against eb's defaults (heads="whole", residual="prune",
-# budget="global"): the measurement that chooses them; on a VGG each is eb again
+# a transformer's search settings, each changed from eb's (heads="whole", residual="prune",
+# budget="global": stages.BASE): the measurement that chose the library's defaults (vit-cifar:
+# budget="kind" became the default); on a VGG each is eb again
 TRANSFORMER_VARIANTS = ("eb-dims", "eb-keep", "eb-kind")
 _variant("eb-dims", "EB Train (reference rule) with heads=\"dims\": the same head dimensions "
          "leave every head", "slim-dims", "reference", 17)

@@ -9,6 +9,7 @@ from benchmarks import common
 from benchmarks.suite import costs
 from benchmarks.suite.job import Job
 from benchmarks.suite.registry import Method, register
+from benchmarks.suite.stages import SEARCHES
 from earlybird.costs.flops import count_flops, training_flops
 from earlybird.training.recipe import default_schedule
 
@@ -51,7 +52,7 @@ def ns_budget(job: Job, shared: dict[str, dict], method: str = "ns-budget",
     short = _shortened(job, n)
     model = job.model()
     pruner = eb.EarlyBirdPruner(model, job.example, [job.ratio], sparsity=job.st.s,
-                                keep_weights=False)
+                                keep_weights=False, **SEARCHES["slim"])
     searched = common.train(model, short, job.data, 0, n, regularize=pruner.regularize)
     small = job.prune(model.cpu(), pruner.masks(job.ratio))
     per_small = training_flops(count_flops(small.cpu(), job.example).flops, images)
