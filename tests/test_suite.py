@@ -386,6 +386,8 @@ def test_dry_run_builds_every_model_loader_and_method_of_the_setting(name, tmp_p
         p = next(r["ratio"] for r in rows if r["method"] == "eb-kind")
         assert shares["eb-kind"] == {k: eb.prune_budget(n, p) / n for k, n in
                                      (("channels", 96), ("units", 1536), ("heads", 12))}
+        flops = {r["method"]: r["flops"] for r in rows}
+        assert flops["random-kind"] == flops["eb-kind"]      # the same widths, other channels
     assert not (tmp_path / suite.name).exists()                        # the dry run cleans up
 
 

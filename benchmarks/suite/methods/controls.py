@@ -25,14 +25,16 @@ def random_widths(keep: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
     return out
 
 
-def random_ticket(job: Job, shared: dict[str, dict], method: str = "random", rule: str = RULE) -> dict:
-    """The EB ticket's per-layer widths with random channels, from a new initialisation."""
-    slim = shared["slim"]
+def random_ticket(job: Job, shared: dict[str, dict], method: str = "random", rule: str = RULE,
+                  tag: str = "slim") -> dict:
+    """The per-layer widths of the EB ticket that ``rule`` draws from the shared run ``tag``
+    with random channels, from a new initialisation."""
+    slim = shared[tag]
     if rule == "default":                  # as often as the setting checks
         rule = f"default @{job.suite.checks_per_epoch}/epoch"
-    t, drawn, _, keep = job.ticket(slim, "slim", rule)
+    t, drawn, _, keep = job.ticket(slim, tag, rule)
     keep = random_widths(keep, job.seed)
-    small = job.prune(job.model(seed_offset=1), keep)
+    small = job.prune(job.model(seed_offset=1), keep, tag)
     result = job.train(small, 0)
     return job.row(method, small, result, slim, widths={k: int(v.sum()) for k, v in keep.items()},
                    draw_epoch=t, drawn=drawn, rule=rule.split()[0])
@@ -71,6 +73,10 @@ register(Method("random-default", "random ticket with the widths of the library 
                 "ticket (eb-default), random channels, new init, whole schedule",
                 lambda job, shared: random_ticket(job, shared, "random-default", "default"),
                 needs=("slim",), competitor=False, rule="default", colour=21))
+register(Method("random-kind", "random ticket with the widths of eb-kind's ticket (a budget per "
+                "kind of unit, the library's default), random channels, new init, whole schedule",
+                lambda job, shared: random_ticket(job, shared, "random-kind", tag="slim-kind"),
+                needs=("slim-kind",), competitor=False, rule=RULE, colour=23))
 register(Method("stability", "LT-paper stability: the EB ticket and a random ticket of its "
                 "widths, both cut from the draw-epoch weights, each trained twice with two data "
                 "orders; the distance between the copies", stability, needs=("slim",),
