@@ -169,12 +169,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     data = common.load_data(suite.setting, 0)
     test_images = common.summed(sum(len(y) for _, y in data.test))
+    # the base search's masks per kind, and those of a budget per kind (the default) if it ran
+    tags = ["slim"] + (["slim-kind"] if "eb-kind" in suite.methods else [])
     try:                                  # every rank: it opens the cache, a collective
-        kinds = kind_distances(suite, args.cache)
+        kinds = [k for k in (kind_distances(suite, args.cache, tag=t) for t in tags) if k]
     except (ValueError, RuntimeError, OSError) as exc:       # the report is written regardless
         if env.main:
             print(f"warning: no mask distances per kind: {exc}", file=sys.stderr)
-        kinds = None
+        kinds = []
     if env.main:
         _report(suite, args, argv, rows, jobs, env.world, started, data, test_images, kinds)
     common.leave_distributed()
@@ -183,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _report(suite: S.Suite, args: argparse.Namespace, argv: Optional[list[str]], rows: list[dict],
             jobs: int, world: int, started: float, data: common.Data, test_images: int,
-            kinds: Optional[dict]) -> None:
+            kinds: list[dict]) -> None:
     """Rank 0 writes the setting's results and prints its README."""
     launcher = "torchrun --nproc_per_node=N -m benchmarks " if world > 1 else "python -m benchmarks "
     meta = {"command": launcher + " ".join(

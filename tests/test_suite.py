@@ -596,18 +596,26 @@ def test_a_transformers_masks_are_split_by_kind_and_render_again_from_the_result
     # one global threshold: the kinds' pruned shares make up the ratio over all units
     last = {k: e["pruned"]["0.3"][-1] * e["units"] for k, e in data["kinds"].items()}
     assert round(sum(last.values())) == eb.prune_budget(96 + 1536 + 12, 0.3)
+    # the default's search (a budget per kind): every mask prunes the ratio of each kind
+    per_kind = kind_distances(small, tmp_path / "cache", tag="slim-kind")
+    assert per_kind["search"] == "slim-kind" and data["search"] == "slim"
+    assert {k: e["pruned"]["0.3"] for k, e in per_kind["kinds"].items()} == {
+        k: [round(eb.prune_budget(n, 0.3) / n, 4)] * 4 for k, n in
+        (("channels", 96), ("units", 1536), ("heads", 12))}
     meta = {"command": "c", "machine": "m", "wall_min": 1.0, "date": "d", "train_images": 4,
             "test_images": 4}
     out = tmp_path / "results"
-    S.write_results(small, rows, out, meta, data)
+    S.write_results(small, rows, out, meta, [data, per_kind])
     readme = (out / "README.md").read_text()
     assert "## Do the masks of each kind settle early?" in readme and "| heads | 12 | 0.3 |" in readme
+    assert "## Do the masks of each kind settle early? (slim-kind)" in readme
+    assert "`slim-kind` (heads=whole, residual=prune, budget=kind)" in readme
     assert "| pruned | settles at epoch | last change | of |" in readme
     # a budget per kind: 28 of 96 channels, 460 of 1,536 units, 3 of 12 heads at p = 0.3
     assert "| ratio | method | channels | units | heads |" in readme
     assert "| 0.3 | eb-kind | 29.2 % | 29.9 % | 25.0 % |" in readme
     written = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert "mask_distance_by_kind.png" in written
+    assert {"mask_distance_by_kind.png", "mask_distance_by_kind-slim-kind.png"} <= set(written)
     (out / "README.md").write_text("older")
     S.rewrite_results(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == written

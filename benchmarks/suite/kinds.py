@@ -33,18 +33,20 @@ from earlybird.search.distance import pairwise_distances
 SETTLED = 0.1          # the reference rule's epsilon: consecutive masks closer than this
 
 
-def kind_distances(suite: Suite, cache: Path, seed: Optional[int] = None) -> Optional[dict[str, Any]]:
+def kind_distances(suite: Suite, cache: Path, seed: Optional[int] = None,
+                   tag: str = "slim") -> Optional[dict[str, Any]]:
     """Per kind of unit and ratio, the pairwise distances between the masks of every two epoch
-    boundaries of ``seed``'s slimming run (the setting's first seed by default); None without
-    that run or with one kind only."""
+    boundaries of ``seed``'s slimming run ``tag`` (the setting's first seed by default; a
+    shared run of :data:`~benchmarks.suite.stages.SEARCHES`); None without that run or with
+    one kind only."""
     seed = suite.seeds[0] if seed is None else seed
-    path = cache_dir(suite, cache) / f"seed{seed}" / "slim.pt"
+    path = cache_dir(suite, cache) / f"seed{seed}" / f"{tag}.pt"
     if not path.exists():
         return None
     slim = safe_load(path, SLIM)
     st = suite.setting
     pruner = eb.EarlyBirdPruner(common.build(st, seed), common.example(st), suite.ratios,
-                                sparsity=st.s, keep_weights=False, **SEARCHES["slim"])
+                                sparsity=st.s, keep_weights=False, **SEARCHES[tag])
     layout = pruner.layout
     if list(layout.sizes) != [int(s) for s in slim["sizes"]]:
         raise ValueError(f"{path}: its masks were recorded on another layout of the network")
@@ -58,7 +60,8 @@ def kind_distances(suite: Suite, cache: Path, seed: Optional[int] = None) -> Opt
         return None
     spe, steps = int(slim["steps_per_epoch"]), [int(s) for s in slim["steps"]]
     rows = [i for i, s in enumerate(steps) if s % spe == 0]
-    out: dict[str, Any] = {"seed": seed, "epochs": [steps[i] // spe for i in rows], "kinds": {}}
+    out: dict[str, Any] = {"seed": seed, "search": tag, "epochs": [steps[i] // spe for i in rows],
+                           "kinds": {}}
     for kind, idx in kinds.items():
         index = torch.tensor(idx)
         masks = {f"{r:g}": slim["masks"][f"{r:g}"][rows][:, index] for r in suite.ratios}
@@ -122,11 +125,15 @@ def last_change(distances: list[list[float]], epochs: list[int]) -> Optional[int
 
 def markdown(data: dict[str, Any]) -> list[str]:
     """The section of the report: per kind, units and the epoch its masks settle at."""
-    lines = ["", "## Do the masks of each kind settle early?", "",
-             f"Seed {data['seed']}'s slimming run, masks at every epoch boundary, split by the "
-             "kind of unit (`mask_distance_by_kind.png`: the distance between every two epochs' "
+    tag = data.get("search", "slim")
+    budget = SEARCHES[tag].get("budget", "global")
+    lines = ["", "## Do the masks of each kind settle early?" + (f" ({tag})" if tag != "slim" else ""),
+             "", f"Seed {data['seed']}'s slimming run `{tag}` ({_settings(tag)}), masks at every "
+             "epoch boundary, split by the kind of unit "
+             f"(`{plot_name(tag)}`: the distance between every two epochs' "
              "masks, as a share of the kind's units). Pruned: the share of the kind's units the "
-             "last mask prunes (one global threshold gives each kind its own). Settles at: the "
+             "last mask prunes (" + ("one global threshold gives each kind its own" if budget ==
+                                     "global" else "a budget per kind: the ratio") + "). Settles at: the "
              f"first epoch from which consecutive masks differ by less than {SETTLED:g} of the "
              "largest distance their pruned counts allow (a kind that loses 3 % of its units "
              "can move by 0.06 at most); with 12 heads, one head in or out moves a mask by "
@@ -144,6 +151,15 @@ def markdown(data: dict[str, Any]) -> list[str]:
                          f"{'never' if at is None else at} | {'-' if moved is None else moved} | "
                          f"{last} |")
     return lines
+
+
+def _settings(tag: str) -> str:
+    return ", ".join(f"{k}={v}" for k, v in SEARCHES[tag].items())
+
+
+def plot_name(tag: str) -> str:
+    """The file of the plot of the shared run ``tag``'s mask distances."""
+    return "mask_distance_by_kind.png" if tag == "slim" else f"mask_distance_by_kind-{tag}.png"
 
 
 def plot(data: dict[str, Any], out: Path) -> None:
