@@ -294,6 +294,35 @@ def test_summary_improvement_and_performance_bar_from_known_rows():
     assert "| 0.291M nonzero (1.99x) |" in text and "| -2.00 (lt) | -0.50 (ns) | 1.20x (snip) |" in text
 
 
+def test_report_reads_the_bar_for_the_default_budget_and_names_every_cpu_of_its_rows():
+    # eb-kind (a threshold per kind of unit, the library's default) is an EB run the report
+    # compares with NS; rows from two CPU models are named, the machine line names only one
+    suite = replace(S.load_suite("vit-cifar"), methods=("dense", "eb", "eb-kind", "ns"),
+                    ratios=(0.5,))
+    xeon, epyc = {"host": {"cpu": "Xeon"}}, {"host": {"cpu": "EPYC"}}
+    rows = [_row("dense", None, 0, 49.0, 60.0, 100.0, final_flops=100, epoch_s=10.0, **xeon),
+            _row("eb", 0.5, 0, 38.0, 25.0, 40.0, draw_epoch=12, epoch_s=6.0, **xeon),
+            _row("eb-kind", 0.5, 0, 44.0, 30.0, 45.0, draw_epoch=8, epoch_s=6.0, **epyc),
+            _row("ns", 0.5, 0, 51.0, 90.0, 120.0, epoch_s=6.0, **xeon)]
+    summary = S.summarize(suite, rows)
+    assert list(summary["bar"]) == ["eb", "eb-kind"]
+    assert summary["bar"]["eb-kind"]["acc_gap"] == pytest.approx(7.0)
+    assert summary["bar"]["eb-kind"]["flops_ratio"] == pytest.approx(3.0)
+    imp = summary["improvement"]["0.5"]
+    assert (imp["eb_method"], imp["best_competitor"]) == ("eb-kind", "ns")
+    assert imp["acc_delta"] == pytest.approx(-7.0)
+    text = S.markdown(suite, summary, {"command": "c", "machine": "m (EPYC)", "wall_min": 1.0,
+                                       "date": "d", "train_images": 10000, "test_images": 10000})
+    assert "## Performance bar at p = 0.5 (eb-kind vs NS)" in text
+    assert text.count("- rows computed on: ") == 1
+    assert "- rows computed on: EPYC (eb-kind p0.5); the others on Xeon\n" in text
+    assert "The most accurate EB run (a rule, or eb-kind" in text
+    one = S.markdown(suite, S.summarize(suite, [{**r, **xeon} for r in rows]),
+                     {"command": "c", "machine": "m", "wall_min": 1.0, "date": "d",
+                      "train_images": 10000, "test_images": 10000})
+    assert "rows computed on" not in one
+
+
 def test_report_renders_stored_results_again_and_keeps_their_meta(tmp_path, capsys):
     suite = replace(S.load_suite("quick"), methods=("dense", "eb", "ns"))
     rows = [_row("dense", None, 0, 90.0, 60.0, 100.0, final_flops=100, epoch_s=10.0),

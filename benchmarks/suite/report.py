@@ -17,7 +17,9 @@ from benchmarks.suite.plots import frontier, plot
 from benchmarks.suite.registry import REGISTRY, get
 from earlybird.run.io import write_text
 
-BAR_METHODS = ("eb", "eb-plateau", "eb-default")   # the EB rules the performance bar is read for
+# the EB runs the performance bar is read for: the rules, and eb-kind (the library's default
+# budget, a threshold per kind of unit; on a model with one kind it is eb again)
+BAR_METHODS = ("eb", "eb-plateau", "eb-default", "eb-kind")
 
 
 def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
@@ -42,6 +44,9 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
         for k in ("draw_epoch", "draw_at", "sparsity", "epoch_s", "train_images"):
             if all(r.get(k) is not None for r in found):
                 entry[k] = statistics.mean(r[k] for r in found)
+        cpus = sorted({r["host"]["cpu"] for r in found if "cpu" in r.get("host", {})})
+        if cpus:                                  # the CPU models that computed the rows
+            entry["cpus"] = cpus
         if all("kind_shares" in r for r in found):          # what the ticket prunes, by kind
             entry["kind_shares"] = {k: statistics.mean(r["kind_shares"][k] for r in found)
                                     for k in found[0]["kind_shares"]}
@@ -87,6 +92,21 @@ def summarize(suite: Suite, rows: list[dict]) -> dict[str, Any]:
              **{f"{k}_distance": [r[f"{k}_distance"] for r in found] for k in ("eb", "random")},
              **{f"{k}_acc": [a for r in found for a in r[f"{k}_accs"]] for k in ("eb", "random")}}
             for ratio, found in sorted(stability.items())]
+    return out
+
+
+def rows_by_cpu(table: list[dict]) -> dict[str, list[str]]:
+    """Per CPU model, the methods (``method pR`` per ratio) whose rows it computed.
+
+    >>> rows_by_cpu([{"method": "eb", "ratio": 0.5, "cpus": ["A"]},
+    ...              {"method": "dense", "ratio": None, "cpus": ["A", "B"]}])
+    {'A': ['eb p0.5', 'dense'], 'B': ['dense']}
+    """
+    out: dict[str, list[str]] = {}
+    for e in table:
+        name = e["method"] if e["ratio"] is None else f"{e['method']} p{e['ratio']:g}"
+        for cpu in e.get("cpus", []):
+            out.setdefault(cpu, []).append(name)
     return out
 
 
@@ -154,8 +174,11 @@ def markdown(suite: Suite, summary: dict, meta: dict, kinds: Union[None, dict, l
             f"{params / 1e6:.3f}M{nonzero} ({e['dense_params'] / params:.2f}x) | "
             f"{e['flops'] / 1e6:.1f}M ({e['dense_flops'] / e['flops']:.2f}x) | {draw} | {sparsity} |")
     if summary["improvement"]:
+        ours = ("The most accurate EB run (a rule, or eb-kind: a budget per kind of unit)"
+                if any(e["method"] == "eb-kind" for e in summary["table"])
+                else "The more accurate EB rule")
         lines += ["", "## EB Train vs the best competitor", "",
-                  "The more accurate EB rule against the most accurate competitor, and against "
+                  f"{ours} against the most accurate competitor, and against "
                   "the most accurate one that prunes channels (weight-masked tickets, "
                   f"{', '.join(m for m, spec in REGISTRY.items() if spec.unstructured)}, keep "
                   "the dense network's shape and FLOPs).", "",
@@ -200,6 +223,11 @@ def markdown(suite: Suite, summary: dict, meta: dict, kinds: Union[None, dict, l
     for data in _searches(kinds):
         lines += kind_section(data)
     lines += common.provenance(meta)
+    cpus = rows_by_cpu(summary["table"])
+    if len(cpus) > 1:                 # the machine line names only the last invocation's CPU
+        *few, most = sorted(cpus, key=lambda cpu: len(cpus[cpu]))
+        lines.insert(-1, "- rows computed on: " + "; ".join(
+            f"{cpu} ({', '.join(cpus[cpu])})" for cpu in few) + f"; the others on {most}")
     return "\n".join(lines)
 
 
