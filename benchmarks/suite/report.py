@@ -111,10 +111,10 @@ def rows_by_cpu(table: list[dict]) -> dict[str, list[str]]:
 
 
 def performance_bar(suite: Suite, table: list[dict]) -> dict[str, dict[str, Any]]:
-    """The issue's bar at ratio 0.5, per EB rule run (``eb``, ``eb-plateau``): EB vs NS training
-    FLOPs (>= 2x) and wall-clock (>= 1.8x), accuracy within 0.5 points of NS, draw in the first
-    20 % of the epochs, and the pruned model's measured epoch-time speedup >= 0.7 of its FLOPs
-    reduction."""
+    """The issue's bar at ratio 0.5, per EB run of :data:`BAR_METHODS` that ran (``eb``,
+    ``eb-kind``, ...): EB vs NS training FLOPs (>= 2x) and wall-clock (>= 1.8x), accuracy within
+    0.5 points of NS, draw in the first 20 % of the epochs, and the pruned model's measured
+    epoch-time speedup >= 0.7 of its FLOPs reduction."""
     return {m: bar for m in BAR_METHODS
             if (bar := _bar(suite, table, m)) is not None}
 
