@@ -31,6 +31,7 @@ import earlybird as eb                                          # noqa: E402
 from earlybird.costs.flops import count_flops                         # noqa: E402
 from earlybird.graph import Coefficients, coefficient_modules   # noqa: E402
 from earlybird.run.io import write_text                             # noqa: E402
+from benchmarks.suite.stages import BASE                        # noqa: E402
 
 
 def _timm(name: str) -> Callable[[], nn.Module]:
@@ -97,8 +98,9 @@ def measure(name: str, make: Callable[[], nn.Module], ratio: float = 0.5) -> dic
             "flops_cut": 1 - small_flops / dense_flops}
 
 
-# the pruner's defaults when a run recorded none (they were these before budget="kind")
-OLD_DEFAULTS = {"heads": "whole", "residual": "prune", "budget": "global"}
+# the pruner's defaults when a run recorded none: before budget="kind" they were the settings
+# the suite's base search keeps
+OLD_DEFAULTS = BASE
 
 
 def markdown(rows: list[dict], meta: dict) -> str:

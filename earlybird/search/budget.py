@@ -118,8 +118,9 @@ class KindBudget:
         check_room(self.layout, ratios, self.caps, self.segment_caps, limits)
         short: dict[str, dict[float, tuple[int, int]]] = {}
         for kind, _, sub, caps, seg_caps, _ in self.parts:
+            room = prune_room(sub, caps, seg_caps)
             for r in ratios:
-                budget, room = prune_budget(sub.num_channels, r), prune_room(sub, caps, seg_caps)
+                budget = prune_budget(sub.num_channels, r)
                 if budget > room:
                     short.setdefault(kind, {})[r] = (budget, room)
         if warn and short:
