@@ -15,7 +15,7 @@ from conftest import TinyVGG, randomize_norms
 def test_a_compiled_model_is_searched_and_gives_an_uncompiled_pruned_model(x32):
     torch.manual_seed(0)
     model = TinyVGG()
-    compiled = torch.compile(model)                        # inductor, on the CPU
+    compiled = torch.compile(model, backend="aot_eager")   # dynamo and AOTAutograd, as inductor
     pruner = eb.EarlyBirdPruner(compiled, x32, ratios=[0.5], window=2, epsilon=0.5)
     assert pruner.model is model                           # read through ._orig_mod
     opt = torch.optim.SGD(compiled.parameters(), lr=0.05, momentum=0.9)

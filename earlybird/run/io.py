@@ -54,7 +54,7 @@ def digest(obj: Any) -> str:
             t = value.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
             if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # its buffer, not a copy
         elif isinstance(value, dict):
             h.update(b"{")
             for k in sorted(value, key=str):
