@@ -15,7 +15,7 @@ from conftest import TinyVGG, randomize_norms
 def test_a_compiled_model_is_searched_and_gives_an_uncompiled_pruned_model(x32):
     torch.manual_seed(0)
     model = TinyVGG()
-    compiled = torch.compile(model, backend="aot_eager")   # dynamo and AOTAutograd, as inductor
+    compiled = torch.compile(model, backend="aot_eager")   # inductor's front end: dynamo, AOTAutograd
     pruner = eb.EarlyBirdPruner(compiled, x32, ratios=[0.5], window=2, epsilon=0.5)
     assert pruner.model is model                           # read through ._orig_mod
     opt = torch.optim.SGD(compiled.parameters(), lr=0.05, momentum=0.9)
@@ -27,7 +27,7 @@ def test_a_compiled_model_is_searched_and_gives_an_uncompiled_pruned_model(x32):
     assert 0.5 in pruner.tickets
     small = pruner.prune(0.5)
     assert not hasattr(small, "_orig_mod") and isinstance(small, TinyVGG)
-    again = torch.compile(small)
+    again = torch.compile(small)                           # inductor's C++ kernels, on the CPU
     assert torch.allclose(again.eval()(x32), small.eval()(x32), atol=1e-5)
 
 
