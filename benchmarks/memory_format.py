@@ -27,8 +27,11 @@ from earlybird.training.trainer import memory_format  # noqa: E402
 WIDTHS = {
     "dense VGG-11 w0.125": [8, 16, 32, 32, 64, 64, 64, 64],
     "dense VGG-11 w0.25": [16, 32, 64, 64, 128, 128, 128, 128],
-    "demo ticket p=0.3": [14, 27, 49, 48, 82, 76, 87, 99],
+    "demo ticket p=0.3": [14, 27, 49, 48, 82, 76, 87, 99],      # the earlier demo (w0.25)
     "demo ticket p=0.5": [13, 26, 39, 39, 56, 52, 50, 69],
+    "w0.125 demo p=0.3": [8, 16, 26, 24, 42, 32, 34, 59],       # the demo's tickets now
+    "w0.125 demo p=0.5": [8, 16, 23, 19, 26, 13, 13, 54],
+    "w0.125 demo p=0.7": [8, 12, 16, 12, 9, 5, 4, 38],
     "widths rounded to 8": [16, 24, 48, 48, 80, 80, 88, 96],
     "multiples of 4, not 8": [12, 28, 52, 44, 84, 76, 84, 100],
     "dense VGG-11 w0.5": [32, 64, 128, 128, 256, 256, 256, 256],
